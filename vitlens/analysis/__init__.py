@@ -1,0 +1,5 @@
+"""Pure analyses: a cache in, tensors shaped by the TokenLayout out."""
+from .cls_attention import HEAD_FUSIONS, cls_attention, fuse_heads
+from .rollout import rollout
+
+__all__ = ["cls_attention", "rollout", "fuse_heads", "HEAD_FUSIONS"]

@@ -1,0 +1,64 @@
+"""CLS attention maps."""
+from __future__ import annotations
+
+import torch
+
+from ..capture.cache import AttentionCache
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def fuse_heads(attn: torch.Tensor, how: str, dim: int = 1) -> torch.Tensor:
+    """Fuse the head dimension of ``attn`` by ``"mean"``, ``"max"`` or ``"min"``."""
+    if how == "mean":
+        return attn.mean(dim=dim)
+    if how == "max":
+        return attn.amax(dim=dim)
+    if how == "min":
+        return attn.amin(dim=dim)
+    raise ValueError(f"head fusion must be one of {HEAD_FUSIONS}, got {how!r}")
+
+
+def cls_attention(cache: AttentionCache, layer: int = -1, head: str | int | None = "mean",
+                  *, renormalize: bool = False) -> torch.Tensor:
+    """CLS attention map of one layer.
+
+    The attention probabilities of the CLS query over the patch keys,
+    ``A_l[:, h, cls, prefix:]``, reshaped to the patch grid (DESIGN.md §4; the map drawn
+    by Dosovitskiy et al. 2021, https://arxiv.org/abs/2010.11929, and Caron et al. 2021,
+    https://arxiv.org/abs/2104.14294). Raw probabilities: a row of ``A`` sums to 1 over
+    *all* keys, so the patch part sums to at most 1; the mass the CLS query puts on
+    prefix tokens (itself, distillation, registers) is not in the map.
+
+    Args:
+        cache: from :func:`vitlens.capture` (``rows="all"`` or ``rows="prefix"``).
+        layer: layer index, negative counts from the end.
+        head: ``"mean"`` | ``"max"`` | ``"min"`` fuse the recorded heads; an int selects
+            one head; None keeps every recorded head.
+        renormalize: divide each map by its sum so it sums to 1.
+
+    Returns:
+        ``[B, gh, gw]`` float32, or ``[B, heads, gh, gw]`` when ``head=None``.
+
+    Raises:
+        ValueError: the model has no CLS token (use :func:`vitlens.rollout`, which falls
+            back to the mean over patch rows), or layer/head out of range.
+    """
+    layout = cache.layout
+    attn = cache.attention(layer)
+    assert layout is not None
+    if layout.cls_index is None:
+        raise ValueError(
+            "this model has no CLS token (global-pool model), so it has no CLS attention map; "
+            "use vitlens.rollout(cache), which averages over patch rows for such models")
+    gh, gw = layout.grid_size
+    row = attn[:, :, layout.cls_index, layout.num_prefix_tokens:].float()  # [B, H, N]
+    if head is None:
+        out = row
+    elif isinstance(head, str):
+        out = fuse_heads(row, head)
+    else:
+        out = row[:, cache.resolve_head(head)]
+    if renormalize:
+        out = out / out.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(out.dtype).tiny)
+    return out.reshape(*out.shape[:-1], gh, gw)

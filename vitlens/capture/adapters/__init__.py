@@ -1,0 +1,93 @@
+"""Attention-family adapters, registered by decorator.
+
+An adapter knows, for one family of timm models, which modules compute attention (in
+forward order, named by their timm module path), the model's token layout, and how to
+get the attention probabilities: by recomputing them from the module's own q and k
+(the model stays on its fused fast path, outputs bit-identical) or by switching the
+module to its unfused path and reading the probabilities it computes itself (needed
+when gradients must flow through them).
+
+Adding a family is one file in this package with one ``@register_adapter`` class.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..cache import TokenLayout
+from ...errors import UnsupportedModelError
+
+#: Called by an adapter's hooks with (layer index, probabilities) once per forward.
+RecordFn = Callable[[int, torch.Tensor], None]
+
+
+class Adapter:
+    """Base class. Subclasses set ``family`` and implement the methods below."""
+
+    #: Human-readable family name used in messages and ``cache.family``.
+    family: str = ""
+    #: Example timm model names, shown in "unsupported" messages and used by tests.
+    examples: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def attention_modules(self) -> list[tuple[str, nn.Module]]:  # pragma: no cover
+        """``[(module path, module)]`` of the attention layers in forward order."""
+        raise NotImplementedError
+
+    @property
+    def num_heads(self) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def install(self, layers: list[int], record: RecordFn, *, heads: list[int] | None,
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]
+                ) -> tuple[list[torch.utils.hooks.RemovableHandle], list[Callable[[], None]]]:
+        """Install hooks; return (handles to remove, callables restoring module state)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+_REGISTRY: list[type[Adapter]] = []
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator adding an adapter to the registry (like timm's ``@register_model``)."""
+    if not cls.family:
+        raise TypeError(f"adapter {cls.__name__} must set `family`")
+    _REGISTRY.append(cls)
+    return cls
+
+
+def registered_adapters() -> list[type[Adapter]]:
+    """Registered adapter classes, in registration order."""
+    _load_builtin()
+    return list(_REGISTRY)
+
+
+def supported_families() -> list[str]:
+    """Names of the attention families vitlens can record."""
+    return [a.family for a in registered_adapters()]
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for ``model``, or UnsupportedModelError naming the supported families."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    for cls in registered_adapters():
+        if cls.matches(model):
+            return cls(model)
+    examples = "; ".join(f"{a.family} (e.g. {', '.join(a.examples)})" for a in registered_adapters())
+    raise UnsupportedModelError(
+        f"unsupported architecture {type(model).__name__}: vitlens records token self-attention "
+        f"of these families: {examples}. Use one of those models (`vitlens models` lists them)")
+
+
+def _load_builtin() -> None:
+    # Import for the side effect of registration; one module per family.
+    from . import vit  # noqa: F401

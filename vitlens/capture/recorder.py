@@ -1,0 +1,108 @@
+"""``vitlens.capture``: the context manager that records attention with hooks."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .adapters import adapter_for
+from .cache import AttentionCache
+
+_ROWS = ("all", "prefix")
+
+
+@contextmanager
+def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
+            heads: Sequence[int] | None = None, rows: str = "all",
+            dtype: torch.dtype | None = None, to: torch.device | str | None = None,
+            grad: bool = False) -> Iterator[AttentionCache]:
+    """Record per-layer, per-head attention probabilities of a timm ViT.
+
+    Example::
+
+        with vitlens.capture(model) as cache:
+            logits = model(x)
+        cache.attention(-1)          # [B, heads, T, T], last layer
+        cache.layout.grid_size       # (gh, gw)
+
+    Hooks exist only inside the block and are removed on exit, also when the forward
+    raises; every module flag changed for the block is restored. By default the model
+    keeps timm's fused attention and its outputs are bit-identical to a run without
+    capture: the probabilities are recomputed from the module's own q and k.
+
+    Args:
+        model: a supported timm model (see ``vitlens.supported_families()``).
+        layers: layer indices to record (negative counts from the end); None = all.
+            Layers not recorded keep running untouched.
+        heads: head indices to record; None = all.
+        rows: ``"all"`` records ``[B, heads, T, T]``; ``"prefix"`` records only the
+            prefix-token query rows ``[B, heads, P, T]`` (e.g. the CLS row), computed
+            without materialising the T x T matrix.
+        dtype: storage dtype (e.g. ``torch.float16``); default the model's compute dtype.
+        to: storage device; default the model's device.
+        grad: record the probabilities the model itself multiplies with v, attached
+            to the autograd graph (switches the recorded blocks to timm's unfused
+            path for the duration of the block), for gradient-based methods.
+
+    Yields:
+        The :class:`AttentionCache`, filled by every forward inside the block.
+    """
+    adapter = adapter_for(model)
+    modules = adapter.attention_modules()
+    n_layers, n_heads = len(modules), adapter.num_heads
+    layer_list = _resolve_indices(layers, n_layers, "layer", "layers")
+    head_list = None if heads is None else _resolve_indices(heads, n_heads, "head", "heads")
+    if rows not in _ROWS:
+        raise ValueError(f"rows must be one of {_ROWS}, got {rows!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float16, got {dtype!r}")
+    if rows == "prefix" and not getattr(model, "num_prefix_tokens", 0):
+        raise ValueError(f"rows='prefix' records the prefix-token rows, but "
+                         f"{type(model).__name__} has no prefix tokens; use rows='all'")
+    target = torch.device(to) if to is not None else None
+
+    cache = AttentionCache(
+        model_name=str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
+        family=adapter.family, num_layers=n_layers, num_heads=n_heads, layers=layer_list,
+        heads=tuple(head_list) if head_list is not None else tuple(range(n_heads)),
+        rows=rows, hook_points={i: modules[i][0] for i in layer_list})
+
+    def record(layer: int, probs: torch.Tensor) -> None:
+        if not grad:
+            probs = probs.detach()
+        if dtype is not None or target is not None:
+            probs = probs.to(device=target, dtype=dtype)
+        cache._record(layer, probs)
+
+    handles: list = []
+    restores: list = []
+    try:
+        handles, restores = adapter.install(layer_list, record, heads=head_list, rows=rows,
+                                            grad=grad, set_layout=cache._set_layout)
+        yield cache
+    finally:
+        for h in handles:
+            h.remove()
+        for restore in reversed(restores):
+            restore()
+
+
+def _resolve_indices(values: Sequence[int] | int | None, n: int, what: str, arg: str) -> list[int]:
+    if values is None:
+        return list(range(n))
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = [values]
+    out: list[int] = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{arg} must be ints, got {type(v).__name__} {v!r}")
+        if not -n <= v < n:
+            raise ValueError(f"{what} {v} is out of range: the model has {n} {what}s; "
+                             f"valid {arg} are 0..{n - 1} (or -{n}..-1 counting from the end)")
+        if v % n not in out:
+            out.append(v % n)
+    if not out:
+        raise ValueError(f"{arg} is empty; pass None to record every {what}")
+    return sorted(out)

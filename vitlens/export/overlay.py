@@ -1,0 +1,286 @@
+"""Blend a patch-grid attention map onto the original photo with OpenCV.
+
+A ViT attention map is a small 2-D array ``[gh, gw]`` over the patch grid. The model
+saw a preprocessed (resized, possibly centre-cropped) version of the photo, so the map
+covers a box ``(x0, y0, x1, y1)`` of the *original* image. :func:`overlay` upsamples
+the map to that box, colours it with an OpenCV colormap and blends it onto the image;
+the part of the photo the model never saw is darkened and left uncoloured.
+
+This module depends only on numpy and OpenCV. Torch tensors are accepted without
+importing torch (anything with ``.detach()`` is converted via
+``.detach().cpu().float().numpy()``).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["COLORMAPS", "INTERPOLATIONS", "NORMALIZATIONS", "colormap_lut", "overlay", "save_png"]
+
+_COLORMAP_CANDIDATES: tuple[str, ...] = (
+    "autumn", "bone", "cividis", "cool", "deepgreen", "hot", "hsv", "inferno", "jet",
+    "magma", "ocean", "parula", "pink", "plasma", "rainbow", "spring", "summer", "turbo",
+    "twilight", "twilight_shifted", "viridis", "winter",
+)
+
+COLORMAPS: dict[str, int] = {
+    name: int(getattr(cv2, f"COLORMAP_{name.upper()}"))
+    for name in _COLORMAP_CANDIDATES
+    if hasattr(cv2, f"COLORMAP_{name.upper()}")
+}
+"""Lower-case colormap name -> ``cv2.COLORMAP_*`` constant (only those this OpenCV has)."""
+
+INTERPOLATIONS: dict[str, int] = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+}
+"""Upsampling mode name -> ``cv2.INTER_*`` flag."""
+
+NORMALIZATIONS: tuple[str, ...] = ("minmax", "none")
+"""Accepted values of ``overlay(normalize=...)``."""
+
+Box = Sequence[float]
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """Return ``x`` as a numpy array, converting torch tensors without importing torch."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().float().numpy()
+    return np.asarray(x)
+
+
+def _choice_error(kind: str, value: object, valid: Sequence[str]) -> ValueError:
+    """Build a ValueError naming the valid choices and the closest match, if any."""
+    close = difflib.get_close_matches(str(value).lower(), list(valid), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}.{hint}")
+
+
+def _resolve_colormap(name: str) -> int:
+    """Map a (case-insensitive) colormap name to its ``cv2.COLORMAP_*`` constant.
+
+    Raises:
+        ValueError: If the name is not in :data:`COLORMAPS`.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in COLORMAPS:
+        raise _choice_error("colormap", name, sorted(COLORMAPS))
+    return COLORMAPS[key]
+
+
+def colormap_lut(name: str) -> np.ndarray:
+    """Return the 256-entry RGB lookup table of an OpenCV colormap.
+
+    Useful to reproduce exactly the colours of :func:`overlay` elsewhere (e.g. as a
+    matplotlib ``ListedColormap``).
+
+    Args:
+        name: A key of :data:`COLORMAPS` (case-insensitive).
+
+    Returns:
+        A ``[256, 3]`` uint8 array; row ``i`` is the RGB colour of value ``i / 255``.
+
+    Raises:
+        ValueError: If the colormap name is unknown.
+    """
+    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    bgr = cv2.applyColorMap(ramp, _resolve_colormap(name))
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).reshape(256, 3)
+
+
+def _as_rgb_image(image: Any) -> np.ndarray:
+    """Return ``image`` (HxWx3 uint8 array or PIL image) as a contiguous uint8 RGB array.
+
+    Raises:
+        ValueError: If the image is not an HxWx3 uint8 array with non-zero size.
+    """
+    if not isinstance(image, np.ndarray) and hasattr(image, "convert"):  # PIL.Image
+        image = np.asarray(image.convert("RGB"))
+    arr = _to_numpy(image)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(
+            f"image must be an HxWx3 RGB array (or a PIL image), got shape {tuple(arr.shape)}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"image is empty (shape {tuple(arr.shape)})")
+    if arr.dtype != np.uint8:
+        raise ValueError(
+            f"image must have dtype uint8 (values 0-255), got {arr.dtype}; "
+            "convert it, e.g. (img * 255).round().astype(np.uint8) for floats in [0, 1]"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def _as_map(attn_map: Any) -> np.ndarray:
+    """Return ``attn_map`` as a finite 2-D float32 array.
+
+    Raises:
+        ValueError: If the map is not 2-D, is empty, or holds NaN/inf.
+    """
+    m = _to_numpy(attn_map)
+    if m.ndim != 2:
+        raise ValueError(
+            f"attention map must be 2-D [gh, gw] over the patch grid, got shape {tuple(m.shape)}"
+        )
+    if m.size == 0:
+        raise ValueError(f"attention map is empty (shape {tuple(m.shape)})")
+    if m.dtype.kind not in "biuf":
+        raise ValueError(f"attention map must be real-valued, got dtype {m.dtype}")
+    m = m.astype(np.float64)
+    if not np.isfinite(m).all():
+        raise ValueError("attention map contains NaN or inf values")
+    return m
+
+
+def _normalize(m: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a finite map into [0, 1] (``minmax``) or clip it there (``none``)."""
+    if mode == "minmax":
+        lo, hi = float(m.min()), float(m.max())
+        span = hi - lo
+        if span <= 0.0 or not math.isfinite(span):
+            return np.zeros_like(m, dtype=np.float32)
+        return ((m - lo) / span).astype(np.float32)
+    if mode == "none":
+        return np.clip(m, 0.0, 1.0).astype(np.float32)
+    raise _choice_error("normalize mode", mode, NORMALIZATIONS)
+
+
+def _resolve_box(box: Box | None, width: int, height: int) -> tuple[int, int, int, int]:
+    """Round a float ``(x0, y0, x1, y1)`` box to ints and clip it to the image.
+
+    Raises:
+        ValueError: If the box is malformed or empty after clipping.
+    """
+    if box is None:
+        return 0, 0, width, height
+    vals = list(_to_numpy(box).reshape(-1)) if hasattr(box, "detach") else list(box)
+    if len(vals) != 4:
+        raise ValueError(f"box must be (x0, y0, x1, y1), got {box!r}")
+    try:
+        fvals = [float(v) for v in vals]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"box must hold four numbers (x0, y0, x1, y1), got {box!r}") from exc
+    if not all(math.isfinite(v) for v in fvals):
+        raise ValueError(f"box coordinates must be finite, got {box!r}")
+    x0, y0, x1, y1 = (int(round(v)) for v in fvals)
+    x0, x1 = min(max(x0, 0), width), min(max(x1, 0), width)
+    y0, y1 = min(max(y0, 0), height), min(max(y1, 0), height)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(
+            f"box {tuple(fvals)} is empty once rounded and clipped to the "
+            f"{width}x{height} image (got x {x0}..{x1}, y {y0}..{y1})"
+        )
+    return x0, y0, x1, y1
+
+
+def overlay(
+    image: Any,
+    attn_map: Any,
+    *,
+    box: Box | None = None,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    interpolation: str = "cubic",
+    normalize: str = "minmax",
+    outside: float = 0.4,
+) -> np.ndarray:
+    """Colour an attention map and blend it onto the original image.
+
+    The map is normalised, upsampled with ``cv2.resize`` to the size of ``box``,
+    coloured with ``cv2.applyColorMap`` and blended as
+    ``alpha * colour + (1 - alpha) * image`` inside the box. Outside the box (the part
+    of the photo the model never saw after its resize/centre-crop) the image is
+    multiplied by ``outside`` and no colour is added.
+
+    Args:
+        image: HxWx3 uint8 RGB array, or a PIL image (converted to RGB).
+        attn_map: 2-D ``[gh, gw]`` map over the patch grid (numpy array, nested
+            sequence or torch tensor).
+        box: ``(x0, y0, x1, y1)`` region of the original image that the map covers,
+            in pixels, ``x1``/``y1`` exclusive. Rounded to ints and clipped to the
+            image. ``None`` means the whole image.
+        colormap: Lower-case OpenCV colormap name, a key of :data:`COLORMAPS`.
+        alpha: Weight of the colour layer in ``[0, 1]``; 0 leaves the image as is.
+        interpolation: Upsampling mode: ``"nearest"``, ``"linear"``, ``"cubic"``
+            (result clipped to [0, 1]) or ``"area"``.
+        normalize: ``"minmax"`` rescales to [0, 1] (a constant map becomes all
+            zeros); ``"none"`` assumes values already in [0, 1] and clips.
+        outside: Brightness factor in ``[0, 1]`` for pixels outside ``box``
+            (1.0 leaves them untouched).
+
+    Returns:
+        HxWx3 uint8 RGB array at the original image resolution (a new array).
+
+    Raises:
+        ValueError: On an unknown colormap/interpolation/normalize mode, ``alpha`` or
+            ``outside`` outside [0, 1], a map that is not 2-D or holds NaN/inf, an
+            image that is not HxWx3 uint8, or an empty box.
+    """
+    cmap = _resolve_colormap(colormap)
+    if interpolation not in INTERPOLATIONS:
+        raise _choice_error("interpolation", interpolation, list(INTERPOLATIONS))
+    if normalize not in NORMALIZATIONS:
+        raise _choice_error("normalize mode", normalize, NORMALIZATIONS)
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    outside = float(outside)
+    if not 0.0 <= outside <= 1.0:
+        raise ValueError(f"outside must be in [0, 1] (1.0 = untouched), got {outside}")
+
+    img = _as_rgb_image(image)
+    m = _normalize(_as_map(attn_map), normalize)
+    height, width = img.shape[:2]
+    x0, y0, x1, y1 = _resolve_box(box, width, height)
+
+    up = cv2.resize(m, (x1 - x0, y1 - y0), interpolation=INTERPOLATIONS[interpolation])
+    up = np.clip(up, 0.0, 1.0)  # cubic overshoots; a no-op for the other modes
+    levels = np.round(up * 255.0).astype(np.uint8)
+    color = cv2.cvtColor(cv2.applyColorMap(levels, cmap), cv2.COLOR_BGR2RGB)
+
+    if outside == 1.0:
+        out = img.copy()
+    else:
+        out = np.clip(np.round(img.astype(np.float32) * outside), 0, 255).astype(np.uint8)
+    inside = np.ascontiguousarray(img[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = cv2.addWeighted(color, alpha, inside, 1.0 - alpha, 0.0)
+    return out
+
+
+def save_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
+    """Write an RGB image to a PNG file, creating parent directories.
+
+    Args:
+        path: Destination; must end in ``.png`` (any case).
+        rgb: HxWx3 uint8 RGB array, e.g. the result of :func:`overlay`.
+
+    Raises:
+        ValueError: If the array is not HxWx3 uint8 or the path does not end in .png.
+        OSError: If the directory cannot be created or the file cannot be written.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise ValueError(f"save_png writes PNG files; give a path ending in .png, got '{p}'")
+    arr = _as_rgb_image(rgb)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot write PNG '{p}': cannot create folder '{p.parent}': {exc}") from exc
+    bgr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    try:
+        ok = cv2.imwrite(str(p), bgr)
+    except cv2.error as exc:
+        raise OSError(f"cannot write PNG '{p}': {exc}") from exc
+    if not ok:
+        raise OSError(
+            f"cannot write PNG '{p}': OpenCV could not write the file "
+            "(check that the folder is writable and the path is valid)"
+        )

@@ -1,0 +1,346 @@
+"""Load a model and its preprocessing: timm names, local checkpoints, the bundled demo, or a module.
+
+``load_model`` returns the model in eval mode with timm's data config (input size,
+mean/std, interpolation, crop) so preprocessing is always timm's own.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import pickle
+import socket
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, VitlensError, WeightsUnavailableError
+
+#: Name under which the bundled CIFAR-10 demo model loads.
+DEMO_NAME = "demo"
+#: The model ``vitlens attend`` uses when none is given.
+DEFAULT_MODEL = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+
+_DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+class LoadedModel(NamedTuple):
+    """``model, data_config = vitlens.load_model(...)``."""
+
+    model: nn.Module
+    data_config: dict[str, Any]
+
+
+class Preprocessed(NamedTuple):
+    """A preprocessed image and where the model's input lies in the original image."""
+
+    tensor: torch.Tensor
+    #: ``(x0, y0, x1, y1)`` of the model input in original-image pixels (x1, y1 exclusive);
+    #: may extend past the image for ``crop_mode="border"`` (padding).
+    box: tuple[float, float, float, float]
+
+
+# --------------------------------------------------------------------------- demo
+def _demo_meta() -> dict[str, Any]:
+    path = resources.files("vitlens.assets") / "demo_vit.json"
+    if not path.is_file():
+        raise VitlensError("the bundled demo model is missing from this installation "
+                           "(vitlens/assets/demo_vit.json); reinstall vitlens")
+    return json.loads(path.read_text())
+
+
+def _build_demo(with_weights: bool) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    meta = _demo_meta()
+    model = VisionTransformer(**meta["model_config"])
+    model.pretrained_cfg = {
+        "architecture": DEMO_NAME, "tag": "cifar10", "num_classes": len(meta["labels"]),
+        "label_names": list(meta["labels"]),
+        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in _DATA_CONFIG_KEYS},
+    }
+    if with_weights:
+        from safetensors.torch import load_file
+
+        weights = resources.files("vitlens.assets") / "demo_vit.safetensors"
+        with resources.as_file(weights) as p:
+            model.load_state_dict(load_file(str(p)))
+    return model
+
+
+# --------------------------------------------------------------------- checkpoints
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint as a flat ``{name: tensor}`` dict, never unpickling objects.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)``. A ``{"state_dict": ...}`` / ``{"model": ...}``
+    wrapper and a ``module.`` prefix (DataParallel/DDP) are removed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint '{p}' does not exist or is not a file")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd: Any = load_file(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint '{p}' is not a readable safetensors file: {e}") from None
+    else:
+        try:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"checkpoint '{p}' contains pickled Python objects, not only tensors; vitlens "
+                f"refuses to unpickle it (that can run arbitrary code). Save "
+                f"`model.state_dict()` with torch.save or safetensors instead "
+                f"({str(e).splitlines()[0]})") from None
+        except Exception as e:  # torch raises RuntimeError/EOFError/zipfile errors on junk
+            raise CheckpointError(f"checkpoint '{p}' could not be read as a torch state_dict: "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"checkpoint '{p}' is not a state_dict of tensors "
+                              f"(got {type(sd).__name__}); save `model.state_dict()`")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _classifier_key(model: nn.Module) -> str | None:
+    try:
+        head = model.get_classifier()
+    except AttributeError:
+        return None
+    if isinstance(head, nn.Module):
+        for name, mod in model.named_modules():
+            if mod is head and hasattr(mod, "weight"):
+                return f"{name}.weight"
+    return None
+
+
+def _load_checkpoint_into(model: nn.Module, path: str | os.PathLike, name: str) -> None:
+    sd = read_state_dict(path)
+    key = _classifier_key(model)
+    if key and key in sd and hasattr(model, "reset_classifier"):
+        n_cls = int(sd[key].shape[0])
+        if n_cls != getattr(model, "num_classes", n_cls):
+            model.reset_classifier(n_cls)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or unexpected or shapes:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing from the checkpoint: {show(missing)}")
+        if unexpected:
+            parts.append(f"not in the model: {show(unexpected)}")
+        if shapes:
+            parts.append("shape differs: " + show([f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                                                   for k in shapes]))
+        raise CheckpointError(f"checkpoint '{path}' does not fit model '{name}': " + "; ".join(parts)
+                              + ". Check that --model names the architecture the checkpoint was trained with")
+    model.load_state_dict(sd)
+
+
+# ------------------------------------------------------------------------- timm
+@lru_cache(maxsize=1)
+def _all_model_names() -> tuple[str, ...]:
+    import timm
+
+    return tuple(timm.list_models())
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    if timm.is_model(name):
+        return
+    arch = name.split(".", 1)[0]
+    close = difflib.get_close_matches(arch, _all_model_names(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `vitlens models` lists the supported names"
+    raise VitlensError(f"unknown model '{name}' (not a timm model name and not '{DEMO_NAME}'){hint}")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_if_unreachable() -> Iterator[None]:
+    """Unreachable hub: use only the local cache instead of ~50 s of download retries."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - timm depends on it
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    if not old and not _hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _create_timm(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
+    _check_name(name)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False)
+    try:
+        with _hub_offline_if_unreachable():
+            return timm.create_model(name, pretrained=True)
+    except (OSError, RuntimeError, ValueError, ConnectionError) as e:
+        raise WeightsUnavailableError(
+            f"pretrained weights for '{name}' could not be loaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); connect to the Hugging Face Hub once to cache "
+            f"them, pass a local file with --checkpoint, use --no-pretrained, or use "
+            f"--model {DEMO_NAME}") from e
+
+
+# ------------------------------------------------------------------------ public
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA if available else CPU; otherwise validated ``torch.device``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise VitlensError(f"invalid device {device!r}: {e}; use e.g. 'cpu', 'cuda', 'cuda:1'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VitlensError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def data_config_of(model: nn.Module) -> dict[str, Any]:
+    """timm's data config (``resolve_data_config``) for ``model``."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return {k: cfg[k] for k in _DATA_CONFIG_KEYS if k in cfg}
+
+
+def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str | os.PathLike | None = None,
+               device: str | torch.device | None = None) -> LoadedModel:
+    """Load a model in eval mode together with its timm data config.
+
+    Args:
+        name: a timm model name, optionally with a pretrained tag
+            (``"vit_base_patch16_224.augreg2_in21k_ft_in1k"``); ``"demo"`` for the bundled
+            CIFAR-10 ViT; or an ``nn.Module`` you already built.
+        pretrained: download/cache the timm pretrained weights (ignored with
+            ``checkpoint`` and for ``"demo"``, which always has its weights).
+        checkpoint: a local ``.safetensors`` file or torch state_dict (read with
+            ``weights_only=True``); the class count is read from the head weights.
+        device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
+
+    Returns:
+        ``LoadedModel(model, data_config)``; ``data_config`` has timm's keys
+        ``input_size`` ``(3, H, W)``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
+        ``crop_mode``.
+
+    Raises:
+        VitlensError: unknown name (with close matches), unusable checkpoint
+            (:class:`~vitlens.errors.CheckpointError`), weights not obtainable offline
+            (:class:`~vitlens.errors.WeightsUnavailableError`), bad device.
+    """
+    dev = resolve_device(device)
+    if isinstance(name, nn.Module):
+        model = name
+        if checkpoint is not None:
+            _load_checkpoint_into(model, checkpoint, type(model).__name__)
+    elif isinstance(name, str):
+        if name == DEMO_NAME:
+            model = _build_demo(with_weights=checkpoint is None)
+        else:
+            model = _create_timm(name, pretrained=pretrained and checkpoint is None)
+        if checkpoint is not None:
+            _load_checkpoint_into(model, checkpoint, name)
+    else:
+        raise TypeError(f"name must be a timm model name or an nn.Module, got {type(name).__name__}")
+    model = model.to(dev).eval()
+    return LoadedModel(model, data_config_of(model))
+
+
+def class_names(model: nn.Module) -> list[str] | None:
+    """Human-readable class names of ``model``'s outputs, when known.
+
+    The demo model's CIFAR-10 labels, or ImageNet names for timm ImageNet-1k/22k heads
+    (from timm's bundled ImageNet info, offline). None otherwise.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("label_names"):
+        return list(cfg["label_names"])
+    n = getattr(model, "num_classes", None)
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset:
+            info = ImageNetInfo(subset)
+            if info.num_classes() == n:
+                return [info.index_to_description(i).split(",")[0] for i in range(n)]
+    except Exception:  # names are a nicety; never fail a run over them
+        return None
+    return None
+
+
+def make_transform(data_config: dict[str, Any]):
+    """timm's eval transform for ``data_config`` (PIL image -> normalised tensor)."""
+    from timm.data import create_transform
+
+    return create_transform(**data_config, is_training=False)
+
+
+def input_box(image_size: tuple[int, int], data_config: dict[str, Any]) -> tuple[float, float, float, float]:
+    """Where timm's eval transform takes its input from, in original-image pixels.
+
+    Mirrors ``timm.data.transforms_imagenet_eval``: the image is resized
+    (shortest edge for ``crop_mode="center"``, both edges for ``"squash"``, longest edge
+    for ``"border"``) to ``input_size / crop_pct``, then centre-cropped to ``input_size``.
+
+    Args:
+        image_size: original ``(W, H)`` as PIL reports it.
+        data_config: timm data config.
+
+    Returns:
+        ``(x0, y0, x1, y1)``, floats, x1/y1 exclusive.
+    """
+    w, h = image_size
+    th, tw = data_config["input_size"][-2:]
+    pct = data_config.get("crop_pct") or 0.875
+    mode = data_config.get("crop_mode") or "center"
+    sh, sw = int(th / pct), int(tw / pct)  # math.floor for positive numbers
+    if mode == "squash":
+        fy, fx = sh / h, sw / w
+    else:
+        ratio_h, ratio_w = h / sh, w / sw
+        r = max(ratio_h, ratio_w) if mode == "border" else min(ratio_h, ratio_w)
+        fy = fx = 1.0 / r
+    rh, rw = h * fy, w * fx  # resized size
+    top, left = (rh - th) / 2.0, (rw - tw) / 2.0
+    return (left / fx, top / fy, (left + tw) / fx, (top + th) / fy)
+
+
+def preprocess(image, data_config: dict[str, Any]) -> Preprocessed:
+    """Apply timm's eval transform to a PIL RGB image; also return the input box."""
+    return Preprocessed(make_transform(data_config)(image), input_box(image.size, data_config))
