@@ -208,7 +208,7 @@ def main() -> None:
               str(args.out / "demo_vit.safetensors"))
     meta = {"architecture": "VisionTransformer", "model_config": MODEL_CONFIG,
             "labels": list(CLASSES), "mean": MEAN, "std": STD, "input_size": [3, 32, 32],
-            "interpolation": "bicubic", "crop_pct": 1.0, "test_accuracy": acc,
+            "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center", "test_accuracy": acc,
             "train_minutes": round(elapsed / 60, 1), "epochs": args.epochs,
             "dataset": "CIFAR-10 (Krizhevsky 2009), train split; accuracy on the test split"}
     (args.out / "demo_vit.json").write_text(json.dumps(meta, indent=2) + "\n")

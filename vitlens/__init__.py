@@ -1,2 +1,35 @@
-"""vitlens: see and measure what Vision Transformers attend to."""
+"""vitlens: see and measure what Vision Transformers attend to.
+
+Quick start::
+
+    import vitlens
+    model, cfg = vitlens.load_model("demo")
+    img = vitlens.load_image("examples/chelsea.jpg")
+    x = vitlens.preprocess(img, cfg).tensor[None]
+    with vitlens.capture(model) as cache:
+        logits = model(x)
+    cls_map = vitlens.cls_attention(cache, layer=-1)   # [1, gh, gw]
+    roll = vitlens.rollout(cache)                        # [1, gh, gw], sums to 1
+
+The core (capture, analysis, models, data) imports without matplotlib, OpenCV, h5py or
+click; ``vitlens.export`` and the CLI bring those in when used.
+"""
+from .analysis import AttentionMaps, attention_maps, cls_attention, rollout
+from .capture import AttentionCache, TokenLayout, capture, register_adapter, supported_families
+from .data import find_images, load_image
+from .errors import (CheckpointError, ImageLoadError, UnsupportedModelError, VitlensError,
+                     WeightsUnavailableError)
+from .models import (DEFAULT_MODEL, DEMO_NAME, LoadedModel, class_names, load_model,
+                     make_transform, preprocess)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "capture", "AttentionCache", "TokenLayout", "register_adapter", "supported_families",
+    "cls_attention", "rollout", "attention_maps", "AttentionMaps",
+    "load_model", "LoadedModel", "class_names", "preprocess", "make_transform",
+    "DEFAULT_MODEL", "DEMO_NAME",
+    "load_image", "find_images",
+    "VitlensError", "ImageLoadError", "UnsupportedModelError", "CheckpointError",
+    "WeightsUnavailableError",
+]

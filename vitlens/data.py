@@ -143,7 +143,7 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
 # --------------------------------------------------------------------------- checks
 
 _DIRECTORY_REASON = (
-    "is a directory, not an image file; pass image files, or use `vitlens export` for folders"
+    "is a directory, not an image file; pass the image files inside it (e.g. folder/*.jpg)"
 )
 _PERMISSION_REASON = (
     "permission denied; make the file readable (e.g. `chmod u+r`) or run as a user who can read it"

@@ -10,7 +10,9 @@ import difflib
 import json
 import os
 import pickle
+import re
 import socket
+import zipfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -96,14 +98,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            if not _looks_like_torch_file(p):
+                raise CheckpointError(f"checkpoint '{p}' is not a torch checkpoint (neither a zip "
+                                      f"archive nor a pickle); check the file (an HTML error page "
+                                      f"from a failed download looks like this)") from None
+            blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", _strip_ansi(str(e)))
+            what = f" (it needs {blocked.group(1)})" if blocked else ""
             raise CheckpointError(
-                f"checkpoint '{p}' contains pickled Python objects, not only tensors; vitlens "
-                f"refuses to unpickle it (that can run arbitrary code). Save "
-                f"`model.state_dict()` with torch.save or safetensors instead "
-                f"({str(e).splitlines()[0]})") from None
+                f"checkpoint '{p}' contains pickled Python objects, not only tensors{what}; "
+                f"vitlens refuses to unpickle it (that can run arbitrary code). Save "
+                f"`model.state_dict()` with torch.save or safetensors instead") from None
         except Exception as e:  # torch raises RuntimeError/EOFError/zipfile errors on junk
+            first = _strip_ansi(str(e)).splitlines()[0] if str(e) else ""
             raise CheckpointError(f"checkpoint '{p}' could not be read as a torch state_dict: "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                                  f"{type(e).__name__}: {first}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -114,6 +122,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _looks_like_torch_file(p: Path) -> bool:
+    """A zip archive (torch.save's format) or a raw pickle (protocol byte 0x80)."""
+    with open(p, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(p) or head[:1] == b"\x80"
 
 
 def _classifier_key(model: nn.Module) -> str | None:
@@ -131,14 +150,17 @@ def _classifier_key(model: nn.Module) -> str | None:
 def _load_checkpoint_into(model: nn.Module, path: str | os.PathLike, name: str) -> None:
     sd = read_state_dict(path)
     key = _classifier_key(model)
-    if key and key in sd and hasattr(model, "reset_classifier"):
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    n_cls = None
+    if key and key in sd and hasattr(model, "reset_classifier") and key in own:
         n_cls = int(sd[key].shape[0])
-        if n_cls != getattr(model, "num_classes", n_cls):
-            model.reset_classifier(n_cls)
-    own = model.state_dict()
+        if n_cls != own[key][0]:  # the head resized to the checkpoint's class count
+            for k in (key, key[: -len("weight")] + "bias"):
+                if k in own and k in sd:
+                    own[k] = torch.Size([n_cls, *own[k][1:]])
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    shapes = sorted(k for k in set(own) & set(sd) if own[k] != sd[k].shape)
     if missing or unexpected or shapes:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
@@ -148,10 +170,12 @@ def _load_checkpoint_into(model: nn.Module, path: str | os.PathLike, name: str) 
         if unexpected:
             parts.append(f"not in the model: {show(unexpected)}")
         if shapes:
-            parts.append("shape differs: " + show([f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+            parts.append("shape differs: " + show([f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k])}"
                                                    for k in shapes]))
         raise CheckpointError(f"checkpoint '{path}' does not fit model '{name}': " + "; ".join(parts)
                               + ". Check that --model names the architecture the checkpoint was trained with")
+    if n_cls is not None and n_cls != getattr(model, "num_classes", n_cls):
+        model.reset_classifier(n_cls)
     model.load_state_dict(sd)
 
 
@@ -170,7 +194,7 @@ def _check_name(name: str) -> None:
         return
     arch = name.split(".", 1)[0]
     close = difflib.get_close_matches(arch, _all_model_names(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `vitlens models` lists the supported names"
+    hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models() lists the names"
     raise VitlensError(f"unknown model '{name}' (not a timm model name and not '{DEMO_NAME}'){hint}")
 
 
@@ -330,14 +354,22 @@ def input_box(image_size: tuple[int, int], data_config: dict[str, Any]) -> tuple
     pct = data_config.get("crop_pct") or 0.875
     mode = data_config.get("crop_mode") or "center"
     sh, sw = int(th / pct), int(tw / pct)  # math.floor for positive numbers
-    if mode == "squash":
-        fy, fx = sh / h, sw / w
-    else:
+    if mode == "squash":  # transforms.Resize((sh, sw))
+        rh, rw = sh, sw
+    elif mode == "center" and sh == sw:  # transforms.Resize(int): shortest edge, long edge truncated
+        if w <= h:
+            rw, rh = sh, int(sh * h / w)
+        else:
+            rh, rw = sh, int(sh * w / h)
+    else:  # timm ResizeKeepRatio: longest edge for "border", shortest for "center"
         ratio_h, ratio_w = h / sh, w / sw
         r = max(ratio_h, ratio_w) if mode == "border" else min(ratio_h, ratio_w)
-        fy = fx = 1.0 / r
-    rh, rw = h * fy, w * fx  # resized size
-    top, left = (rh - th) / 2.0, (rw - tw) / 2.0
+        rh, rw = round(h / r), round(w / r)
+    fy, fx = rh / h, rw / w
+    if mode == "border":  # CenterCropOrPad: centred, possibly padded (box exceeds the image)
+        top, left = (rh - th) / 2.0, (rw - tw) / 2.0
+    else:  # torchvision CenterCrop offsets
+        top, left = int(round((rh - th) / 2.0)), int(round((rw - tw) / 2.0))
     return (left / fx, top / fy, (left + tw) / fx, (top + th) / fy)
 
 

@@ -60,7 +60,7 @@ def test_directory(tmp_path: Path) -> None:
     folder.mkdir()
     err = _load_error(folder)
     assert "is a directory, not an image file" in err.reason
-    assert "vitlens export" in err.reason
+    assert "pass the image files inside it" in err.reason
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:

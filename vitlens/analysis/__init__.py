@@ -1,5 +1,6 @@
 """Pure analyses: a cache in, tensors shaped by the TokenLayout out."""
 from .cls_attention import HEAD_FUSIONS, cls_attention, fuse_heads
+from .maps import METHODS, AttentionMaps, attention_maps
 from .rollout import rollout
 
-__all__ = ["cls_attention", "rollout", "fuse_heads", "HEAD_FUSIONS"]
+__all__ = ["cls_attention", "rollout", "attention_maps", "AttentionMaps", "METHODS", "fuse_heads", "HEAD_FUSIONS"]

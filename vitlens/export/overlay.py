@@ -171,6 +171,11 @@ def _resolve_box(box: Box | None, width: int, height: int) -> tuple[int, int, in
     if not all(math.isfinite(v) for v in fvals):
         raise ValueError(f"box coordinates must be finite, got {box!r}")
     x0, y0, x1, y1 = (int(round(v)) for v in fvals)
+    # a box thinner than a pixel (e.g. a 1-px-wide image) still covers the pixel it is in
+    if x1 <= x0 and fvals[2] > fvals[0]:
+        x0, x1 = math.floor(fvals[0]), max(math.ceil(fvals[2]), math.floor(fvals[0]) + 1)
+    if y1 <= y0 and fvals[3] > fvals[1]:
+        y0, y1 = math.floor(fvals[1]), max(math.ceil(fvals[3]), math.floor(fvals[1]) + 1)
     x0, x1 = min(max(x0, 0), width), min(max(x1, 0), width)
     y0, y1 = min(max(y0, 0), height), min(max(y1, 0), height)
     if x1 <= x0 or y1 <= y0:

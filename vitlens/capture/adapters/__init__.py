@@ -85,7 +85,7 @@ def adapter_for(model: nn.Module) -> Adapter:
     examples = "; ".join(f"{a.family} (e.g. {', '.join(a.examples)})" for a in registered_adapters())
     raise UnsupportedModelError(
         f"unsupported architecture {type(model).__name__}: vitlens records token self-attention "
-        f"of these families: {examples}. Use one of those models (`vitlens models` lists them)")
+        f"of these families: {examples}. Use a model of one of those families")
 
 
 def _load_builtin() -> None:

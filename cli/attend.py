@@ -1,0 +1,118 @@
+"""``vitlens attend``: overlay PNGs of CLS attention or rollout, plus top-5 predictions."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+
+from .common import handle_errors, load_cli_model, model_options
+
+
+def _head_option(value: str) -> str | int | None:
+    if value in ("mean", "max", "min"):
+        return value
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use mean, max, min, all, or a head index") from None
+
+
+def _output_name(path: str, suffix: str, taken: set[str]) -> str:
+    """A file name inside --out derived from the input's name only (never a path)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem).strip("._") or "image"
+    name, n = f"{stem}_{suffix}.png", 2
+    while name in taken:
+        name, n = f"{stem}-{n}_{suffix}.png", n + 1
+    taken.add(name)
+    return name
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@model_options
+@click.option("--method", type=click.Choice(["cls", "rollout"]), default="cls", show_default=True,
+              help="cls: CLS-token attention of --layer; rollout: attention rollout over all layers.")
+@click.option("--layer", type=int, default=-1, show_default=True, help="Layer for --method cls (negative counts from the end).")
+@click.option("--head", default="mean", show_default=True,
+              help="mean | max | min | a head index | all (a grid of every head; --method cls).")
+@click.option("--discard-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Rollout: zero this fraction of the lowest attention entries per layer.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="vitlens-out", show_default=True,
+              help="Folder for the overlay PNGs (created).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Overlay opacity.")
+@click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name (jet, inferno, viridis, turbo, ...).")
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="Predictions to print.")
+@handle_errors
+def attend(images, model_name, checkpoint, pretrained, device, debug, method, layer, head,
+           discard_ratio, out_dir, alpha, colormap, top_k):
+    """Draw where the model attends in IMAGE... and print its top predictions.
+
+    Writes one overlay PNG per image into --out (the map drawn over the original image,
+    at its original resolution; the part the model's centre crop did not see is dimmed).
+    Unreadable images are reported one line each on stderr and skipped; the exit status
+    is 1 if any image failed.
+    """
+    import torch
+
+    import vitlens
+    from vitlens.export.overlay import COLORMAPS, overlay, save_png
+
+    head_sel = _head_option(head)
+    if head_sel is None and method != "cls":
+        raise click.BadParameter("--head all draws per-head CLS maps; use it with --method cls", param_hint="--head")
+    if colormap.lower() not in COLORMAPS:
+        overlay(torch.zeros(2, 2, 3, dtype=torch.uint8).numpy(), [[0.0]], colormap=colormap)  # raises the helpful error
+
+    model, cfg = load_cli_model(model_name, checkpoint, pretrained, device)
+    dev = next(model.parameters()).device
+    names = vitlens.class_names(model)
+
+    loaded, failed = [], 0
+    for path in images:
+        try:
+            img = vitlens.load_image(path)
+        except vitlens.ImageLoadError as e:
+            if debug or os.environ.get("VITLENS_DEBUG") == "1":
+                raise
+            click.echo(f"vitlens: error: {e}", err=True)
+            failed += 1
+            continue
+        loaded.append((path, img, vitlens.preprocess(img, cfg)))
+    if not loaded:
+        raise SystemExit(1)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    batch_size = 16
+    for start in range(0, len(loaded), batch_size):
+        chunk = loaded[start:start + batch_size]
+        x = torch.stack([p.tensor for _, _, p in chunk]).to(dev)
+        res = vitlens.attention_maps(model, x, method=method, layer=layer, head=head_sel,
+                                     discard_ratio=discard_ratio)
+        probs = res.logits.float().softmax(-1).cpu()
+        for i, (path, img, pre) in enumerate(chunk):
+            what = method if method == "rollout" else f"cls_L{res.layer}"
+            tag = f"{what}_{head}" if method == "cls" else f"rollout_{head}"
+            if head_sel is None:
+                from vitlens.export.figures import head_grid, save_figure
+
+                fig = head_grid(res.maps[i].cpu(), image=img, box=pre.box, colormap=colormap, alpha=alpha,
+                                fused=res.maps[i].mean(0).cpu(),
+                                title=f"{Path(path).name}: CLS attention, layer {res.layer}")
+                dest = out / _output_name(path, f"{what}_heads", taken)
+                save_figure(fig, dest)
+            else:
+                dest = out / _output_name(path, tag, taken)
+                save_png(dest, overlay(img, res.maps[i].cpu(), box=pre.box, colormap=colormap, alpha=alpha))
+            p, idx = probs[i].topk(min(top_k, probs.shape[-1]))
+            preds = ", ".join(f"{names[j] if names else j} {q:.3f}" for q, j in zip(p.tolist(), idx.tolist()))
+            click.echo(f"{path}: {preds}")
+            click.echo(f"  wrote {dest}")
+    if failed:
+        click.echo(f"vitlens: {failed} of {len(images)} image(s) could not be read", err=True)
+        raise SystemExit(1)

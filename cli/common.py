@@ -1,0 +1,75 @@
+"""Options and error handling shared by every command. No analysis logic lives in cli/."""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import click
+
+from vitlens.errors import VitlensError
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--model, --checkpoint, --pretrained/--no-pretrained, --device, --debug."""
+    decorators = [
+        click.option("--model", "model_name", default=None, metavar="NAME",
+                     help="timm model name (with optional .tag), or 'demo' for the bundled "
+                          "CIFAR-10 ViT. Default: vit_base_patch16_224.augreg2_in21k_ft_in1k, "
+                          "falling back to 'demo' when its weights cannot be had offline."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                     help="Local weights (.safetensors or a torch state_dict) for --model; "
+                          "the class count is read from the head weights."),
+        click.option("--pretrained/--no-pretrained", default=True, show_default=True,
+                     help="Load timm's pretrained weights for --model."),
+        click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+        click.option("--debug", is_flag=True, help="Show full tracebacks on errors."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr, then exit with ``code``."""
+    click.echo(f"vitlens: error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, VitlensError) else f"{text} ({type(e).__name__})"
+
+
+def handle_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one stderr line and exit 1, unless --debug or VITLENS_DEBUG=1."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug") or os.environ.get("VITLENS_DEBUG") == "1"
+        try:
+            return f(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except (VitlensError, ValueError, TypeError, OSError, RuntimeError, KeyError) as e:
+            if debug:
+                raise
+            fail(one_line(e))
+    return wrapper
+
+
+def load_cli_model(model_name: str | None, checkpoint: str | None, pretrained: bool, device: str | None):
+    """``load_model`` with the CLI default: the ImageNet ViT-B/16, else the demo with a notice."""
+    from vitlens.errors import WeightsUnavailableError
+    from vitlens.models import DEFAULT_MODEL, DEMO_NAME, load_model
+
+    if model_name is not None:
+        return load_model(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+    if checkpoint is not None:
+        raise click.UsageError("--checkpoint needs --model naming its architecture")
+    try:
+        return load_model(DEFAULT_MODEL, pretrained=pretrained, device=device)
+    except WeightsUnavailableError:
+        click.echo(f"vitlens: notice: weights for {DEFAULT_MODEL} are not available (offline and not "
+                   f"cached), so using the bundled '{DEMO_NAME}' model (CIFAR-10 classes, 32x32 input); "
+                   f"choose a model with --model NAME", err=True)
+        return load_model(DEMO_NAME, device=device)

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random-init timm models of every supported family, real images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+#: name -> (timm model, create kwargs, input (H, W)); small depth/size keeps tests fast.
+FAMILY_CASES: dict[str, tuple[str, dict, tuple[int, int]]] = {
+    "vit": ("vit_tiny_patch16_224", dict(img_size=64, depth=3), (64, 64)),
+    "vit_qk_norm": ("vit_tiny_patch16_224", dict(img_size=64, depth=3, qk_norm=True), (64, 64)),
+    "deit": ("deit_tiny_patch16_224", dict(img_size=64, depth=3), (64, 64)),
+    "deit3": ("deit3_small_patch16_224", dict(img_size=64, depth=3), (64, 64)),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=64, depth=3), (64, 64)),
+    "dinov2_reg4": ("vit_small_patch14_reg4_dinov2", dict(img_size=56, depth=3), (56, 56)),
+    "gap_no_cls": ("vit_medium_patch16_gap_256", dict(img_size=64, depth=3), (64, 64)),
+    "clip": ("vit_base_patch16_clip_224", dict(img_size=64, depth=2, embed_dim=192, num_heads=3), (64, 64)),
+    "non_square": ("vit_tiny_patch16_224", dict(img_size=(48, 80), depth=3), (48, 80)),
+    "dynamic_img_size": ("vit_tiny_patch16_224", dict(dynamic_img_size=True, depth=3), (48, 80)),
+}
+
+
+def make_model(case: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    import timm
+
+    name, kwargs, (h, w) = FAMILY_CASES[case]
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    # random-init timm ViTs start with near-uniform attention; sharpen q/k so tests see structure
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.qkv.weight.mul_(4.0)
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+@pytest.fixture(params=list(FAMILY_CASES))
+def family_model(request):
+    model, x = make_model(request.param)
+    return request.param, model, x
+
+
+@pytest.fixture(scope="session")
+def chelsea_path() -> Path:
+    return EXAMPLES / "chelsea.jpg"

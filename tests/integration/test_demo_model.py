@@ -1,0 +1,67 @@
+"""The bundled demo model: loads offline and reaches >= 70% on the CIFAR-10 test split."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import vitlens
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def cifar_archive() -> Path | None:
+    """../shared/data/cifar10/cifar10-jpg.tar.gz beside the repo, or $VITLENS_CIFAR10."""
+    env = os.environ.get("VITLENS_CIFAR10")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def test_demo_assets_ship_in_the_package():
+    files = resources.files("vitlens.assets")
+    weights = files / "demo_vit.safetensors"
+    meta = json.loads((files / "demo_vit.json").read_text())
+    assert weights.is_file() and len(weights.read_bytes()) <= 8 * 1024 * 1024
+    assert meta["labels"] == list(CLASSES)
+    assert not meta.get("placeholder"), "the shipped demo weights must be the trained ones"
+    model, cfg = vitlens.load_model("demo")
+    assert cfg["input_size"] == (3, 32, 32)
+    assert vitlens.class_names(model) == list(CLASSES)
+
+
+def test_demo_accuracy_on_cifar10_test_split():
+    archive = cifar_archive()
+    if archive is None:
+        pytest.skip("CIFAR-10 archive not found (set VITLENS_CIFAR10 to cifar10-jpg.tar.gz)")
+    model, cfg = vitlens.load_model("demo", device="cpu")
+    transform = vitlens.make_transform(cfg)
+    xs, ys = [], []
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if m.isfile() and "test" in parts and m.name.endswith(".jpg"):
+                img = Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")
+                xs.append(transform(img))
+                ys.append(CLASSES.index(parts[parts.index("test") + 1]))
+    assert len(xs) == 10_000
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(xs), 500):
+            pred = model(torch.stack(xs[i:i + 500])).argmax(-1)
+            correct += (pred == torch.tensor(ys[i:i + 500])).sum().item()
+    acc = correct / len(xs)
+    print(f"demo model CIFAR-10 test accuracy: {acc:.4f}")
+    assert acc >= 0.70

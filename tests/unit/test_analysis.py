@@ -1,0 +1,190 @@
+"""CLS maps and rollout against slow, direct per-image implementations of the formulas."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vitlens
+from vitlens.capture.cache import AttentionCache, TokenLayout
+
+from ..conftest import make_model
+
+
+def synthetic_cache(attn: list[torch.Tensor], prefix: tuple[str, ...], grid: tuple[int, int]) -> AttentionCache:
+    """A cache filled with given per-layer attention, as capture would fill it."""
+    B, H, T, _ = attn[0].shape
+    cache = AttentionCache(model_name="synthetic", family="test", num_layers=len(attn), num_heads=H,
+                           layers=list(range(len(attn))), heads=tuple(range(H)), rows="all",
+                           hook_points={})
+    cache._set_layout(TokenLayout(len(prefix), prefix, grid, (4, 4), (grid[0] * 4, grid[1] * 4)))
+    for i, a in enumerate(attn):
+        cache._record(i, a)
+    return cache
+
+
+def random_attention(B, H, T, L, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.softmax(3 * torch.randn(B, H, T, T, generator=g), -1) for _ in range(L)]
+
+
+# ------------------------------------------------------------------ references
+def ref_cls_map(a: np.ndarray, cls: int, prefix: int, grid, fuse) -> np.ndarray:
+    """One image: a [H, T, T] -> [gh, gw] by explicit loops."""
+    H, T, _ = a.shape
+    gh, gw = grid
+    out = np.zeros((gh, gw))
+    for r in range(gh):
+        for c in range(gw):
+            vals = [a[h, cls, prefix + r * gw + c] for h in range(H)]
+            out[r, c] = fuse(vals)
+    return out
+
+
+def ref_rollout(layers: list[np.ndarray], cls: int | None, prefix: int, grid, discard=0.0) -> np.ndarray:
+    """Abnar & Zuidema rollout for one image, as DESIGN.md §4 writes it, in float64."""
+    T = layers[0].shape[-1]
+    R = np.eye(T)
+    for a in layers:
+        fused = a.mean(axis=0).astype(np.float64)
+        if discard > 0:
+            cand = [(fused[i, j], i, j) for i in range(T) for j in range(T) if j != cls]
+            cand.sort()
+            for _, i, j in cand[: int(discard * len(cand))]:
+                fused[i, j] = 0.0
+        ahat = 0.5 * fused + 0.5 * np.eye(T)
+        ahat = ahat / ahat.sum(axis=1, keepdims=True)
+        R = ahat @ R
+    m = R[cls, prefix:] if cls is not None else R[prefix:, prefix:].mean(axis=0)
+    return (m / m.sum()).reshape(grid)
+
+
+# ------------------------------------------------------------------ CLS maps
+@pytest.mark.parametrize("prefix", [("cls",), ("cls", "dist"), ("cls", "reg", "reg", "reg", "reg")])
+def test_cls_attention_matches_loops(prefix):
+    grid = (3, 5)
+    T = len(prefix) + 15
+    attn = random_attention(2, 4, T, 3)
+    cache = synthetic_cache(attn, prefix, grid)
+    for layer in (0, -1, 1):
+        a = attn[layer].numpy()
+        for head, fuse in [("mean", np.mean), ("max", np.max), ("min", np.min)]:
+            got = vitlens.cls_attention(cache, layer=layer, head=head)
+            assert got.shape == (2, 3, 5)
+            for b in range(2):
+                np.testing.assert_allclose(got[b].numpy(), ref_cls_map(a[b], 0, len(prefix), grid, fuse), rtol=1e-6)
+        per_head = vitlens.cls_attention(cache, layer=layer, head=None)
+        assert per_head.shape == (2, 4, 3, 5)
+        for h in range(4):
+            np.testing.assert_allclose(vitlens.cls_attention(cache, layer=layer, head=h).numpy(),
+                                       per_head[:, h].numpy())
+            np.testing.assert_allclose(
+                per_head[1, h].numpy(), ref_cls_map(a[1, h:h + 1], 0, len(prefix), grid, np.mean), rtol=1e-6)
+        np.testing.assert_allclose(vitlens.cls_attention(cache, layer=layer, head=-1).numpy(),
+                                   per_head[:, 3].numpy())
+    # raw probabilities: the patch part does not sum to 1 unless renormalised
+    raw = vitlens.cls_attention(cache, head=0)
+    assert (raw.sum((-1, -2)) < 1).all()
+    ren = vitlens.cls_attention(cache, head=0, renormalize=True)
+    torch.testing.assert_close(ren.sum((-1, -2)), torch.ones(2))
+
+
+def test_cls_attention_errors():
+    cache = synthetic_cache(random_attention(1, 4, 10, 2), ("cls",), (3, 3))
+    with pytest.raises(ValueError, match=r"head 4 is out of range.*0..3"):
+        vitlens.cls_attention(cache, head=4)
+    with pytest.raises(ValueError, match="head fusion must be one of"):
+        vitlens.cls_attention(cache, head="median")
+    with pytest.raises(ValueError, match=r"layer 2 is out of range.*0..1"):
+        vitlens.cls_attention(cache, layer=2)
+    gap = synthetic_cache(random_attention(1, 4, 9, 2), (), (3, 3))
+    with pytest.raises(ValueError, match="no CLS token.*rollout"):
+        vitlens.cls_attention(gap)
+
+
+# ------------------------------------------------------------------ rollout
+@pytest.mark.parametrize("prefix", [("cls",), ("cls", "dist"), ("cls", "reg", "reg"), ()])
+@pytest.mark.parametrize("discard", [0.0, 0.5, 0.9])
+def test_rollout_matches_reference(prefix, discard):
+    grid = (3, 4)
+    T = len(prefix) + 12
+    attn = random_attention(3, 2, T, 4, seed=7)
+    cache = synthetic_cache(attn, prefix, grid)
+    got = vitlens.rollout(cache, discard_ratio=discard)
+    assert got.shape == (3, 3, 4) and got.dtype == torch.float32
+    torch.testing.assert_close(got.sum((-1, -2)), torch.ones(3))
+    cls = 0 if prefix else None
+    for b in range(3):
+        ref = ref_rollout([a[b].numpy() for a in attn], cls, len(prefix), grid, discard)
+        np.testing.assert_allclose(got[b].numpy(), ref, rtol=1e-4, atol=1e-7)
+
+
+def test_rollout_single_layer_is_the_residual_formula():
+    attn = random_attention(1, 3, 5, 1)
+    cache = synthetic_cache(attn, ("cls",), (2, 2))
+    a = attn[0][0].mean(0)
+    ahat = 0.5 * a + 0.5 * torch.eye(5)
+    row = (ahat / ahat.sum(-1, keepdim=True))[0, 1:]
+    torch.testing.assert_close(vitlens.rollout(cache)[0].flatten(), row / row.sum())
+
+
+def test_rollout_head_fusions_and_discard_keeps_cls_column():
+    attn = random_attention(2, 3, 10, 2, seed=3)
+    cache = synthetic_cache(attn, ("cls",), (3, 3))
+    for fusion in ("max", "min"):
+        assert not torch.allclose(vitlens.rollout(cache, head_fusion=fusion), vitlens.rollout(cache))
+    from vitlens.analysis.rollout import discard_lowest
+
+    fused = attn[0].mean(1)
+    kept = discard_lowest(fused, 0.95, keep_col=0)
+    torch.testing.assert_close(kept[:, :, 0], fused[:, :, 0])
+    assert (kept[:, :, 1:] == 0).float().mean() > 0.9
+
+
+def test_rollout_errors():
+    model, x = make_model("vit")
+    with vitlens.capture(model, layers=[1, 2]) as partial:
+        model(x)
+    with pytest.raises(ValueError, match="every layer from layer 0"):
+        vitlens.rollout(partial)
+    with vitlens.capture(model, rows="prefix") as rows:
+        model(x)
+    with pytest.raises(ValueError, match="rows='all'"):
+        vitlens.rollout(rows)
+    with vitlens.capture(model) as full:
+        model(x)
+    with pytest.raises(ValueError, match=r"discard_ratio must be in \[0, 1\)"):
+        vitlens.rollout(full, discard_ratio=1.0)
+
+
+# ------------------------------------------------------------ on real models
+@pytest.mark.parametrize("case", ["deit_distilled", "dinov2_reg4", "gap_no_cls", "non_square"])
+def test_maps_on_captured_models_match_references(case):
+    model, x = make_model(case)
+    with vitlens.capture(model) as cache:
+        model(x)
+    lay = cache.layout
+    layers = [cache.attention(i) for i in cache.layers]
+    roll = vitlens.rollout(cache)
+    assert roll.shape == (2, *lay.grid_size)
+    for b in range(2):
+        ref = ref_rollout([a[b].double().numpy() for a in layers], lay.cls_index, lay.num_prefix_tokens,
+                          lay.grid_size)
+        np.testing.assert_allclose(roll[b].numpy(), ref, rtol=1e-4, atol=1e-7)
+        if lay.has_cls:
+            np.testing.assert_allclose(
+                vitlens.cls_attention(cache)[b].numpy(),
+                ref_cls_map(layers[-1][b].numpy(), 0, lay.num_prefix_tokens, lay.grid_size, np.mean), rtol=1e-5)
+
+
+def test_attention_maps_pipeline_cls_uses_prefix_rows_only():
+    model, x = make_model("deit_distilled")
+    res = vitlens.attention_maps(model, x, method="cls", layer=-1, head="mean")
+    with vitlens.capture(model) as cache:
+        logits = model(x)
+    torch.testing.assert_close(res.maps, vitlens.cls_attention(cache, layer=-1))
+    assert torch.equal(res.logits, logits) and res.layer == 2
+    roll = vitlens.attention_maps(model, x, method="rollout", head="mean", discard_ratio=0.2)
+    torch.testing.assert_close(roll.maps, vitlens.rollout(cache, discard_ratio=0.2))
+    with pytest.raises(ValueError, match="per-head maps exist only"):
+        vitlens.attention_maps(model, x, method="rollout", head=1)
