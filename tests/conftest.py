@@ -24,6 +24,19 @@ FAMILY_CASES: dict[str, tuple[str, dict, tuple[int, int]]] = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Run torch single-threaded in the tests (restored afterwards).
+
+    The test models are tiny: one thread is as fast on an idle machine and ~10x faster
+    on a busy 2-core one, where torch's intra-op pool fights other processes.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_model(case: str) -> tuple[torch.nn.Module, torch.Tensor]:
     import timm
 

@@ -31,18 +31,6 @@ CONTRACT_OPTIONS = ["--model", "--checkpoint", "--pretrained", "--no-pretrained"
                     "--method", "--out", "--alpha", "--colormap", "--device"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Run torch single-threaded here (restored afterwards).
-
-    On a small machine whose cores are busy (e.g. training in the background), torch's
-    default intra-op thread pool makes these tiny models ~10x slower than one thread.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---------------------------------------------------------------------------- helpers
 def run(*args, **kwargs):
