@@ -33,7 +33,7 @@ def _output_name(path: str, suffix: str, taken: set[str]) -> str:
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@model_options
+@model_options()
 @click.option("--method", type=click.Choice(["cls", "rollout"]), default="cls", show_default=True,
               help="cls: CLS-token attention of --layer; rollout: attention rollout over all layers.")
 @click.option("--layer", type=int, default=-1, show_default=True, help="Layer for --method cls (negative counts from the end).")

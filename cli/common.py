@@ -10,24 +10,35 @@ import click
 from vitlens.errors import VitlensError
 
 
-def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--model, --checkpoint, --pretrained/--no-pretrained, --device, --debug."""
+def model_options(multiple: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--model, --checkpoint, --pretrained/--no-pretrained, --device, --debug.
+
+    With ``multiple=True``, --model and --checkpoint may repeat (parameters
+    ``model_names`` and ``checkpoints``, tuples); otherwise ``model_name`` and ``checkpoint``.
+    """
+    repeat = " Repeat to compare models in one run." if multiple else ""
     decorators = [
-        click.option("--model", "model_name", default=None, metavar="NAME",
+        click.option("--model", "model_names" if multiple else "model_name", multiple=multiple,
+                     default=None, metavar="NAME",
                      help="timm model name (with optional .tag), or 'demo' for the bundled "
                           "CIFAR-10 ViT. Default: vit_base_patch16_224.augreg2_in21k_ft_in1k, "
-                          "falling back to 'demo' when its weights cannot be had offline."),
-        click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                          "falling back to 'demo' when its weights cannot be had offline." + repeat),
+        click.option("--checkpoint", "checkpoints" if multiple else "checkpoint", multiple=multiple,
+                     type=click.Path(dir_okay=False), default=None,
                      help="Local weights (.safetensors or a torch state_dict) for --model; "
-                          "the class count is read from the head weights."),
+                          "the class count is read from the head weights."
+                          + (" Give it once per --model, in the same order." if multiple else "")),
         click.option("--pretrained/--no-pretrained", default=True, show_default=True,
                      help="Load timm's pretrained weights for --model."),
         click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
         click.option("--debug", is_flag=True, help="Show full tracebacks on errors."),
     ]
-    for d in reversed(decorators):
-        f = d(f)
-    return f
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -6,6 +6,7 @@ import click
 from vitlens import __version__
 
 from .attend import attend
+from .shape_bias import shape_bias
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +16,7 @@ def cli() -> None:
 
 
 cli.add_command(attend)
+cli.add_command(shape_bias)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ Quick start::
 The core (capture, analysis, models, data) imports without matplotlib, OpenCV, h5py or
 click; ``vitlens.export`` and the CLI bring those in when used.
 """
-from .analysis import AttentionMaps, attention_maps, cls_attention, rollout
+from .analysis import AttentionMaps, ShapeBiasResult, attention_maps, cls_attention, rollout, shape_bias
 from .capture import AttentionCache, TokenLayout, capture, register_adapter, supported_families
 from .data import find_images, load_image
 from .errors import (CheckpointError, ImageLoadError, UnsupportedModelError, VitlensError,
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "capture", "AttentionCache", "TokenLayout", "register_adapter", "supported_families",
     "cls_attention", "rollout", "attention_maps", "AttentionMaps",
+    "shape_bias", "ShapeBiasResult",
     "load_model", "LoadedModel", "class_names", "preprocess", "make_transform",
     "DEFAULT_MODEL", "DEMO_NAME",
     "load_image", "find_images",

@@ -255,12 +255,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """``(H, W)`` a fixed-size ViT accepts (``patch_embed.img_size``), or None if any size goes."""
+    pe = getattr(model, "patch_embed", None)
+    img_size = getattr(pe, "img_size", None)
+    if img_size is None or getattr(model, "dynamic_img_size", False) or not getattr(pe, "strict_img_size", True):
+        return None
+    return (int(img_size[0]), int(img_size[1]))
+
+
 def data_config_of(model: nn.Module) -> dict[str, Any]:
-    """timm's data config (``resolve_data_config``) for ``model``."""
+    """timm's data config (``resolve_data_config``) for ``model``.
+
+    timm reads ``pretrained_cfg``, which keeps e.g. 224 for a model built with
+    ``img_size=64``; a fixed-size model's own input size wins over it.
+    """
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
-    return {k: cfg[k] for k in _DATA_CONFIG_KEYS if k in cfg}
+    out = {k: cfg[k] for k in _DATA_CONFIG_KEYS if k in cfg}
+    size = fixed_input_size(model)
+    if size is not None:
+        out["input_size"] = (int(out["input_size"][0]), *size)
+    return out
 
 
 def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str | os.PathLike | None = None,

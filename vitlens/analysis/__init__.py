@@ -2,5 +2,7 @@
 from .cls_attention import HEAD_FUSIONS, cls_attention, fuse_heads
 from .maps import METHODS, AttentionMaps, attention_maps
 from .rollout import rollout
+from .shape_bias import ShapeBiasResult, shape_bias
 
-__all__ = ["cls_attention", "rollout", "attention_maps", "AttentionMaps", "METHODS", "fuse_heads", "HEAD_FUSIONS"]
+__all__ = ["cls_attention", "rollout", "attention_maps", "AttentionMaps", "METHODS", "fuse_heads", "HEAD_FUSIONS",
+           "shape_bias", "ShapeBiasResult"]

@@ -1,0 +1,722 @@
+"""Shape-vs-texture bias on texture–shape cue-conflict stimuli (Geirhos et al. 2019).
+
+Geirhos, Rubisch, Michaelis, Bethge, Wichmann, Brendel, "ImageNet-trained CNNs are biased
+towards texture; increasing shape bias improves accuracy and robustness", ICLR 2019,
+https://arxiv.org/abs/1811.12231. The protocol is the one of bethgelab/model-vs-human
+(@79ed7cd), written down step by step in ``shared/data/cue-conflict/SOURCE.md``; the
+step numbers below refer to that file.
+
+Stimuli folder layout: ``<shape category>/<shape><i>-<texture><j>.png``. The folder name
+is the shape label; the texture label is the part of the file name after the last ``_``,
+without its extension, then after the last ``-``, with digits removed (step 4).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import IMAGE_EXTENSIONS, load_image
+from ..errors import ImageLoadError, UnsupportedModelError, VitlensError
+
+__all__ = [
+    "ShapeBiasResult", "ImageDecision", "SkippedFile", "TextureAttention", "CategoryMapping",
+    "shape_bias", "load_mapping", "default_mapping_name", "texture_label",
+    "CUE_CONFLICT_CATEGORIES", "BUILTIN_MAPPINGS", "CIFAR10_LABELS", "HUMAN_SHAPE_BIAS",
+]
+
+#: The 16 categories of the cue-conflict stimuli, sorted (the order model-vs-human uses).
+CUE_CONFLICT_CATEGORIES: tuple[str, ...] = (
+    "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat", "chair", "clock",
+    "dog", "elephant", "keyboard", "knife", "oven", "truck",
+)
+#: Built-in mapping name -> JSON file in ``vitlens/assets`` (attribution in ``MAPPINGS.md``).
+BUILTIN_MAPPINGS: dict[str, str] = {
+    "imagenet16": "imagenet16_categories.json",
+    "cifar10": "cifar10_cue_conflict.json",
+}
+#: CIFAR-10 label order, the demo model's outputs.
+CIFAR10_LABELS: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                   "horse", "ship", "truck")
+#: Human shape bias on the cue-conflict stimuli: Geirhos et al. 2019 report ≈ 0.96
+#: (10 subjects pooled: 9236/9634 = 0.959, per SOURCE.md).
+HUMAN_SHAPE_BIAS = 0.96
+
+#: Outcome of one image, in :attr:`ImageDecision.outcome`.
+OUTCOMES = ("shape", "texture", "other", "excluded", "uncovered")
+
+
+# ------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class ImageDecision:
+    """One stimulus and what the model decided.
+
+    Attributes:
+        path: path relative to the stimuli folder, ``/``-separated (``"cat/cat1-dog2.png"``).
+        shape: shape label (the folder).
+        texture: texture label (from the file name).
+        decision: argmax category over the mapping's categories; None for ``"uncovered"``
+            images (the model is not run on them).
+        outcome: ``"shape"`` / ``"texture"`` (decision equals that label), ``"other"``
+            (neither; discarded by the protocol), ``"excluded"`` (shape == texture, no cue
+            conflict, step 5), ``"uncovered"`` (shape or texture category not in the mapping).
+        scores: category -> mean softmax probability of its classes (step 3); None when
+            the model was not run.
+        texture_share: share of the last layer's CLS attention on high-texture patches
+            (see :class:`TextureAttention`); None when not measured.
+    """
+
+    path: str
+    shape: str
+    texture: str
+    decision: str | None
+    outcome: str
+    scores: dict[str, float] | None = None
+    texture_share: float | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file or folder inside the stimuli folder that was not evaluated, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TextureAttention:
+    """Where the last layer's CLS attention falls on cue-conflict images.
+
+    Definition, per image: the input is the stimulus after the same resize the model sees
+    (before normalisation), converted to grey with ITU-R 601 weights
+    ``0.299 R + 0.587 G + 0.114 B`` (values in [0, 1]). For each patch of the model's patch
+    grid, the local variance is the population variance of the grey values inside that
+    patch. Patches whose variance is at or above the image's median patch variance
+    (``np.median``, the mean of the two middle values for an even count) are
+    *high-texture*, the rest *low-texture*. With ``a`` the last layer's CLS attention over
+    the patch keys, mean over heads (:func:`vitlens.cls_attention`, recorded in the same
+    forward pass that makes the decision), the share is
+    ``sum(a[high]) / sum(a[all patches])`` — renormalised over patches, so attention the
+    CLS query puts on prefix tokens does not count.
+
+    Attributes:
+        share: mean share over the cue-conflict images that were scored (outcomes
+            ``shape``, ``texture`` and ``other``); None if there are none.
+        share_shape: mean share over images decided by shape; None if none.
+        share_texture: mean share over images decided by texture; None if none.
+        share_other: mean share over images decided as neither; None if none.
+        chance: mean fraction of patches that are high-texture on the same images, i.e.
+            the share uniform attention would give (at least 0.5 by construction).
+        n_images: images averaged in ``share``.
+        layer: the (non-negative) layer index the attention comes from.
+        head_fusion: how heads were fused (``"mean"``).
+    """
+
+    share: float | None
+    share_shape: float | None
+    share_texture: float | None
+    share_other: float | None
+    chance: float | None
+    n_images: int
+    layer: int
+    head_fusion: str = "mean"
+
+
+@dataclass(frozen=True)
+class CategoryMapping:
+    """Categories of the cue-conflict test and the model classes that vote for each.
+
+    Attributes:
+        name: built-in name (``"imagenet16"``, ``"cifar10"``), the JSON path as given, or
+            ``"custom"`` for a dict.
+        classes: category -> class indices (0-based) of the model's outputs.
+    """
+
+    name: str
+    classes: dict[str, tuple[int, ...]]
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The covered categories, sorted (the argmax order; ties go to the first)."""
+        return tuple(sorted(self.classes))
+
+    @property
+    def max_index(self) -> int:
+        return max(i for idx in self.classes.values() for i in idx)
+
+
+@dataclass(frozen=True)
+class ShapeBiasResult:
+    """Result of :func:`shape_bias`, with the parameters that made it.
+
+    Every readable stimulus is in exactly one of ``n_shape``, ``n_texture``, ``n_other``,
+    ``n_excluded``, ``n_uncovered``; their sum is ``n_images``. Files that were not
+    evaluated at all are in ``skipped``.
+
+    Attributes:
+        shape_bias: ``n_shape / (n_shape + n_texture)``; None when that is 0/0.
+        n_shape: cue-conflict images whose decision is the shape category.
+        n_texture: cue-conflict images whose decision is the texture category.
+        n_other: cue-conflict images decided as neither (not in the ratio, step 6).
+        n_excluded: images with shape == texture (no cue conflict, step 5).
+        n_uncovered: cue-conflict images whose shape or texture category the mapping
+            does not cover (partial mappings such as ``cifar10``); not run, not counted.
+        n_images: readable stimuli found.
+        per_category: shape category -> shape bias among the images of that shape
+            category, for every evaluated category; **None** (not NaN, so it stays valid
+            JSON) when the category has no shape or texture decision.
+        per_category_counts: shape category -> ``{"n_shape", "n_texture", "n_other"}``.
+        categories: the evaluated categories: those the mapping covers, sorted; every
+            decision is one of them.
+        categories_skipped: categories of the stimuli (folders or textures) the mapping
+            does not cover.
+        categories_missing: evaluated categories with no stimuli folder (or an empty one).
+        decisions: one :class:`ImageDecision` per readable stimulus, sorted by path.
+        skipped: files not evaluated (non-image, hidden, unreadable), with reasons.
+        texture_attention: :class:`TextureAttention`, or None (see
+            ``texture_attention_reason``).
+        texture_attention_reason: why ``texture_attention`` is None, else None.
+        model: model label.
+        mapping: mapping name or path.
+        mapping_classes: the category -> class indices used.
+        stimuli_dir: the stimuli folder as given.
+        input_size: ``(H, W)`` the stimuli were resized to.
+        interpolation: resize interpolation.
+        mean: normalisation mean.
+        std: normalisation std.
+    """
+
+    shape_bias: float | None
+    n_shape: int
+    n_texture: int
+    n_other: int
+    n_excluded: int
+    n_uncovered: int
+    n_images: int
+    per_category: dict[str, float | None]
+    per_category_counts: dict[str, dict[str, int]]
+    categories: tuple[str, ...]
+    categories_skipped: tuple[str, ...]
+    categories_missing: tuple[str, ...]
+    decisions: tuple[ImageDecision, ...]
+    skipped: tuple[SkippedFile, ...]
+    texture_attention: TextureAttention | None
+    texture_attention_reason: str | None
+    model: str
+    mapping: str
+    mapping_classes: dict[str, tuple[int, ...]]
+    stimuli_dir: str
+    input_size: tuple[int, int]
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (no NaN: missing values are None)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    def summary(self) -> str:
+        """One line: shape bias, counts and (when measured) the CLS texture share."""
+        sb = "n/a" if self.shape_bias is None else f"{self.shape_bias:.3f}"
+        line = (f"{self.model}: shape bias {sb} (shape {self.n_shape}, texture {self.n_texture}, "
+                f"other {self.n_other}, excluded {self.n_excluded}, uncovered {self.n_uncovered}; "
+                f"{len(self.categories)} categories, mapping {self.mapping})")
+        ta = self.texture_attention
+        if ta is not None and ta.share is not None:
+            def f(v: float | None) -> str:
+                return "n/a" if v is None else f"{v:.3f}"
+            line += (f"; CLS attention on high-texture patches {f(ta.share)} (shape decisions "
+                     f"{f(ta.share_shape)}, texture decisions {f(ta.share_texture)}, uniform {f(ta.chance)})")
+        return line
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+# ------------------------------------------------------------------------ mappings
+def _validate_classes(raw: Any, where: str) -> dict[str, tuple[int, ...]]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise VitlensError(f"mapping {where} must be a non-empty JSON object "
+                           f'{{"category": [class indices]}}, got {type(raw).__name__}')
+    out: dict[str, tuple[int, ...]] = {}
+    for cat, idx in raw.items():
+        if not isinstance(cat, str) or not cat or cat != cat.strip() or "/" in cat:
+            raise VitlensError(f"mapping {where}: category names must be non-empty folder names, got {cat!r}")
+        if (not isinstance(idx, (list, tuple)) or not idx
+                or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in idx)):
+            raise VitlensError(f"mapping {where}: category '{cat}' must map to a non-empty list of "
+                               f"class indices (integers), got {idx!r}; leave a category out to skip it")
+        if any(i < 0 for i in idx):
+            raise VitlensError(f"mapping {where}: category '{cat}' has a negative class index {min(idx)}; "
+                               f"indices are 0-based positions in the model's output")
+        if len(set(idx)) != len(idx):
+            raise VitlensError(f"mapping {where}: category '{cat}' lists a class index twice ({list(idx)})")
+        out[cat] = tuple(int(i) for i in idx)
+    return out
+
+
+def load_mapping(mapping: str | os.PathLike[str] | Mapping[str, Sequence[int]] | CategoryMapping) -> CategoryMapping:
+    """Read a category mapping ``{category: [class indices]}``.
+
+    Args:
+        mapping: a built-in name (``"imagenet16"``: the 16-class ImageNet-1k mapping of
+            Geirhos et al. 2019 / model-vs-human; ``"cifar10"``: the demo model's CIFAR-10
+            classes, 7 categories), a path to a JSON file, a dict, or a
+            :class:`CategoryMapping`.
+
+    Returns:
+        The validated :class:`CategoryMapping`.
+
+    Raises:
+        VitlensError: unknown name, unreadable file, or malformed content.
+    """
+    if isinstance(mapping, CategoryMapping):
+        return mapping
+    if isinstance(mapping, Mapping):
+        return CategoryMapping("custom", _validate_classes(mapping, "(dict)"))
+    if not isinstance(mapping, (str, os.PathLike)):
+        raise TypeError(f"mapping must be a built-in name {tuple(BUILTIN_MAPPINGS)}, a JSON path or a "
+                        f"dict {{category: [class indices]}}, got {type(mapping).__name__}")
+    if isinstance(mapping, str) and mapping in BUILTIN_MAPPINGS:
+        text = (resources.files("vitlens.assets") / BUILTIN_MAPPINGS[mapping]).read_text()
+        return CategoryMapping(mapping, _validate_classes(json.loads(text), f"'{mapping}'"))
+    p = Path(mapping)
+    if not p.is_file():
+        close = difflib.get_close_matches(str(mapping), list(BUILTIN_MAPPINGS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise VitlensError(f"mapping '{mapping}' is neither a built-in mapping ({', '.join(BUILTIN_MAPPINGS)}) "
+                           f"nor an existing JSON file{hint}")
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise VitlensError(f"mapping file '{p}' could not be read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise VitlensError(f"mapping file '{p}' is not valid JSON ({e}); expected "
+                           f'{{"category": [class indices], ...}}') from None
+    return CategoryMapping(str(mapping), _validate_classes(raw, f"file '{p}'"))
+
+
+def default_mapping_name(model: nn.Module) -> str:
+    """The built-in mapping for ``model``: ``"imagenet16"`` or ``"cifar10"``.
+
+    1000 output classes -> ``"imagenet16"``; the bundled demo model
+    (``pretrained_cfg["architecture"] == "demo"``) or a 10-class model whose class names
+    are CIFAR-10's -> ``"cifar10"``.
+
+    Raises:
+        VitlensError: any other label space; pass ``mapping=`` then.
+    """
+    from ..models import DEMO_NAME, class_names
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    n = getattr(model, "num_classes", None)
+    if cfg.get("architecture") == DEMO_NAME:
+        return "cifar10"
+    if n == 1000:
+        return "imagenet16"
+    if n == 10:
+        names = class_names(model)
+        if names is not None and tuple(s.strip().lower() for s in names) == CIFAR10_LABELS:
+            return "cifar10"
+    what = f"{n} classes" if isinstance(n, int) else "an unknown number of classes"
+    raise VitlensError(
+        f"no built-in category mapping for this model ({type(model).__name__}, {what}): the "
+        f"built-in ones are 'imagenet16' (ImageNet-1k, 1000 classes) and 'cifar10' (the demo "
+        f"model); pass mapping= (CLI: --mapping) with a JSON file {{\"category\": [class indices]}}")
+
+
+# ------------------------------------------------------------------------ stimuli
+def texture_label(file_name: str) -> str | None:
+    """The texture label in a cue-conflict file name (SOURCE.md step 4), or None.
+
+    The part after the last ``_``, without its extension, then the part after the last
+    ``-``, with digits removed: ``"cat7-elephant1.png"`` -> ``"elephant"``. None when the
+    name has no ``-`` there (e.g. ``"cat1.png"``) or nothing is left.
+    """
+    part = os.path.splitext(file_name.rsplit("_", 1)[-1])[0]
+    if "-" not in part:
+        return None
+    tex = re.sub(r"\d", "", part.rsplit("-", 1)[-1])
+    return tex or None
+
+
+@dataclass(frozen=True)
+class _Stimulus:
+    rel: str
+    path: Path
+    shape: str
+    texture: str
+
+
+def _not_a_category(name: str, known: Iterable[str], mapping: CategoryMapping) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return (f"is not a category of mapping '{mapping.name}' nor one of the 16 cue-conflict categories"
+            f"{hint}; known categories: {', '.join(sorted(known))}")
+
+
+def _scan(root: Path, known: set[str], mapping: CategoryMapping) -> tuple[list[_Stimulus], list[SkippedFile], set[str]]:
+    """Validate the folder layout and list the stimuli; raise on anything ambiguous."""
+    if not root.exists():
+        raise VitlensError(f"stimuli folder '{root}' does not exist; check the path "
+                           f"(relative paths are resolved from {os.getcwd()})")
+    if not root.is_dir():
+        raise VitlensError(f"stimuli folder '{root}' is a file, not a folder; pass the folder holding "
+                           f"the <category>/ subfolders")
+    stimuli: list[_Stimulus] = []
+    skipped: list[SkippedFile] = []
+    folders: set[str] = set()
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name.startswith("."):
+            skipped.append(SkippedFile(name, "hidden file or folder"))
+            continue
+        if entry.is_dir():
+            if name not in known:
+                raise VitlensError(f"stimuli folder '{entry}': '{name}' {_not_a_category(name, known, mapping)}; "
+                                   f"rename or remove that folder")
+            folders.add(name)
+            for f in sorted(entry.iterdir(), key=lambda p: p.name):
+                rel = f"{name}/{f.name}"
+                if f.name.startswith("."):
+                    skipped.append(SkippedFile(rel, "hidden file or folder"))
+                elif f.is_dir():
+                    skipped.append(SkippedFile(rel, "folder inside a category folder (not searched)"))
+                elif f.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped.append(SkippedFile(rel, f"not an image file (extension not one of "
+                                                    f"{', '.join(IMAGE_EXTENSIONS)})"))
+                else:
+                    tex = texture_label(f.name)
+                    if tex is None:
+                        raise VitlensError(
+                            f"stimulus '{f}' has no texture label in its name: cue-conflict file names "
+                            f"are <shape><i>-<texture><j>.png (e.g. cat7-elephant1.png); rename it or "
+                            f"move it out of the folder")
+                    if tex not in known:
+                        raise VitlensError(f"stimulus '{f}': texture label '{tex}' {_not_a_category(tex, known, mapping)}")
+                    stimuli.append(_Stimulus(rel, f, name, tex))
+        elif entry.suffix.lower() in IMAGE_EXTENSIONS:
+            raise VitlensError(f"image '{entry}' is not inside a category folder, so it has no shape label; "
+                               f"put stimuli in <shape category>/ subfolders (e.g. cat/cat7-elephant1.png)")
+        else:
+            skipped.append(SkippedFile(name, "not an image file (outside the category folders)"))
+    if not stimuli:
+        raise VitlensError(f"no stimuli found in '{root}': expected <category>/<shape><i>-<texture><j>.png "
+                           f"images (e.g. cat/cat7-elephant1.png) in folders named after the categories")
+    return stimuli, skipped, folders
+
+
+# ------------------------------------------------------------------------ the measure
+def _resolve_model(model: Any, data_config: dict[str, Any] | None) -> tuple[nn.Module, dict[str, Any], str | None]:
+    from ..models import data_config_of, load_model
+
+    name = None
+    if isinstance(model, str):
+        name = model
+        model, cfg = load_model(model)
+        data_config = data_config or cfg
+    elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+        model, cfg = model
+        data_config = data_config or cfg
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, a LoadedModel or a model name, got {type(model).__name__}")
+    return model, dict(data_config or data_config_of(model)), name
+
+
+def _fit_input_size(model: nn.Module, cfg: dict[str, Any], explicit: bool) -> None:
+    """Refuse an explicit data config whose input size a fixed-size ViT cannot take."""
+    from ..models import fixed_input_size
+
+    want = fixed_input_size(model)
+    have = tuple(int(v) for v in cfg["input_size"][-2:])
+    if explicit and want is not None and want != have:
+        raise VitlensError(f"data_config input_size {have} does not match the model, which accepts only "
+                           f"{want} (patch_embed.img_size); pass input_size (3, {want[0]}, {want[1]})")
+
+
+def _model_label(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
+
+
+def _check_range(mapping: CategoryMapping, n_classes: int) -> None:
+    for cat in mapping.categories:
+        bad = [i for i in mapping.classes[cat] if i >= n_classes]
+        if bad:
+            raise VitlensError(
+                f"mapping '{mapping.name}' does not fit this model: category '{cat}' uses class index "
+                f"{bad[0]}, but the model has {n_classes} classes (indices 0..{n_classes - 1}); pass the "
+                f"mapping for this model's label space (mapping=/--mapping)")
+
+
+def _eval_transform(cfg: dict[str, Any]):
+    """timm's eval transform as a plain resize to the input size (no crop) + normalise."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=cfg["input_size"], interpolation=cfg.get("interpolation", "bicubic"),
+                            mean=cfg["mean"], std=cfg["std"], crop_pct=1.0, crop_mode="squash",
+                            is_training=False)
+
+
+def _texture_shares(x: torch.Tensor, cache: Any, mean: Sequence[float], std: Sequence[float]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: CLS attention share on high-texture patches, and the high-texture fraction."""
+    from .cls_attention import cls_attention
+
+    layout = cache.layout
+    (gh, gw), (ph, pw) = layout.grid_size, layout.patch_size
+    m = torch.tensor(mean, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
+    rgb = x.double() * s + m                                          # [B, 3, H, W], the resized image in [0, 1]
+    grey = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]  # [B, H, W]
+    b = grey.shape[0]
+    patches = grey[:, :gh * ph, :gw * pw].reshape(b, gh, ph, gw, pw)
+    var = patches.var(dim=(2, 4), correction=0).reshape(b, gh * gw)  # [B, N]
+    high = var >= var.quantile(0.5, dim=1, keepdim=True)              # linear interpolation = np.median
+    amap = cls_attention(cache, layer=-1, head="mean").reshape(b, -1).double().to(x.device)  # [B, N]
+    share = (amap * high).sum(1) / amap.sum(1).clamp_min(torch.finfo(torch.float64).tiny)
+    return share.cpu().numpy(), high.double().mean(1).cpu().numpy()
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+@torch.no_grad()
+def shape_bias(model: nn.Module | Any, stimuli_dir: str | os.PathLike[str],
+               mapping: str | os.PathLike[str] | Mapping[str, Sequence[int]] | CategoryMapping | None = None,
+               *, data_config: dict[str, Any] | None = None, batch_size: int = 32,
+               texture_attention: bool = True, model_name: str | None = None) -> ShapeBiasResult:
+    """Shape bias of a classifier on texture–shape cue-conflict stimuli.
+
+    The protocol of Geirhos et al. 2019 (https://arxiv.org/abs/1811.12231) as computed in
+    bethgelab/model-vs-human, see ``shared/data/cue-conflict/SOURCE.md``:
+
+    1. Each stimulus is resized to the model's input size (no crop; a no-op for 224 px
+       stimuli and 224 px models) and normalised with the model's own mean/std, with
+       timm's ``create_transform(..., crop_pct=1.0, crop_mode="squash")``.
+    2. Softmax over all the model's classes.
+    3. Per category, the **mean** softmax probability of its classes; the decision is the
+       argmax over the mapping's categories (sorted; a tie goes to the first).
+    4. Shape label = folder name; texture label = file name after the last ``_`` and the
+       last ``-``, digits removed (:func:`texture_label`).
+    5. Images whose shape equals their texture are dropped (``n_excluded``).
+    6. ``n_shape`` = decisions equal to the shape label, ``n_texture`` = equal to the
+       texture label; decisions matching neither (``n_other``) are discarded;
+       **shape bias = n_shape / (n_shape + n_texture)**.
+    7. Pooled over all trials; ``per_category`` gives the same ratio per shape category.
+
+    Partial mappings (e.g. ``cifar10``, 7 of the 16 categories): only the covered
+    categories are evaluated; a cue-conflict image whose shape *or* texture is not
+    covered is not run and counts in ``n_uncovered``; decisions are the argmax over the
+    covered categories only. Categories of the mapping without a stimuli folder are
+    listed in ``categories_missing`` but remain possible decisions.
+
+    For ViTs with a CLS token that :func:`vitlens.capture` supports, the same forward
+    pass also records the last layer's CLS attention (``rows="prefix"``) and measures
+    the share of it on high-texture patches (:class:`TextureAttention` gives the exact
+    definition).
+
+    Args:
+        model: an ``nn.Module`` returning ``[B, classes]`` logits, a
+            :class:`~vitlens.LoadedModel` ``(model, data_config)``, or a name for
+            :func:`vitlens.load_model`. Run in eval mode (its train/eval state is restored
+            afterwards) on the device of its parameters.
+        stimuli_dir: folder with ``<shape category>/<shape><i>-<texture><j>.png``.
+        mapping: built-in name (``"imagenet16"``, ``"cifar10"``), JSON path, or dict
+            ``{category: [class indices]}``. Default: ``"imagenet16"`` for 1000-class
+            models, ``"cifar10"`` for the demo model, else an error.
+        data_config: timm data config (``input_size``, ``interpolation``, ``mean``,
+            ``std``); default :func:`vitlens.models.data_config_of` of the model, with
+            the input size of a fixed-size ViT (``patch_embed.img_size``) when the two
+            differ. Its ``crop_pct``/``crop_mode`` are ignored (no crop here).
+        batch_size: images per forward pass (does not change the result).
+        texture_attention: also measure the CLS texture-attention share.
+        model_name: label for the result (default: the timm architecture or class name).
+
+    Returns:
+        :class:`ShapeBiasResult`.
+
+    Raises:
+        VitlensError: missing/empty folder, a folder or texture label that is not a
+            category, a stimulus name without texture label, an image outside the
+            category folders, no readable stimuli, a mapping that does not fit the model
+            (class index out of range) or no mapping for the model's label space.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    module, cfg, loaded_name = _resolve_model(model, data_config)
+    _fit_input_size(module, cfg, explicit=data_config is not None)
+    label = model_name or loaded_name or _model_label(module)
+    cmap = load_mapping(mapping if mapping is not None else default_mapping_name(module))
+    n_classes = getattr(module, "num_classes", None)
+    if isinstance(n_classes, int) and not isinstance(n_classes, bool) and n_classes > 0:
+        _check_range(cmap, n_classes)
+
+    covered = set(cmap.classes)
+    known = set(CUE_CONFLICT_CATEGORIES) | covered
+    root = Path(stimuli_dir)
+    stimuli, skipped, folders = _scan(root, known, cmap)
+
+    transform = _eval_transform(cfg)
+    input_size = tuple(int(v) for v in cfg["input_size"][-2:])
+    cats = cmap.categories
+    cat_idx = [np.asarray(cmap.classes[c]) for c in cats]
+
+    # which texture-attention path is available
+    ta_reason: str | None = None
+    if not texture_attention:
+        ta_reason = "not requested (texture_attention=False)"
+    else:
+        from ..capture import adapter_for
+
+        try:
+            adapter_for(module)
+        except UnsupportedModelError as e:
+            ta_reason = f"vitlens.capture does not support this model: {str(e).split(':', 1)[0]}"
+        else:
+            if not getattr(module, "num_prefix_tokens", 0) or not getattr(module, "has_class_token", True):
+                ta_reason = "the model has no CLS token (global-pool model)"
+    measure_ta = ta_reason is None
+
+    try:
+        device = next(module.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+
+    decisions: dict[str, ImageDecision] = {}
+    to_run: list[_Stimulus] = []
+    for s in stimuli:
+        if s.shape in covered and s.texture in covered:
+            to_run.append(s)
+        else:  # not run, but still decoded so an unreadable file is reported, never hidden
+            try:
+                load_image(s.path)
+            except ImageLoadError as e:
+                skipped.append(SkippedFile(s.rel, e.reason))
+                continue
+            decisions[s.rel] = ImageDecision(s.rel, s.shape, s.texture, None, "uncovered")
+
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    ta_layer = -1
+    high_fraction: dict[str, float] = {}  # path -> fraction of high-texture patches
+    try:
+        for start in range(0, len(to_run), batch_size):
+            batch, tensors = [], []
+            for s in to_run[start:start + batch_size]:
+                try:
+                    img = load_image(s.path)
+                except ImageLoadError as e:
+                    skipped.append(SkippedFile(s.rel, e.reason))
+                    continue
+                batch.append(s)
+                tensors.append(transform(img))
+            if not batch:
+                continue
+            x = torch.stack(tensors).to(device)
+            shares: np.ndarray | None = None
+            if measure_ta:
+                from ..capture import capture
+
+                with capture(module, layers=[-1], rows="prefix") as cache:
+                    logits = module(x)
+                if cache.layout is None or cache.layout.cls_index is None:
+                    measure_ta, ta_reason = False, "the model has no CLS token"
+                else:
+                    ta_layer = cache.layers[0]
+                    shares, fractions = _texture_shares(x, cache, cfg["mean"], cfg["std"])
+            else:
+                logits = module(x)
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(batch):
+                raise TypeError(f"the model must return logits of shape [batch, classes]; got "
+                                f"{type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}")
+            _check_range(cmap, int(logits.shape[1]))
+            probs = logits.double().softmax(dim=-1).cpu().numpy()            # step 2
+            scores = np.stack([probs[:, i].mean(axis=1) for i in cat_idx], 1)  # step 3: np.mean
+            choice = scores.argmax(axis=1)
+            for j, s in enumerate(batch):
+                dec = cats[int(choice[j])]
+                if s.shape == s.texture:
+                    outcome = "excluded"
+                elif dec == s.shape:
+                    outcome = "shape"
+                elif dec == s.texture:
+                    outcome = "texture"
+                else:
+                    outcome = "other"
+                decisions[s.rel] = ImageDecision(
+                    s.rel, s.shape, s.texture, dec, outcome,
+                    scores={c: float(scores[j, k]) for k, c in enumerate(cats)},
+                    texture_share=None if shares is None else float(shares[j]))
+                if shares is not None:
+                    high_fraction[s.rel] = float(fractions[j])
+    finally:
+        for m, mode in modes:  # restore every submodule's own train/eval state
+            m.training = mode
+
+    records = tuple(decisions[k] for k in sorted(decisions))
+    if not records:
+        first = skipped[-1].reason if skipped else "no reason recorded"
+        raise VitlensError(f"none of the {len(stimuli)} stimuli in '{root}' could be read (e.g. {first})")
+
+    counts = {o: sum(r.outcome == o for r in records) for o in OUTCOMES}
+    n_s, n_t = counts["shape"], counts["texture"]
+    per_counts = {c: {"n_shape": 0, "n_texture": 0, "n_other": 0} for c in cats}
+    for r in records:
+        if r.outcome in ("shape", "texture", "other"):
+            per_counts[r.shape][f"n_{r.outcome}"] += 1
+    per_cat = {c: (v["n_shape"] / (v["n_shape"] + v["n_texture"]) if v["n_shape"] + v["n_texture"] else None)
+               for c, v in per_counts.items()}
+    present = {s.shape for s in stimuli} | {s.texture for s in stimuli}
+    with_images = {r.shape for r in records}
+
+    ta: TextureAttention | None = None
+    if measure_ta and not high_fraction:
+        measure_ta, ta_reason = False, "no stimulus was run through the model (none covered by the mapping)"
+    if measure_ta:
+        scored = [r for r in records if r.outcome in ("shape", "texture", "other") and r.texture_share is not None]
+        ta = TextureAttention(
+            share=_mean_or_none([r.texture_share for r in scored]),
+            share_shape=_mean_or_none([r.texture_share for r in scored if r.outcome == "shape"]),
+            share_texture=_mean_or_none([r.texture_share for r in scored if r.outcome == "texture"]),
+            share_other=_mean_or_none([r.texture_share for r in scored if r.outcome == "other"]),
+            chance=_mean_or_none([high_fraction[r.path] for r in scored]),
+            n_images=len(scored), layer=ta_layer)
+
+    return ShapeBiasResult(
+        shape_bias=n_s / (n_s + n_t) if n_s + n_t else None,
+        n_shape=n_s, n_texture=n_t, n_other=counts["other"], n_excluded=counts["excluded"],
+        n_uncovered=counts["uncovered"], n_images=len(records),
+        per_category=per_cat, per_category_counts=per_counts,
+        categories=cats,
+        categories_skipped=tuple(sorted(present - covered)),
+        categories_missing=tuple(c for c in cats if c not in folders or c not in with_images),
+        decisions=records,
+        skipped=tuple(sorted(skipped, key=lambda k: k.path)),
+        texture_attention=ta, texture_attention_reason=None if ta is not None else ta_reason,
+        model=label, mapping=cmap.name, mapping_classes=dict(cmap.classes),
+        stimuli_dir=str(stimuli_dir), input_size=(input_size[0], input_size[1]),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
+    )
