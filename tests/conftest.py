@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random-init timm models of every supported family, real images."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,21 @@ FAMILY_CASES: dict[str, tuple[str, dict, tuple[int, int]]] = {
     "non_square": ("vit_tiny_patch16_224", dict(img_size=(48, 80), depth=3), (48, 80)),
     "dynamic_img_size": ("vit_tiny_patch16_224", dict(dynamic_img_size=True, depth=3), (48, 80)),
 }
+
+
+def shared_data(*parts: str) -> Path | None:
+    """A path under the project's shared data (``shared/data``), or None when absent.
+
+    Looked up in $VITLENS_SHARED_DATA, then in a ``shared/data`` beside any parent of the
+    repository (the layout of the workspace and of CI), then ``/work/shared/data``.
+    """
+    roots = [Path(os.environ["VITLENS_SHARED_DATA"])] if os.environ.get("VITLENS_SHARED_DATA") else []
+    roots += [parent / "shared" / "data" for parent in REPO.parents]
+    roots.append(Path("/work/shared/data"))
+    for root in roots:
+        if (root.joinpath(*parts)).exists():
+            return root.joinpath(*parts)
+    return None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from importlib import resources
 from pathlib import Path
@@ -14,20 +13,9 @@ from PIL import Image
 
 import vitlens
 
+from ..conftest import shared_data
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def cifar_archive() -> Path | None:
-    """../shared/data/cifar10/cifar10-jpg.tar.gz beside the repo, or $VITLENS_CIFAR10."""
-    env = os.environ.get("VITLENS_CIFAR10")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
-        if cand.is_file():
-            return cand
-    return None
 
 
 def test_demo_assets_ship_in_the_package():
@@ -43,9 +31,9 @@ def test_demo_assets_ship_in_the_package():
 
 
 def test_demo_accuracy_on_cifar10_test_split():
-    archive = cifar_archive()
+    archive = shared_data("cifar10", "cifar10-jpg.tar.gz")
     if archive is None:
-        pytest.skip("CIFAR-10 archive not found (set VITLENS_CIFAR10 to cifar10-jpg.tar.gz)")
+        pytest.skip("CIFAR-10 archive not found (set VITLENS_SHARED_DATA to the shared/data folder)")
     model, cfg = vitlens.load_model("demo", device="cpu")
     transform = vitlens.make_transform(cfg)
     xs, ys = [], []

@@ -24,6 +24,8 @@ from vitlens.analysis.shape_bias import (CUE_CONFLICT_CATEGORIES, HUMAN_SHAPE_BI
 from vitlens.errors import VitlensError
 from vitlens.models import data_config_of
 
+from ..conftest import shared_data
+
 HERE = Path(__file__).resolve()
 STIMULI = HERE.parents[1] / "data" / "cue-conflict"
 PIL_INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -503,19 +505,11 @@ def test_shape_bias_plot(tiny_result, tmp_path):
 
 
 # ------------------------------------------------------------------------- slow
-def _find_full_set() -> Path | None:
-    for parent in HERE.parents:
-        cand = parent / "shared" / "data" / "cue-conflict"
-        if cand.is_dir():
-            return cand
-    return None
-
-
 @pytest.mark.slow
 def test_full_cue_conflict_set_with_demo(demo):
-    root = _find_full_set()
+    root = shared_data("cue-conflict")
     if root is None:
-        pytest.skip("shared/data/cue-conflict not found above the repository")
+        pytest.skip("shared/data/cue-conflict not found (set VITLENS_SHARED_DATA)")
     res = vitlens.shape_bias(demo, root, batch_size=64)
     print()
     print(res.summary())
