@@ -30,6 +30,8 @@ class Adapter:
     family: str = ""
     #: Example timm model names, shown in "unsupported" messages and used by tests.
     examples: tuple[str, ...] = ()
+    #: Lower is tried first; generic fallbacks use a high value.
+    order: int = 0
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -88,6 +90,21 @@ def adapter_for(model: nn.Module) -> Adapter:
         f"of these families: {examples}. Use a model of one of those families")
 
 
+_LOADED = False
+
+
 def _load_builtin() -> None:
-    # Import for the side effect of registration; one module per family.
-    from . import vit  # noqa: F401
+    """Import every module of this package once: each registers its adapter(s)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+    import pkgutil
+
+    # vit first: more specific adapters registered later must not shadow it, and the
+    # generic fallback (``generic.py``) is registered last by its own ``order``.
+    names = sorted((m.name for m in pkgutil.iter_modules(__path__)), key=lambda n: (n != "vit", n))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    _REGISTRY.sort(key=lambda a: a.order)

@@ -1,0 +1,25 @@
+"""BEiT / BEiTv2 (``timm.models.beit.Beit``): relative position bias inside the attention.
+
+Recorded through the generic unfused path (see ``generic.py``): with ``fused_attn`` off,
+timm adds the relative position bias (per block or shared) to q·kᵀ before the softmax,
+and ``blocks.{i}.attn.attn_drop`` receives the probabilities ``[B, H, T, T]``.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from . import register_adapter
+from .generic import BlocksAdapter
+
+
+@register_adapter
+class BeitAdapter(BlocksAdapter):
+    family = "BEiT"
+    examples = ("beit_base_patch16_224", "beitv2_base_patch16_224")
+    order = 10
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        from timm.models.beit import Beit
+
+        return isinstance(model, Beit) and super().matches(model)

@@ -1,0 +1,26 @@
+"""EVA / EVA02 (``timm.models.eva.Eva``): rotary position embedding (RoPE) on q and k.
+
+Recorded through the generic unfused path (see ``generic.py``): with ``fused_attn`` off,
+timm applies RoPE to the patch part of q and k, then softmax(q·kᵀ·scale), and
+``blocks.{i}.attn.attn_drop`` receives the probabilities ``[B, H, T, T]``. Register
+tokens (``*_reg*`` EVA variants) are read from ``model.reg_token``.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from . import register_adapter
+from .generic import BlocksAdapter
+
+
+@register_adapter
+class EvaAdapter(BlocksAdapter):
+    family = "EVA"
+    examples = ("eva02_tiny_patch14_224", "eva02_base_patch14_224")
+    order = 10
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        from timm.models.eva import Eva
+
+        return isinstance(model, Eva) and super().matches(model)
