@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import vitlens
-from vitlens.cli.main import cli
+
+from .helpers import assert_one_line_error, run, stderr_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHELSEA = REPO_ROOT / "examples" / "chelsea.jpg"
@@ -33,33 +33,9 @@ CONTRACT_OPTIONS = ["--model", "--checkpoint", "--pretrained", "--no-pretrained"
 
 
 # ---------------------------------------------------------------------------- helpers
-def run(*args, **kwargs):
-    """Invoke the CLI in-process; stdout and stderr are kept apart."""
-    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
-
-
 def attend(*args, out: Path, model: str | None = "demo"):
     extra = ["--model", model] if model else []
     return run("attend", *args, *extra, "--out", out)
-
-
-def stderr_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
-
-
-def assert_one_line_error(result, *reasons: str) -> str:
-    """Exit != 0, exactly one non-empty stderr line with 'error' and every reason, no traceback."""
-    assert result.exit_code != 0, result.stdout
-    lines = stderr_lines(result)
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert "error" in line.lower()
-    for reason in reasons:
-        assert reason in line, line
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    # an in-process run that failed "cleanly" ends in SystemExit, not a propagated error
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return line
 
 
 TOP5 = re.compile(r"^(?P<path>.+): (?P<preds>(?:[a-z]+ \d\.\d{3}, ){4}[a-z]+ \d\.\d{3})$")

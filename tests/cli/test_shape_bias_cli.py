@@ -13,32 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import vitlens
-from vitlens.cli.main import cli
+
+from .helpers import assert_one_line_error, run, stderr_lines
 
 STIMULI = Path(__file__).resolve().parents[1] / "data" / "cue-conflict"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def stderr_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
-
-
-def assert_one_line_error(result, *reasons: str) -> str:
-    assert result.exit_code != 0, result.stdout
-    lines = stderr_lines(result)
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("vitlens: error: ")
-    for reason in reasons:
-        assert reason in lines[0], lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
