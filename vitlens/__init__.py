@@ -14,8 +14,10 @@ Quick start::
 The core (capture, analysis, models, data) imports without matplotlib, OpenCV, h5py or
 click; ``vitlens.export`` and the CLI bring those in when used.
 """
-from .analysis import AttentionMaps, ShapeBiasResult, attention_maps, cls_attention, rollout, shape_bias
+from .analysis import (AttentionMaps, ShapeBiasResult, attention_maps, attention_received, cls_attention, rollout,
+                       shape_bias)
 from .capture import AttentionCache, TokenLayout, capture, register_adapter, supported_families
+from .capture.cache import WindowLayout
 from .data import find_images, load_image
 from .errors import (CheckpointError, ImageLoadError, UnsupportedModelError, VitlensError,
                      WeightsUnavailableError)
@@ -25,8 +27,8 @@ from .models import (DEFAULT_MODEL, DEMO_NAME, LoadedModel, class_names, load_mo
 __version__ = "0.1.0"
 
 __all__ = [
-    "capture", "AttentionCache", "TokenLayout", "register_adapter", "supported_families",
-    "cls_attention", "rollout", "attention_maps", "AttentionMaps",
+    "capture", "AttentionCache", "TokenLayout", "WindowLayout", "register_adapter", "supported_families",
+    "cls_attention", "rollout", "attention_received", "attention_maps", "AttentionMaps",
     "shape_bias", "ShapeBiasResult",
     "load_model", "LoadedModel", "class_names", "preprocess", "make_transform",
     "DEFAULT_MODEL", "DEMO_NAME",

@@ -1,8 +1,9 @@
 """Pure analyses: a cache in, tensors shaped by the TokenLayout out."""
 from .cls_attention import HEAD_FUSIONS, cls_attention, fuse_heads
 from .maps import METHODS, AttentionMaps, attention_maps
+from .received import attention_received
 from .rollout import rollout
 from .shape_bias import ShapeBiasResult, shape_bias
 
-__all__ = ["cls_attention", "rollout", "attention_maps", "AttentionMaps", "METHODS", "fuse_heads", "HEAD_FUSIONS",
-           "shape_bias", "ShapeBiasResult"]
+__all__ = ["cls_attention", "rollout", "attention_received", "attention_maps", "AttentionMaps", "METHODS",
+           "fuse_heads", "HEAD_FUSIONS", "shape_bias", "ShapeBiasResult"]

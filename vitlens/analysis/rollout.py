@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..capture.cache import AttentionCache
+from ..capture.cache import AttentionCache, WindowLayout, from_windows, to_windows
 from .cls_attention import fuse_heads
 
 
@@ -46,20 +46,39 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
     The map is ``R[cls, prefix:]`` renormalised to sum to 1. A model without CLS token
     uses the mean of R's patch rows, ``mean_i R[i, prefix:]`` over patch rows i.
 
+    Windowed hierarchical models (Swin, SwinV2; ``docs/swin.md``): steps 1-3 run on each
+    block's dense matrix in its stage's coordinates (``cache.dense_attention(l)``, shift
+    undone, padding cropped); step 2's candidates are the entries the block could attend
+    (query and key real tokens of the same window and shift-mask region). Within stage
+    ``s`` the product runs from the stage's first block up, ``R_s = Â_last ··· Â_first``;
+    patch merging maps stage ``s`` to stage ``s+1`` by averaging the merged tokens,
+    ``M_s[t', t] = 1/|G(t')|`` for the stage-``s`` tokens ``t`` in the 2x2 group
+    ``G(t')`` that token ``t'`` merges (fewer at an odd grid's edge, where timm pads), so
+
+        ``R = R_{S-1} · M_{S-2} · R_{S-2} ··· M_0 · R_0``   (``[N_last, N_0]``)
+
+    and the map is the mean of R's rows (the average-pooled output tokens the head
+    reads), ``mean_i R[i, :]``, renormalised to sum 1, on the first stage's grid. It is
+    computed as a row vector pushed down through the chain (``O(N·n)`` per block on
+    the windows), never forming the ``N x N`` products.
+
     Args:
         cache: captured with ``rows="all"`` and every layer from 0 up to the last one
-            to include (normally all layers).
+            to include (normally all layers; windowed models need every layer).
         head_fusion: ``"mean"`` | ``"max"`` | ``"min"``.
         discard_ratio: in ``[0, 1)``.
 
     Returns:
-        ``[B, gh, gw]`` float32 maps, each summing to 1.
+        ``[B, gh, gw]`` float32 maps, each summing to 1 (windowed models: the first
+        stage's grid, ``cache.layout.grid_size``).
     """
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
     if cache.rows != "all":
         raise ValueError("rollout needs the full T x T attention; capture with rows='all' "
                          f"(this cache has rows={cache.rows!r})")
+    if cache.windowed:
+        return _windowed_rollout(cache, head_fusion, discard_ratio)
     layers = cache.layers
     if layers != list(range(len(layers))):
         raise ValueError(f"rollout multiplies every layer from layer 0 up; this cache recorded "
@@ -84,3 +103,76 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
         m = R[:, P:, P:].mean(dim=1)
     m = m / m.sum(dim=-1, keepdim=True)
     return m.reshape(m.shape[0], *layout.grid_size)
+
+
+def discard_lowest_allowed(fused: torch.Tensor, allowed: torch.Tensor, discard_ratio: float) -> torch.Tensor:
+    """Windowed :func:`discard_lowest`: zero the lowest ``discard_ratio`` fraction of the allowed entries.
+
+    Args:
+        fused: ``[B, nW, n, n]`` head-fused windowed attention.
+        allowed: ``[nW, n, n]`` bool, the candidate entries (real tokens, same region).
+        discard_ratio: fraction in ``[0, 1)`` of the candidates to set to 0, per image.
+    """
+    if discard_ratio <= 0:
+        return fused
+    cand = fused[:, allowed]  # [B, P]
+    k = int(discard_ratio * cand.shape[-1])
+    if k == 0:
+        return fused
+    idx = cand.topk(k, dim=-1, largest=False).indices
+    out = fused.clone()
+    out[:, allowed] = cand.scatter(1, idx, 0.0)
+    return out
+
+
+def _merge_rows_to_previous(v: torch.Tensor, grid: tuple[int, int], prev: tuple[int, int]) -> torch.Tensor:
+    """``v · M``: a row vector over stage ``s+1`` (grid ``grid``) -> over stage ``s`` (grid ``prev``).
+
+    ``M[t', t] = 1/|G(t')|`` for the stage-``s`` tokens ``t`` in the 2x2 group ``G(t')``
+    merged into ``t'`` (identity when the grid did not change).
+    """
+    if grid == prev:
+        return v
+    (h, w), (ph, pw) = grid, prev
+    if (h, w) != ((ph + 1) // 2, (pw + 1) // 2):
+        raise ValueError(f"stage grid {grid} does not follow from {prev} by 2x2 patch merging; "
+                         f"rollout cannot carry relevance between these stages")
+    ys = torch.arange(ph, device=v.device) // 2
+    xs = torch.arange(pw, device=v.device) // 2
+    parent = (ys[:, None] * w + xs[None, :]).reshape(-1)                       # [N_prev]
+    gy = (torch.clamp(2 * torch.arange(h, device=v.device) + 2, max=ph) - 2 * torch.arange(h, device=v.device))
+    gx = (torch.clamp(2 * torch.arange(w, device=v.device) + 2, max=pw) - 2 * torch.arange(w, device=v.device))
+    size = (gy[:, None] * gx[None, :]).reshape(-1).to(v.dtype)                 # |G(t')|
+    return (v / size)[:, parent]
+
+
+def _windowed_rollout(cache: AttentionCache, head_fusion: str, discard_ratio: float) -> torch.Tensor:
+    layers = cache.layers
+    if layers != list(range(cache.num_layers)):
+        raise ValueError(f"rollout of a windowed (Swin) model needs every layer: it runs through every stage "
+                         f"to the pooled output; "
+                         f"this cache recorded layers {layers} of {cache.num_layers}. "
+                         f"Capture with layers=None (all layers)")
+    layout = cache.layout
+    assert layout is not None
+    windows: list[WindowLayout] = [cache.layout_of(i) for i in layers]  # type: ignore[misc]
+    v = None
+    grid = windows[-1].grid_size
+    for layer in reversed(layers):
+        wl = windows[layer]
+        if wl.grid_size != grid:                      # crossed a patch merging, going down
+            v = _merge_rows_to_previous(v, grid, wl.grid_size)
+            grid = wl.grid_size
+        a = fuse_heads(cache.attention(layer).float(), head_fusion, dim=2)   # [B, nW, n, n]
+        if v is None:                                   # mean over the pooled last-stage tokens
+            v = a.new_full((a.shape[0], wl.num_tokens), 1.0 / wl.num_tokens)
+        allowed = wl.allowed_pairs(a.device)
+        a = a * allowed                                  # padding keys cropped, masked pairs 0
+        a = discard_lowest_allowed(a, allowed, discard_ratio)
+        d = 0.5 * a.sum(-1) + 0.5                        # row sums of 0.5·A + 0.5·I
+        vw = to_windows(v, wl) / d                       # [B, nW, n]
+        v = from_windows(0.5 * torch.einsum("bwq,bwqk->bwk", vw, a) + 0.5 * vw, wl)
+    assert v is not None
+    v = _merge_rows_to_previous(v, grid, layout.grid_size)
+    v = v / v.sum(dim=-1, keepdim=True)
+    return v.reshape(v.shape[0], *layout.grid_size)

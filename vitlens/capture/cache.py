@@ -1,6 +1,8 @@
-"""What a capture recorded (:class:`AttentionCache`) and its token geometry (:class:`TokenLayout`)."""
+"""What a capture recorded (:class:`AttentionCache`) and its token geometry (:class:`TokenLayout`,
+and :class:`WindowLayout` per block of windowed-attention models such as Swin)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +63,146 @@ class TokenLayout:
         return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
 
 
+@dataclass(frozen=True)
+class WindowLayout:
+    """Geometry of one windowed-attention block (Swin / SwinV2), read from the model.
+
+    A block of stage ``stage`` sees the stage grid ``grid_size = (H, W)`` (row-major; token
+    ``y * W + x``). timm rolls the grid by ``-shift_size`` (cyclic shift), pads it at the
+    bottom/right with zeros to ``padded_size`` (multiples of the window), and cuts it into
+    ``num_windows`` windows of ``window_size = (wh, ww)``, numbered row-major; inside a
+    window, position ``p = i * ww + j``. So window ``(wr, wc)``, position ``(i, j)`` holds
+    the stage token ``((wr*wh + i + sh) % H, (wc*ww + j + sw) % W)``, or padding when
+    ``wr*wh + i >= H`` or ``wc*ww + j >= W``. See ``docs/swin.md``.
+
+    Attributes:
+        layer: layer index (forward order across stages).
+        stage: stage index (``model.layers[stage]``).
+        grid_size: stage grid ``(H, W)`` in tokens, without padding.
+        window_size: ``(wh, ww)`` as the block uses it (timm clamps it to the grid when
+            the grid is smaller, and then uses no shift).
+        shift_size: ``(sh, sw)`` cyclic shift; ``(0, 0)`` for regular windows.
+        num_windows: windows per image, ``(Hp / wh) * (Wp / ww)``.
+        patch_size: input pixels per stage token (effective stride), ``(ph, pw)``:
+            the patch-embedding patch times 2 per patch merging before this stage.
+    """
+
+    layer: int
+    stage: int
+    grid_size: tuple[int, int]
+    window_size: tuple[int, int]
+    shift_size: tuple[int, int]
+    num_windows: int
+    patch_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        (hp, wp), (wh, ww) = self.padded_size, self.window_size
+        assert self.num_windows == (hp // wh) * (wp // ww), self
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """``(Hp, Wp)``: the grid padded up to multiples of the window, as timm pads it."""
+        (h, w), (wh, ww) = self.grid_size, self.window_size
+        return (math.ceil(h / wh) * wh, math.ceil(w / ww) * ww)
+
+    @property
+    def window_grid(self) -> tuple[int, int]:
+        """Windows per column and per row, ``(Hp / wh, Wp / ww)``."""
+        (hp, wp), (wh, ww) = self.padded_size, self.window_size
+        return (hp // wh, wp // ww)
+
+    @property
+    def window_area(self) -> int:
+        """Tokens per window ``n = wh * ww`` (padding included)."""
+        return self.window_size[0] * self.window_size[1]
+
+    @property
+    def num_tokens(self) -> int:
+        """Stage tokens ``H * W`` (padding excluded)."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def shifted(self) -> bool:
+        return any(self.shift_size)
+
+    def token_index(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``[num_windows, n]`` long: stage token index ``y * W + x`` at each window position, -1 for padding."""
+        (h, w), (wh, ww), (sh, sw) = self.grid_size, self.window_size, self.shift_size
+        (hp, wp) = self.padded_size
+        ys = torch.arange(hp, device=device).view(-1, 1).expand(hp, wp)   # shifted, padded coordinates
+        xs = torch.arange(wp, device=device).view(1, -1).expand(hp, wp)
+        idx = ((ys + sh) % h) * w + (xs + sw) % w
+        idx = torch.where((ys < h) & (xs < w), idx, torch.full_like(idx, -1))
+        nwh, nww = self.window_grid
+        return idx.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)
+
+    def region_labels(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``[num_windows, n]`` long: the region of timm's shift mask at each window position.
+
+        Reproduces ``SwinTransformerBlock.get_attn_mask``: on the padded, shifted grid the rows
+        ``[0, Hp-wh)``, ``[Hp-wh, Hp-sh)``, ``[Hp-sh, Hp)`` times the same column bands are
+        regions 0..8; a query attends only keys of its own region. All 0 without shift.
+        """
+        (hp, wp), (wh, ww), (sh, sw) = self.padded_size, self.window_size, self.shift_size
+        img = torch.zeros(hp, wp, dtype=torch.long, device=device)
+        if self.shifted:
+            cnt = 0
+            for h0, h1 in ((0, -wh), (-wh, -sh), (-sh, None)):
+                for w0, w1 in ((0, -ww), (-ww, -sw), (-sw, None)):
+                    img[h0:h1, w0:w1] = cnt
+                    cnt += 1
+        nwh, nww = self.window_grid
+        return img.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)
+
+    def allowed_pairs(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``[num_windows, n, n]`` bool: query and key are real tokens (not padding) of the same region."""
+        real = self.token_index(device) >= 0
+        lab = self.region_labels(device)
+        return real[:, :, None] & real[:, None, :] & (lab[:, :, None] == lab[:, None, :])
+
+
+def windows_to_dense(attn: torch.Tensor, window: WindowLayout) -> torch.Tensor:
+    """Place windowed attention in stage coordinates, cyclic shift undone, padding cropped.
+
+    Args:
+        attn: ``[B, num_windows, heads, n, n]`` as recorded for a windowed block.
+        window: that block's :class:`WindowLayout`.
+
+    Returns:
+        ``[B, heads, N, N]`` with ``N = H * W`` (row-major stage grid): entry ``[q, k]`` is the
+        probability query token q gave key token k in this block; 0 for pairs in different
+        windows. Attention on timm's zero padding tokens is not in the matrix.
+    """
+    B, nw, heads, n, _ = attn.shape
+    N = window.num_tokens
+    idx = window.token_index(attn.device)
+    real = idx >= 0
+    pair = real[:, :, None] & real[:, None, :]
+    flat = (idx[:, :, None] * N + idx[:, None, :])[pair]
+    out = attn.new_zeros(B, heads, N * N)
+    out[:, :, flat] = attn.permute(0, 2, 1, 3, 4)[..., pair]
+    return out.reshape(B, heads, N, N)
+
+
+def to_windows(values: torch.Tensor, window: WindowLayout) -> torch.Tensor:
+    """``[..., N]`` per stage token -> ``[..., num_windows, n]`` per window position (0 at padding)."""
+    idx = window.token_index(values.device)
+    out = values[..., idx.clamp_min(0)]
+    return out * (idx >= 0).to(out.dtype)
+
+
+def from_windows(values: torch.Tensor, window: WindowLayout) -> torch.Tensor:
+    """``[..., num_windows, n]`` per window position -> ``[..., N]`` per stage token (padding dropped).
+
+    Every stage token sits at exactly one window position, so this inverts :func:`to_windows`.
+    """
+    idx = window.token_index(values.device)
+    real = idx >= 0
+    out = values.new_zeros(*values.shape[:-2], window.num_tokens)
+    out[..., idx[real]] = values[..., real]
+    return out
+
+
 @dataclass
 class AttentionCache:
     """Attention probabilities recorded by :func:`vitlens.capture`.
@@ -73,15 +215,20 @@ class AttentionCache:
     Attributes:
         model_name: the model's class name (and timm name when known).
         family: the adapter family that recorded it, e.g. ``"VisionTransformer"``.
-        num_layers: attention layers in the model (not only the recorded ones).
-        num_heads: heads per layer in the model.
+        num_layers: attention layers in the model (not only the recorded ones); for
+            hierarchical models (Swin) numbered in forward order across stages.
+        num_heads: heads per layer in the model; the largest count when it varies by
+            layer (Swin stages), see ``layer_heads``.
         layers: recorded layer indices, ascending, non-negative.
         heads: recorded head indices (all heads unless ``heads=`` was given).
         rows: ``"all"`` (``[B, heads, T, T]``) or ``"prefix"`` (only the prefix-token
             query rows, ``[B, heads, P, T]``).
         hook_points: layer index -> timm module path it was recorded from
-            (e.g. ``3 -> "blocks.3.attn"``).
-        layout: the :class:`TokenLayout`; None until a forward ran.
+            (e.g. ``3 -> "blocks.3.attn"``, ``5 -> "layers.2.blocks.1.attn"``).
+        layer_heads: heads of every model layer (``()`` when all have ``num_heads``).
+        layout: the :class:`TokenLayout`; None until a forward ran. For windowed models
+            (Swin) it describes the *first* stage's grid, with no prefix tokens: maps
+            over the whole model (rollout) come out on that grid.
     """
 
     model_name: str
@@ -92,8 +239,10 @@ class AttentionCache:
     heads: tuple[int, ...]
     rows: str
     hook_points: dict[int, str]
+    layer_heads: tuple[int, ...] = ()
     layout: TokenLayout | None = None
     _store: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
+    _windows: dict[int, WindowLayout] = field(default_factory=dict, repr=False)
 
     # ----------------------------------------------------------------- access
     def resolve_layer(self, layer: int) -> int:
@@ -130,6 +279,9 @@ class AttentionCache:
             ``[B, heads, T, T]`` (query rows, key columns, T = prefix + patches, in the
             model's token order), or ``[B, heads, P, T]`` when captured with
             ``rows="prefix"``. ``heads`` are the recorded heads (see ``self.heads``).
+            Windowed models (Swin): ``[B, num_windows, heads, n, n]`` per window of the
+            shifted, padded stage grid (``n = wh * ww``; geometry in
+            :meth:`layout_of`, stage coordinates from :meth:`dense_attention`).
         """
         idx = self.resolve_layer(layer)
         if idx not in self._store or not self._store[idx]:
@@ -147,6 +299,45 @@ class AttentionCache:
         return self.attention(layer)
 
     @property
+    def windowed(self) -> bool:
+        """True when the model attends inside windows (Swin): see :meth:`layout_of`."""
+        return bool(self._windows)
+
+    def layout_of(self, layer: int) -> WindowLayout | TokenLayout:
+        """Geometry of one layer.
+
+        Returns:
+            For windowed models (Swin) the layer's :class:`WindowLayout` (stage, stage grid,
+            window, shift, number of windows, effective patch size); known for every
+            layer once a forward ran, recorded or not. For flat models the
+            :class:`TokenLayout` every layer shares (``self.layout``).
+        """
+        idx = self.resolve_layer(layer)
+        if self.layout is None:
+            raise ValueError("nothing was recorded: run the model inside the "
+                             "`with vitlens.capture(model) as cache:` block")
+        if not self._windows:
+            return self.layout
+        return self._windows[idx]
+
+    def dense_attention(self, layer: int = -1) -> torch.Tensor:
+        """Attention of one layer as a token-by-token matrix in the layer's own coordinates.
+
+        Windowed models (Swin): the windowed tensor placed in stage coordinates with the
+        cyclic shift undone, ``[B, heads, N, N]``, ``N = H * W`` of the stage grid
+        (row-major, ``layout_of(layer).grid_size``); pairs in different windows (or
+        different regions of a shifted window) are 0; timm's padding is cropped, so a row
+        misses the (small) mass its query put on padding tokens. Memory grows as ``N²``
+        (stage 0 of a 224-px Swin-T: 3136² per head and image, ~40 MB in float32).
+
+        Flat models: the same as :meth:`attention`.
+        """
+        attn = self.attention(layer)
+        if not self._windows:
+            return attn
+        return windows_to_dense(attn, self._windows[self.resolve_layer(layer)])
+
+    @property
     def batch_size(self) -> int:
         """Images recorded so far (over every forward call)."""
         if not self.layers or self.layers[0] not in self._store:
@@ -156,10 +347,22 @@ class AttentionCache:
     def clear(self) -> None:
         """Drop every recorded tensor (keeps the configuration; the layout is reset)."""
         self._store.clear()
+        self._windows.clear()
         self.layout = None
 
     # ---------------------------------------------------------------- recording
-    def _set_layout(self, layout: TokenLayout) -> None:
+    def _set_layout(self, layout: TokenLayout | WindowLayout) -> None:
+        """Set the model-wide :class:`TokenLayout`, or one layer's :class:`WindowLayout`."""
+        if isinstance(layout, WindowLayout):
+            old = self._windows.get(layout.layer)
+            if old is not None and old != layout and self._store:
+                raise ValueError(
+                    f"one capture holds one input geometry: layer {layout.layer} had stage grid "
+                    f"{old.grid_size} (window {old.window_size}) in the first forward, now "
+                    f"{layout.grid_size} (window {layout.window_size}); use a separate "
+                    f"`with vitlens.capture(...)` block per input size, or call cache.clear()")
+            self._windows[layout.layer] = layout
+            return
         if self.layout is not None and self.layout != layout and self._store:
             raise ValueError(
                 f"one capture holds one input geometry: the first forward had grid "

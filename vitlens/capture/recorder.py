@@ -18,7 +18,7 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             heads: Sequence[int] | None = None, rows: str = "all",
             dtype: torch.dtype | None = None, to: torch.device | str | None = None,
             grad: bool = False) -> Iterator[AttentionCache]:
-    """Record per-layer, per-head attention probabilities of a timm ViT.
+    """Record per-layer, per-head attention probabilities of a timm ViT (or Swin).
 
     Example::
 
@@ -26,6 +26,10 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             logits = model(x)
         cache.attention(-1)          # [B, heads, T, T], last layer
         cache.layout.grid_size       # (gh, gw)
+
+    Swin / SwinV2 record ``[B, num_windows, heads, n, n]`` per layer (layers numbered in
+    forward order across stages); ``cache.dense_attention(l)`` gives stage coordinates
+    and ``cache.layout_of(l)`` the window geometry (see ``docs/swin.md``).
 
     Hooks exist only inside the block and are removed on exit, also when the forward
     raises; every module flag changed for the block is restored. By default the model
@@ -36,7 +40,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         model: a supported timm model (see ``vitlens.supported_families()``).
         layers: layer indices to record (negative counts from the end); None = all.
             Layers not recorded keep running untouched.
-        heads: head indices to record; None = all.
+        heads: head indices to record; None = all. When the head count varies by layer
+            (Swin stages), indices must exist in every recorded layer.
         rows: ``"all"`` records ``[B, heads, T, T]``; ``"prefix"`` records only the
             prefix-token query rows ``[B, heads, P, T]`` (e.g. the CLS row), computed
             without materialising the T x T matrix.
@@ -53,7 +58,13 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
     modules = adapter.attention_modules()
     n_layers, n_heads = len(modules), adapter.num_heads
     layer_list = _resolve_indices(layers, n_layers, "layer", "layers")
-    head_list = None if heads is None else _resolve_indices(heads, n_heads, "head", "heads")
+    layer_heads = tuple(int(adapter.heads_of(i)) for i in range(n_layers))
+    fewest = min(layer_heads[i] for i in layer_list)
+    varies = len(set(layer_heads)) > 1
+    head_list = None if heads is None else _resolve_indices(
+        heads, fewest, "head", "heads",
+        has=(f"the recorded layers have as few as {fewest} heads (heads per layer: {list(layer_heads)})"
+             if varies else None))
     if rows not in _ROWS:
         raise ValueError(f"rows must be one of {_ROWS}, got {rows!r}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -67,7 +78,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         model_name=str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
         family=adapter.family, num_layers=n_layers, num_heads=n_heads, layers=layer_list,
         heads=tuple(head_list) if head_list is not None else tuple(range(n_heads)),
-        rows=rows, hook_points={i: modules[i][0] for i in layer_list})
+        rows=rows, hook_points={i: modules[i][0] for i in layer_list},
+        layer_heads=layer_heads if varies else ())
 
     def record(layer: int, probs: torch.Tensor) -> None:
         if not grad:
@@ -89,7 +101,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             restore()
 
 
-def _resolve_indices(values: Sequence[int] | int | None, n: int, what: str, arg: str) -> list[int]:
+def _resolve_indices(values: Sequence[int] | int | None, n: int, what: str, arg: str,
+                     has: str | None = None) -> list[int]:
     if values is None:
         return list(range(n))
     if isinstance(values, int) and not isinstance(values, bool):
@@ -99,7 +112,7 @@ def _resolve_indices(values: Sequence[int] | int | None, n: int, what: str, arg:
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{arg} must be ints, got {type(v).__name__} {v!r}")
         if not -n <= v < n:
-            raise ValueError(f"{what} {v} is out of range: the model has {n} {what}s; "
+            raise ValueError(f"{what} {v} is out of range: {has or f'the model has {n} {what}s'}; "
                              f"valid {arg} are 0..{n - 1} (or -{n}..-1 counting from the end)")
         if v % n not in out:
             out.append(v % n)

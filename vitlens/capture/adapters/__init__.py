@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..cache import TokenLayout
+from ..cache import TokenLayout, WindowLayout
 from ...errors import UnsupportedModelError
 
 #: Called by an adapter's hooks with (layer index, probabilities) once per forward.
@@ -46,12 +46,21 @@ class Adapter:
 
     @property
     def num_heads(self) -> int:  # pragma: no cover
+        """Heads per layer (the largest count when it varies by layer)."""
         raise NotImplementedError
 
+    def heads_of(self, layer: int) -> int:
+        """Heads of one layer; override when the count varies by layer (Swin stages)."""
+        return self.num_heads
+
     def install(self, layers: list[int], record: RecordFn, *, heads: list[int] | None,
-                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout | WindowLayout], None]
                 ) -> tuple[list[torch.utils.hooks.RemovableHandle], list[Callable[[], None]]]:
-        """Install hooks; return (handles to remove, callables restoring module state)."""
+        """Install hooks; return (handles to remove, callables restoring module state).
+
+        ``set_layout`` takes the model-wide :class:`TokenLayout` and, for windowed
+        models, one :class:`WindowLayout` per layer (it carries its layer index).
+        """
         raise NotImplementedError  # pragma: no cover
 
 

@@ -1,0 +1,191 @@
+"""timm Swin Transformer (``swin_*``) and SwinV2 (``swinv2_*``): shifted-window attention
+in hierarchical stages.
+
+Layers are numbered in forward order across stages: layer ``l`` is
+``layers.{s}.blocks.{j}`` (Swin-T: stages of 2, 2, 6, 2 blocks -> layers 0..11).
+
+Hook points, per recorded layer (B batch, heads h, stage grid H x W, window n = wh*ww
+tokens, nW windows per image; see ``docs/swin.md``):
+
+- ``patch_embed`` (forward hook): image ``[B, C, H_in, W_in]`` -> patch grid
+  ``[B, gh0, gw0, C]`` (NHWC); gives the :class:`TokenLayout` (first stage's grid, no
+  prefix tokens) and every layer's :class:`WindowLayout` (stage grids by timm's
+  patch merging, window and shift read from each block).
+- ``layers.{s}.blocks.{j}`` (pre-hook): block input ``[B, H, W, C]`` (NHWC); checked
+  against the predicted stage grid.
+- ``layers.{s}.blocks.{j}.attn`` (pre-hook): the shift mask ``[nW, n, n]`` (0 / -100)
+  timm passes, or None.
+- ``layers.{s}.blocks.{j}.attn.attn_drop`` (forward hook): the softmax probabilities
+  ``[B*nW, h, n, n]`` -- relative position bias (V1 table, V2 continuous MLP bias with
+  cosine attention and logit scale) and shift mask included -- recorded as
+  ``[B, nW, h, n, n]``.
+
+Mechanism: timm's Swin V1 ``WindowAttention`` has a ``fused_attn`` flag (off by default in
+timm, ``use_fused_attn(experimental=True)``); for the recorded blocks it is set to False
+for the duration of the ``with`` block and restored on exit, so ``attn_drop`` always sees
+the probabilities. SwinV2 has no fused path. With timm's default flags nothing changes and
+the outputs are bit-identical; a block the user switched to the fused kernel runs unfused
+inside the block (outputs equal up to float rounding).
+
+timm's shift mask adds -100, not -inf, so masked (cross-region) pairs hold values near
+1e-44 in the model; vitlens records them as exact zeros. With ``grad=True`` the recorded
+tensor is the very one multiplied with v (graph attached), so those entries keep timm's
+tiny values there, and the hook hands the model a view of the recorded
+``[B, nW, h, n, n]`` tensor (same values) so that gradients w.r.t. it exist.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import Adapter, RecordFn, register_adapter
+from ..cache import TokenLayout, WindowLayout
+from ...errors import UnsupportedModelError
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+class _SwinBase(Adapter):
+    """Shared by Swin and SwinV2: same stage/block structure, different attention maths."""
+
+    order = 10
+    _model_class: str = ""  # "module:Class" of the timm model
+
+    @classmethod
+    def _cls(cls) -> type:
+        import importlib
+
+        mod, name = cls._model_class.split(":")
+        return getattr(importlib.import_module(mod), name)
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        if not isinstance(model, cls._cls()):
+            return False
+        blocks = [b for st in model.layers for b in st.blocks]
+        return bool(blocks) and all(
+            isinstance(getattr(getattr(b, "attn", None), "attn_drop", None), nn.Module)
+            and hasattr(b, "window_size") and hasattr(b, "shift_size") for b in blocks)
+
+    def _blocks(self) -> list[tuple[int, str, nn.Module]]:
+        return [(s, f"layers.{s}.blocks.{j}", b)
+                for s, st in enumerate(self.model.layers) for j, b in enumerate(st.blocks)]
+
+    def attention_modules(self) -> list[tuple[str, nn.Module]]:
+        return [(f"{path}.attn", b.attn) for _, path, b in self._blocks()]
+
+    @property
+    def num_heads(self) -> int:
+        return max(self.heads_of(i) for i in range(len(self._blocks())))
+
+    def heads_of(self, layer: int) -> int:
+        return int(self._blocks()[layer][2].attn.num_heads)
+
+    def layouts_for(self, image_hw: tuple[int, int], grid: tuple[int, int]
+                    ) -> tuple[TokenLayout, list[WindowLayout]]:
+        """Token layout (first stage) and one window layout per layer for a patch grid."""
+        patch = _pair(self.model.patch_embed.patch_size)
+        token = TokenLayout(num_prefix_tokens=0, prefix_names=(), grid_size=grid,
+                            patch_size=patch, input_size=tuple(image_hw))
+        windows: list[WindowLayout] = []
+        (h, w), (ph, pw) = grid, patch
+        layer = 0
+        for s, stage in enumerate(self.model.layers):
+            if not isinstance(stage.downsample, nn.Identity):  # timm pads odd grids, then merges 2x2
+                h, w, ph, pw = (h + 1) // 2, (w + 1) // 2, ph * 2, pw * 2
+            for blk in stage.blocks:
+                win, shift = _pair(blk.window_size), _pair(blk.shift_size)
+                n_win = -(-h // win[0]) * -(-w // win[1])
+                windows.append(WindowLayout(layer=layer, stage=s, grid_size=(h, w), window_size=win,
+                                            shift_size=shift, num_windows=n_win, patch_size=(ph, pw)))
+                layer += 1
+        return token, windows
+
+    def install(self, layers: list[int], record: RecordFn, *, heads: list[int] | None,
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout | WindowLayout], None]):
+        handles: list[torch.utils.hooks.RemovableHandle] = []
+        restores: list[Callable[[], None]] = []
+        current: dict[int, WindowLayout] = {}
+
+        def on_patches(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if out.ndim != 4:
+                raise UnsupportedModelError(
+                    f"patch_embed returned shape {tuple(out.shape)}; vitlens expects timm Swin's "
+                    f"NHWC patch grid [B, H, W, C]")
+            token, windows = self.layouts_for(tuple(args[0].shape[-2:]), (int(out.shape[1]), int(out.shape[2])))
+            set_layout(token)
+            for wl in windows:
+                current[wl.layer] = wl
+                set_layout(wl)
+
+        handles.append(self.model.patch_embed.register_forward_hook(on_patches))
+        head_index = None if heads is None else torch.tensor(heads)
+        blocks = self._blocks()
+
+        for layer in layers:
+            _, path, blk = blocks[layer]
+            attn = blk.attn
+            state: dict[str, Any] = {}
+
+            def on_block(_m: nn.Module, args: tuple, layer: int = layer, path: str = path) -> None:
+                x = args[0]
+                wl = current.get(layer)
+                if wl is None or x.ndim != 4 or tuple(x.shape[1:3]) != wl.grid_size:
+                    raise UnsupportedModelError(
+                        f"{path} got input {tuple(x.shape)} but vitlens predicted the NHWC stage grid "
+                        f"{wl.grid_size if wl else '(none: patch_embed did not run)'}; "
+                        f"this model's forward differs from timm's Swin")
+
+            def on_call(_m: nn.Module, args: tuple, kwargs: dict, state: dict = state) -> None:
+                state["mask"] = kwargs.get("mask", args[1] if len(args) > 1 else None)
+
+            def on_probs(_m: nn.Module, inp: tuple, out: torch.Tensor, layer: int = layer,
+                         path: str = path, state: dict = state) -> torch.Tensor | None:
+                wl = current[layer]
+                p = out if grad else inp[0]
+                bw, _, n, n2 = p.shape
+                nw = wl.num_windows
+                if n != wl.window_area or n2 != n or bw % nw:
+                    raise UnsupportedModelError(
+                        f"{path}.attn_drop saw {tuple(p.shape)} but the window layout predicts "
+                        f"[B*{nw}, heads, {wl.window_area}, {wl.window_area}]")
+                windowed = p.reshape(bw // nw, nw, -1, n, n)
+                p = windowed
+                if not grad:
+                    p = p.detach()
+                    mask = state.get("mask")
+                    if mask is not None:  # timm's -100 stands for -inf: make the masked pairs exact 0
+                        p = p.masked_fill((mask != 0).reshape(1, nw, 1, n, n), 0.0)
+                if head_index is not None:
+                    p = p.index_select(2, head_index.to(p.device))
+                record(layer, p)
+                if grad:  # the model goes on with a view of the recorded tensor: gradients reach it
+                    return windowed.reshape(out.shape)
+                return None
+
+            if hasattr(attn, "fused_attn"):  # Swin V1; SwinV2 always computes the probabilities
+                old = attn.fused_attn
+                attn.fused_attn = False
+                restores.append(lambda attn=attn, old=old: setattr(attn, "fused_attn", old))
+            handles.append(blk.register_forward_pre_hook(on_block))
+            handles.append(attn.register_forward_pre_hook(on_call, with_kwargs=True))
+            handles.append(attn.attn_drop.register_forward_hook(on_probs))
+        return handles, restores
+
+
+@register_adapter
+class SwinAdapter(_SwinBase):
+    family = "Swin"
+    examples = ("swin_tiny_patch4_window7_224", "swin_base_patch4_window12_384")
+    _model_class = "timm.models.swin_transformer:SwinTransformer"
+
+
+@register_adapter
+class SwinV2Adapter(_SwinBase):
+    family = "SwinV2"
+    examples = ("swinv2_tiny_window8_256", "swinv2_base_window12to24_192to384")
+    _model_class = "timm.models.swin_transformer_v2:SwinTransformerV2"
