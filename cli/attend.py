@@ -59,6 +59,7 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, la
     import torch
 
     import vitlens
+    from vitlens.capture import adapter_for
     from vitlens.export.overlay import COLORMAPS, overlay, save_png
 
     head_sel = _head_option(head)
@@ -68,6 +69,7 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, la
         overlay(torch.zeros(2, 2, 3, dtype=torch.uint8).numpy(), [[0.0]], colormap=colormap)  # raises the helpful error
 
     model, cfg = load_cli_model(model_name, checkpoint, pretrained, device)
+    adapter_for(model)  # unsupported architecture: fail before decoding any image
     dev = next(model.parameters()).device
     names = vitlens.class_names(model)
 

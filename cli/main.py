@@ -6,6 +6,7 @@ import click
 from vitlens import __version__
 
 from .attend import attend
+from .models import models
 from .shape_bias import shape_bias
 
 
@@ -16,11 +17,19 @@ def cli() -> None:
 
 
 cli.add_command(attend)
+cli.add_command(models)
 cli.add_command(shape_bias)
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except BrokenPipeError:  # e.g. `vitlens models | head`: the reader is gone, nothing to report
+        import os
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,7 @@
 """Hook-based attention recording: ``capture``, ``AttentionCache``, ``TokenLayout``, adapters."""
-from .adapters import Adapter, adapter_for, register_adapter, supported_families
+from .adapters import Adapter, adapter_for, register_adapter, supported_families, supported_models
 from .cache import AttentionCache, TokenLayout
 from .recorder import capture
 
 __all__ = ["capture", "AttentionCache", "TokenLayout", "Adapter", "adapter_for",
-           "register_adapter", "supported_families"]
+           "register_adapter", "supported_families", "supported_models"]

@@ -32,6 +32,9 @@ class Adapter:
     examples: tuple[str, ...] = ()
     #: Lower is tried first; generic fallbacks use a high value.
     order: int = 0
+    #: timm model modules (``timm.list_models(module=...)``) whose models may use this
+    #: adapter; ``vitlens models`` checks each candidate by building it on the meta device.
+    timm_modules: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -84,6 +87,39 @@ def registered_adapters() -> list[type[Adapter]]:
 def supported_families() -> list[str]:
     """Names of the attention families vitlens can record."""
     return [a.family for a in registered_adapters()]
+
+
+def supported_models(pattern: str = "*", family: str | None = None) -> list[tuple[str, str]]:
+    """``[(timm model name, family)]`` of the timm architectures vitlens can record.
+
+    Each candidate from the adapters' ``timm_modules`` is built on the meta device (no
+    memory, no weights) and must be accepted by :func:`adapter_for`, so the list is what
+    capture really supports, not a guess from names.
+
+    Args:
+        pattern: shell-style filter on the architecture name, as ``timm.list_models``.
+        family: only candidates of this family's adapter (faster: fewer models built).
+    """
+    import timm
+
+    names: list[str] = []
+    for cls in registered_adapters():
+        if family is not None and cls.family != family:
+            continue
+        for module in cls.timm_modules:
+            names += [n for n in timm.list_models(pattern, module=module) if n not in names]
+    out = []
+    for name in sorted(names):
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False)
+            found = adapter_for(model).family
+            if family is None or found == family:
+                out.append((name, found))
+        except (UnsupportedModelError, TypeError, ValueError, RuntimeError, AssertionError,
+                NotImplementedError, AttributeError):
+            continue  # not recordable (or not buildable without weights): not listed
+    return out
 
 
 def adapter_for(model: nn.Module) -> Adapter:

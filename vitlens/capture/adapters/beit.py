@@ -17,6 +17,7 @@ class BeitAdapter(BlocksAdapter):
     family = "BEiT"
     examples = ("beit_base_patch16_224", "beitv2_base_patch16_224")
     order = 10
+    timm_modules = ("beit",)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

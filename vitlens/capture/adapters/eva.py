@@ -18,6 +18,7 @@ class EvaAdapter(BlocksAdapter):
     family = "EVA"
     examples = ("eva02_tiny_patch14_224", "eva02_base_patch14_224")
     order = 10
+    timm_modules = ("eva",)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -70,6 +70,7 @@ class BlocksAdapter(Adapter):
     family = "timm ViT-like (fused_attn + attn_drop)"
     examples = ("any timm model with patch_embed and blocks[i].attn.fused_attn/attn_drop",)
     order = 100
+    timm_modules = ()  # a fallback for models passed in; none listed as supported by name
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -180,6 +180,7 @@ class _SwinBase(Adapter):
 @register_adapter
 class SwinAdapter(_SwinBase):
     family = "Swin"
+    timm_modules = ("swin_transformer",)
     examples = ("swin_tiny_patch4_window7_224", "swin_base_patch4_window12_384")
     _model_class = "timm.models.swin_transformer:SwinTransformer"
 
@@ -187,5 +188,6 @@ class SwinAdapter(_SwinBase):
 @register_adapter
 class SwinV2Adapter(_SwinBase):
     family = "SwinV2"
+    timm_modules = ("swin_transformer_v2",)
     examples = ("swinv2_tiny_window8_256", "swinv2_base_window12to24_192to384")
     _model_class = "timm.models.swin_transformer_v2:SwinTransformerV2"

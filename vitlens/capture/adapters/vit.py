@@ -65,6 +65,7 @@ class VitAdapter(BlocksAdapter):
     examples = ("vit_base_patch16_224", "deit_tiny_distilled_patch16_224",
                 "vit_small_patch14_reg4_dinov2", "vit_medium_patch16_gap_256")
     order = 0
+    timm_modules = ("vision_transformer", "deit")
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
