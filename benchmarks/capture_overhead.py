@@ -74,9 +74,10 @@ def _peak(name: str, batch: int, case: str) -> float:
 
 def bench_model(name: str, batch: int, repeats: int, memory: bool) -> None:
     model, x = _build(name, batch)
+    cases = ("full", "cls_rows") if getattr(model, "num_prefix_tokens", 0) else ("full",)
     with torch.no_grad():
-        t = {case: _median_time(_case_fn(model, x, case), repeats) for case in ("plain", "full", "cls_rows")}
-    for case in ("full", "cls_rows"):
+        t = {case: _median_time(_case_fn(model, x, case), repeats) for case in ("plain", *cases)}
+    for case in cases:
         line = (f"{name} batch {batch} {case:>8}: {t[case] / t['plain']:.3f}x plain "
                 f"({t[case] * 1e3:.0f} ms vs {t['plain'] * 1e3:.0f} ms)")
         if memory:
@@ -124,7 +125,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "vit_base_patch16_224"])
+    ap.add_argument("--models", nargs="+",
+                    default=["vit_small_patch16_224", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"])
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--rollout-images", type=int, default=64)
     args = ap.parse_args()
