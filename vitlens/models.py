@@ -346,10 +346,15 @@ def class_names(model: nn.Module) -> list[str] | None:
 
 
 def make_transform(data_config: dict[str, Any]):
-    """timm's eval transform for ``data_config`` (PIL image -> normalised tensor)."""
+    """timm's eval transform for ``data_config`` (PIL image -> normalised tensor).
+
+    Keys other than timm's data-config keys (input_size, interpolation, mean, std,
+    crop_pct, crop_mode) are ignored.
+    """
     from timm.data import create_transform
 
-    return create_transform(**data_config, is_training=False)
+    return create_transform(**{k: v for k, v in data_config.items() if k in _DATA_CONFIG_KEYS},
+                            is_training=False)
 
 
 def input_box(image_size: tuple[int, int], data_config: dict[str, Any]) -> tuple[float, float, float, float]:

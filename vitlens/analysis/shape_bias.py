@@ -471,11 +471,9 @@ def _check_range(mapping: CategoryMapping, n_classes: int) -> None:
 
 def _eval_transform(cfg: dict[str, Any]):
     """timm's eval transform as a plain resize to the input size (no crop) + normalise."""
-    from timm.data import create_transform
+    from ..models import make_transform
 
-    return create_transform(input_size=cfg["input_size"], interpolation=cfg.get("interpolation", "bicubic"),
-                            mean=cfg["mean"], std=cfg["std"], crop_pct=1.0, crop_mode="squash",
-                            is_training=False)
+    return make_transform({"interpolation": "bicubic", **cfg, "crop_pct": 1.0, "crop_mode": "squash"})
 
 
 def _texture_shares(x: torch.Tensor, cache: Any, mean: Sequence[float], std: Sequence[float]
