@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import vitlens
 
-from .test_capture import hook_state
+from .test_capture import attention_io, hook_state
 
 CASES = {
     "beit": ("beit_base_patch16_224", dict(img_size=64, depth=2, embed_dim=96, num_heads=3)),
@@ -51,19 +51,9 @@ def value_vectors(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_probabilities_reproduce_the_attention_output(case):
     model, x = make(case)
     before = hook_state(model)
-    inputs, outputs = {}, {}
-    hs = []
-    for i, blk in enumerate(model.blocks):
-        hs.append(blk.attn.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0].detach())))
-        hs.append(blk.attn.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o.detach())))
-    try:
-        with torch.no_grad():
-            plain = model(x)
-            with vitlens.capture(model) as cache:
-                inside = model(x)
-    finally:
-        for h in hs:
-            h.remove()
+    inputs, outputs, plain = attention_io(model, x)  # plain forward, timm's fused kernel
+    with torch.no_grad(), vitlens.capture(model) as cache:
+        inside = model(x)
     assert cache.family == FAMILY[case]
     assert hook_state(model) == before  # hooks removed, fused_attn restored
     torch.testing.assert_close(inside, plain, atol=1e-5, rtol=1e-4)

@@ -27,12 +27,8 @@ def hook_state(model: torch.nn.Module) -> dict:
     return out
 
 
-def reference_attention(model: torch.nn.Module, x: torch.Tensor) -> dict[int, torch.Tensor]:
-    """softmax(q·kᵀ·scale) recomputed from each block's qkv weights and its real input.
-
-    Also checks that these probabilities reproduce the attention module's actual output
-    (A @ v, projected), so they are the ones the model used.
-    """
+def attention_io(model: torch.nn.Module, x: torch.Tensor):
+    """One plain forward: each block's attention input and output, and the logits."""
     inputs, outputs = {}, {}
     hs = []
     for i, blk in enumerate(model.blocks):
@@ -40,10 +36,20 @@ def reference_attention(model: torch.nn.Module, x: torch.Tensor) -> dict[int, to
         hs.append(blk.attn.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o.detach())))
     try:
         with torch.no_grad():
-            model(x)
+            logits = model(x)
     finally:
         for h in hs:
             h.remove()
+    return inputs, outputs, logits
+
+
+def reference_attention(model: torch.nn.Module, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """softmax(q·kᵀ·scale) recomputed from each block's qkv weights and its real input.
+
+    Also checks that these probabilities reproduce the attention module's actual output
+    (A @ v, projected), so they are the ones the model used.
+    """
+    inputs, outputs, _ = attention_io(model, x)
     ref = {}
     for i, blk in enumerate(model.blocks):
         attn, inp = blk.attn, inputs[i].double()
