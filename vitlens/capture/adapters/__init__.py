@@ -35,6 +35,18 @@ class Adapter:
     #: timm model modules (``timm.list_models(module=...)``) whose models may use this
     #: adapter; ``vitlens models`` checks each candidate by building it on the meta device.
     timm_modules: tuple[str, ...] = ()
+    #: ``"module:Class"`` of the timm model class this adapter is for ("" = any class).
+    model_class: str = ""
+
+    @classmethod
+    def is_model_class(cls, model: nn.Module) -> bool:
+        """``model`` is an instance of ``model_class`` (always True when it is unset)."""
+        if not cls.model_class:
+            return True
+        import importlib
+
+        module, name = cls.model_class.split(":")
+        return isinstance(model, getattr(importlib.import_module(module), name))
 
     def __init__(self, model: nn.Module):
         self.model = model

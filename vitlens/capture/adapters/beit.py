@@ -6,8 +6,6 @@ and ``blocks.{i}.attn.attn_drop`` receives the probabilities ``[B, H, T, T]``.
 """
 from __future__ import annotations
 
-from torch import nn
-
 from . import register_adapter
 from .generic import BlocksAdapter
 
@@ -17,10 +15,5 @@ class BeitAdapter(BlocksAdapter):
     family = "BEiT"
     examples = ("beit_base_patch16_224", "beitv2_base_patch16_224")
     order = 10
+    model_class = "timm.models.beit:Beit"
     timm_modules = ("beit",)
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        from timm.models.beit import Beit
-
-        return isinstance(model, Beit) and super().matches(model)

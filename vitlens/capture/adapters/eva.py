@@ -7,8 +7,6 @@ tokens (``*_reg*`` EVA variants) are read from ``model.reg_token``.
 """
 from __future__ import annotations
 
-from torch import nn
-
 from . import register_adapter
 from .generic import BlocksAdapter
 
@@ -18,10 +16,5 @@ class EvaAdapter(BlocksAdapter):
     family = "EVA"
     examples = ("eva02_tiny_patch14_224", "eva02_base_patch14_224")
     order = 10
+    model_class = "timm.models.eva:Eva"
     timm_modules = ("eva",)
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        from timm.models.eva import Eva
-
-        return isinstance(model, Eva) and super().matches(model)

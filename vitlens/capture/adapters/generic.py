@@ -75,7 +75,7 @@ class BlocksAdapter(Adapter):
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         pe, blocks = getattr(model, "patch_embed", None), getattr(model, "blocks", None)
-        return (pe is not None and hasattr(pe, "grid_size") and hasattr(pe, "patch_size")
+        return (cls.is_model_class(model) and pe is not None and hasattr(pe, "grid_size") and hasattr(pe, "patch_size")
                 and isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0
                 and hasattr(model, "num_prefix_tokens")
                 and all(_has_unfused_path(getattr(b, "attn", None)) for b in blocks))

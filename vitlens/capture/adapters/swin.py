@@ -53,18 +53,9 @@ class _SwinBase(Adapter):
     """Shared by Swin and SwinV2: same stage/block structure, different attention maths."""
 
     order = 10
-    _model_class: str = ""  # "module:Class" of the timm model
-
-    @classmethod
-    def _cls(cls) -> type:
-        import importlib
-
-        mod, name = cls._model_class.split(":")
-        return getattr(importlib.import_module(mod), name)
-
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        if not isinstance(model, cls._cls()):
+        if not cls.is_model_class(model):
             return False
         blocks = [b for st in model.layers for b in st.blocks]
         return bool(blocks) and all(
@@ -182,7 +173,7 @@ class SwinAdapter(_SwinBase):
     family = "Swin"
     timm_modules = ("swin_transformer",)
     examples = ("swin_tiny_patch4_window7_224", "swin_base_patch4_window12_384")
-    _model_class = "timm.models.swin_transformer:SwinTransformer"
+    model_class = "timm.models.swin_transformer:SwinTransformer"
 
 
 @register_adapter
@@ -190,4 +181,4 @@ class SwinV2Adapter(_SwinBase):
     family = "SwinV2"
     timm_modules = ("swin_transformer_v2",)
     examples = ("swinv2_tiny_window8_256", "swinv2_base_window12to24_192to384")
-    _model_class = "timm.models.swin_transformer_v2:SwinTransformerV2"
+    model_class = "timm.models.swin_transformer_v2:SwinTransformerV2"
