@@ -125,9 +125,8 @@ def test_outputs_unchanged_and_hooks_removed(family_model):
         torch.testing.assert_close(gcache.attention(layer), cache.attention(layer), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_cleanup_after_exception_in_body_and_in_forward(grad):
-    model, x = make_model("deit_distilled")
+def assert_cleanup_after_exceptions(model, x, layers, failing_module, grad: bool) -> None:
+    """Hooks and flags are as before after an error in the with-body and in the forward."""
     before = hook_state(model)
     with pytest.raises(KeyError, match="boom"):
         with vitlens.capture(model, grad=grad):
@@ -138,15 +137,21 @@ def test_cleanup_after_exception_in_body_and_in_forward(grad):
     def explode(*_):
         raise RuntimeError("forward failed")
 
-    h = model.blocks[1].register_forward_hook(explode)
+    h = failing_module.register_forward_hook(explode)
     before = hook_state(model)
     try:
         with pytest.raises(RuntimeError, match="forward failed"):
-            with vitlens.capture(model, layers=[0, 2], grad=grad):
+            with vitlens.capture(model, layers=layers, grad=grad):
                 model(x)
         assert hook_state(model) == before
     finally:
         h.remove()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_cleanup_after_exception_in_body_and_in_forward(grad):
+    model, x = make_model("deit_distilled")
+    assert_cleanup_after_exceptions(model, x, [0, 2], model.blocks[1], grad)
     assert all(b.attn.fused_attn for b in model.blocks)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import vitlens
 from vitlens.errors import UnsupportedModelError
 
-from .test_capture import hook_state
+from .test_capture import assert_cleanup_after_exceptions, hook_state
 
 TINY = dict(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), num_classes=10)
 V1, V2 = "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256"
@@ -272,25 +272,7 @@ def test_cleanup_after_exception_in_body_and_in_forward(grad):
     model, x = make_swin("swin_small")
     blocks = blocks_of(model)
     blocks[2].attn.fused_attn = True
-    before = hook_state(model)
-    with pytest.raises(KeyError, match="boom"):
-        with vitlens.capture(model, grad=grad):
-            model(x)
-            raise KeyError("boom")
-    assert hook_state(model) == before
-
-    def explode(*_):
-        raise RuntimeError("forward failed")
-
-    h = model.layers[1].blocks[1].register_forward_hook(explode)
-    before = hook_state(model)
-    try:
-        with pytest.raises(RuntimeError, match="forward failed"):
-            with vitlens.capture(model, layers=[1, 2, 6], grad=grad):
-                model(x)
-        assert hook_state(model) == before
-    finally:
-        h.remove()
+    assert_cleanup_after_exceptions(model, x, [1, 2, 6], model.layers[1].blocks[1], grad)
     assert blocks[2].attn.fused_attn is True and not blocks[1].attn.fused_attn
 
 
