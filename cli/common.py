@@ -84,3 +84,47 @@ def load_cli_model(model_name: str | None, checkpoint: str | None, pretrained: b
                    f"cached), so using the bundled '{DEMO_NAME}' model (CIFAR-10 classes, 32x32 input); "
                    f"choose a model with --model NAME", err=True)
         return load_model(DEMO_NAME, device=device)
+
+
+class Progress:
+    """A progress bar on stderr with an items/s rate; silent when stderr is not a terminal or ``quiet``.
+
+    Usage::
+
+        with Progress(total=len(paths), label="export", quiet=quiet) as bar:
+            for batch in batches:
+                ...
+                bar.update(len(batch))
+    """
+
+    def __init__(self, total: int | None, label: str, quiet: bool = False, unit: str = "images") -> None:
+        import sys
+        import time
+
+        self.total, self.label, self.unit = total, label, unit
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.done = 0
+        self._t0 = time.perf_counter()
+        self._bar = None
+
+    def rate(self) -> float:
+        """Items per second since the bar was made."""
+        import time
+
+        return self.done / max(time.perf_counter() - self._t0, 1e-9)
+
+    def __enter__(self) -> "Progress":
+        if self.enabled:
+            self._bar = click.progressbar(length=self.total, label=self.label, file=click.get_text_stream("stderr"),
+                                          show_pos=True, item_show_func=lambda _: f"{self.rate():.1f} {self.unit}/s")
+            self._bar.__enter__()
+        return self
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n, self.done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
