@@ -6,25 +6,36 @@ way an input can be unusable (missing, a folder, empty, not an image, truncated,
 too large, unreadable) raises :class:`~vitlens.errors.ImageLoadError` with a
 message that says what was wrong and what to do, never a raw Pillow/OS error.
 
-:func:`find_images` lists the image files under a folder for batch use.
+:func:`find_images` lists the image files under a folder for batch use;
+:func:`resolve_inputs` turns what a user typed (folder, list file, glob, file)
+into paths; :class:`ImageDataset` / :func:`image_batches` decode and preprocess
+them in DataLoader workers, recording a bad file as a failed item (with the
+reason) instead of stopping the batch.
 
-This module deliberately imports only Pillow and NumPy so it stays cheap to
-import from the command line.
+This module imports only Pillow and NumPy at import time so it stays cheap to
+import from the command line; torch and timm are imported when batches are made.
 """
 from __future__ import annotations
 
+import difflib
+import glob
 import os
 import re
 import stat
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitlens.errors import ImageLoadError, VitlensError
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "load_image"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["IMAGE_EXTENSIONS", "find_images", "load_image", "Inputs", "resolve_inputs", "relative_name",
+           "ImageDataset", "ImageBatch", "image_batches", "labels_from_folders"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
@@ -138,6 +149,235 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(
         p for p in root_path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     )
+
+
+# --------------------------------------------------------------------------- many inputs
+
+LIST_SUFFIXES: tuple[str, ...] = (".txt", ".lst", ".list")
+"""A file with one of these suffixes is read as a list of image paths, one per line."""
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class Inputs(NamedTuple):
+    """What :func:`resolve_inputs` found: the images, in input order, and the root they are named from."""
+
+    root: Path          #: folder the paths are reported relative to (:func:`relative_name`)
+    paths: list[Path]   #: image paths in input order (a list file's entries may not exist: they fail later)
+
+
+def resolve_inputs(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> Inputs:
+    """Turn a command-line INPUT into an ordered list of image paths.
+
+    ``spec`` may be
+
+    * a folder: every image file below it, recursively (:func:`find_images`), sorted;
+    * a list file (suffix in :data:`LIST_SUFFIXES`): one path per line, relative paths
+      resolved from the list file's folder; blank lines and lines starting with ``#``
+      are skipped; entries are kept even when missing, so a batch job records them as
+      failed rows instead of silently shifting every later row;
+    * a glob pattern (``*``, ``?``, ``[``; ``**`` recurses): the matching image files, sorted;
+    * a single image file;
+    * a sequence of paths: taken as given, in order.
+
+    Raises:
+        VitlensError: nothing exists at ``spec``, a folder or glob holds no image, or a
+            list file is empty; the message says what was looked for.
+    """
+    if isinstance(spec, (list, tuple)):
+        paths = [Path(p) for p in spec]
+        if not paths:
+            raise VitlensError("no input images: the list of paths is empty")
+        parents = [str(p.parent.resolve()) for p in paths]
+        return Inputs(Path(os.path.commonpath(parents)), paths)
+    text = os.fspath(spec)  # type: ignore[arg-type]
+    path = Path(text)
+    if path.is_dir():
+        found = find_images(path)
+        if not found:
+            raise VitlensError(f"no image files below folder '{path}' (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+                               f"recursively); point INPUT at the folder that holds the images")
+        return Inputs(path, found)
+    if path.is_file():
+        if path.suffix.lower() in LIST_SUFFIXES:
+            return Inputs(path.parent, _read_list(path))
+        return Inputs(path.parent, [path])
+    if _GLOB_CHARS.search(text):
+        matches = sorted(Path(m) for m in glob.glob(text, recursive=True)
+                         if Path(m).suffix.lower() in IMAGE_EXTENSIONS and Path(m).is_file())
+        if not matches:
+            raise VitlensError(f"the pattern '{text}' matches no image file ({', '.join(IMAGE_EXTENSIONS)}); "
+                               f"quote it so the shell passes it unexpanded, and check the folder")
+        fixed = []
+        for part in Path(text).parts:      # the folders before the first wildcard
+            if _GLOB_CHARS.search(part):
+                break
+            fixed.append(part)
+        return Inputs(Path(*fixed) if fixed else Path("."), matches)
+    raise VitlensError(f"no such file or folder: '{text}' (relative paths are resolved from {os.getcwd()}); "
+                       f"INPUT is an image, a folder of images, a list file ({', '.join(LIST_SUFFIXES)}) "
+                       f"or a quoted glob pattern")
+
+
+def _read_list(path: Path) -> list[Path]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise VitlensError(f"list file '{path}' is not UTF-8 text ({exc}); a list file holds one image path "
+                           f"per line") from exc
+    entries = [line.strip() for line in lines]
+    paths = [Path(e) if Path(e).is_absolute() else path.parent / e
+             for e in entries if e and not e.startswith("#")]
+    if not paths:
+        raise VitlensError(f"list file '{path}' names no image (blank lines and #comments are skipped); "
+                           f"write one image path per line")
+    return paths
+
+
+def relative_name(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """``path`` relative to ``root`` with ``/`` separators (absolute when it lies outside ``root``)."""
+    p, r = Path(path), Path(root)
+    try:
+        return p.relative_to(r).as_posix()
+    except ValueError:
+        try:
+            return p.resolve().relative_to(r.resolve()).as_posix()
+        except ValueError:
+            return p.resolve().as_posix()
+
+
+class ImageBatch(NamedTuple):
+    """One batch from :func:`image_batches`. Failed items hold a zero image; check ``ok``."""
+
+    index: "torch.Tensor"    #: ``[B]`` int64, position of each item in the input list
+    images: "torch.Tensor"   #: ``[B, 3, H, W]`` preprocessed (zeros where not ok)
+    ok: "torch.Tensor"       #: ``[B]`` bool, decoded and preprocessed
+    errors: list[str]        #: ``""`` where ok, else why the item failed
+    paths: list[Path]
+
+
+class ImageDataset:
+    """Map-style dataset: decode + preprocess one image per item; a bad file becomes a failed item.
+
+    Item ``i`` is ``(i, image [3, H, W], ok, error)``. Decoding errors (see
+    :func:`load_image`) and preprocessing errors are caught and returned as the reason,
+    never raised, so one bad file cannot stop a DataLoader.
+
+    Args:
+        paths: image paths in input order.
+        data_config: the model's timm data config (``load_model(...).data_config``).
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], data_config: dict[str, Any]) -> None:
+        from .models import make_transform
+
+        self.paths = [Path(p) for p in paths]
+        self.data_config = data_config
+        self.transform = make_transform(data_config)
+        self.input_size = tuple(int(v) for v in data_config["input_size"])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, "torch.Tensor", bool, str]:
+        import torch
+
+        try:
+            return i, self.transform(load_image(self.paths[i])), True, ""
+        except ImageLoadError as exc:
+            error = exc.reason
+        except Exception as exc:  # noqa: BLE001 - a batch job records any per-item failure
+            error = f"preprocessing failed: {' '.join(str(exc).split()) or type(exc).__name__}"
+        return i, torch.zeros(self.input_size), False, error
+
+
+def _collate(items: list[tuple[int, "torch.Tensor", bool, str]], paths: list[Path]) -> ImageBatch:
+    import torch
+
+    index = torch.tensor([it[0] for it in items], dtype=torch.long)
+    return ImageBatch(index, torch.stack([it[1] for it in items]), torch.tensor([it[2] for it in items]),
+                      [it[3] for it in items], [paths[i] for i in index.tolist()])
+
+
+class _Collate:  # picklable for spawn-started workers
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __call__(self, items: list) -> ImageBatch:
+        return _collate(items, self.paths)
+
+
+def image_batches(paths: Sequence[str | os.PathLike[str]], data_config: dict[str, Any], batch_size: int = 32,
+                  workers: int = 0, pin_memory: bool = False, start: int = 0,
+                  stop: int | None = None) -> Iterator[ImageBatch]:
+    """Decode and preprocess ``paths[start:stop]`` in order, in batches, with DataLoader workers.
+
+    Args:
+        paths: image paths in input order.
+        data_config: the model's timm data config.
+        batch_size: images per batch (the last may be smaller).
+        workers: DataLoader worker processes (0 decodes in this process).
+        pin_memory: page-locked batches for fast, non-blocking copies to a GPU.
+        start, stop: the slice of ``paths`` to read (``index`` stays the position in ``paths``),
+            e.g. to resume after the rows already written.
+
+    Yields:
+        :class:`ImageBatch` in input order; failed items have ``ok=False`` and a reason.
+    """
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+    dataset = ImageDataset(paths, data_config)
+    stop = len(dataset) if stop is None else min(stop, len(dataset))
+    subset = Subset(dataset, range(start, stop))  # type: ignore[arg-type]
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=pin_memory and torch.cuda.is_available(),
+                        collate_fn=_Collate(dataset.paths), persistent_workers=False)
+    yield from loader
+
+
+def labels_from_folders(paths: Sequence[str | os.PathLike[str]], class_names: Sequence[str] | None) -> "torch.Tensor":
+    """Class index of each image from its parent folder's name (``.../cat/001.jpg`` -> ``"cat"``).
+
+    A folder name matches a class name case-insensitively (spaces, ``_`` and ``-`` are
+    treated alike); a folder named by an integer in range is taken as the class index.
+
+    Raises:
+        VitlensError: a folder name is no class of the model; the message lists the
+            unknown names with close matches and how many classes the model has.
+    """
+    import torch
+
+    def norm(name: str) -> str:
+        return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+    names = list(class_names or [])
+    lookup = {norm(n): i for i, n in enumerate(names)}
+    labels, unknown = [], []
+    for p in paths:
+        folder = Path(p).parent.name
+        if norm(folder) in lookup:
+            labels.append(lookup[norm(folder)])
+        elif folder.isdigit() and (not names or int(folder) < len(names)):
+            labels.append(int(folder))
+        else:
+            unknown.append(folder)
+            labels.append(-1)
+    if unknown:
+        shown = sorted(set(unknown))[:5]
+        hints = []
+        for u in shown:
+            close = difflib.get_close_matches(norm(u), list(lookup), n=1)
+            hints.append(f"'{u}'" + (f" (did you mean '{names[lookup[close[0]]]}'?)" if close else ""))
+        known = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise VitlensError(f"{len(unknown)} image(s) sit in folders that are not classes of the model: "
+                           f"{', '.join(hints)}; the model's classes are: {known or 'unnamed'} "
+                           f"(folders may also be class indices 0..{max(len(names), 1) - 1})")
+    return torch.tensor(labels, dtype=torch.long)
 
 
 # --------------------------------------------------------------------------- checks

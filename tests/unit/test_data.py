@@ -456,3 +456,96 @@ def test_find_images_file_root(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# --------------------------------------------------------------------------- many inputs
+
+def _tree(tmp_path: Path) -> Path:
+    """root/{cat,dog}/*.png, one corrupt file in dog, and a non-image file."""
+    root = tmp_path / "root"
+    for folder, n in (("cat", 2), ("dog", 2)):
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (40 + i, 30), (i * 50, 100, 200)).save(root / folder / f"{i}.png")
+    (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (root / "notes.txt").write_text("ignore me")
+    return root
+
+
+def test_resolve_inputs_folder_glob_list_file_and_sequence(tmp_path: Path) -> None:
+    from vitlens.data import resolve_inputs
+
+    root = _tree(tmp_path)
+    folder = resolve_inputs(root)
+    assert folder.root == root
+    assert [p.relative_to(root).as_posix() for p in folder.paths] == [
+        "cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png", "dog/broken.jpg"]
+    pattern = resolve_inputs(str(root / "**" / "*.png"))
+    assert pattern.root == root and [p.name for p in pattern.paths] == ["0.png", "1.png", "0.png", "1.png"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# my images\nroot/dog/1.png\n\nroot/cat/0.png\nroot/missing.png\n")
+    listed = resolve_inputs(listing)
+    assert listed.root == tmp_path
+    assert listed.paths == [tmp_path / "root/dog/1.png", tmp_path / "root/cat/0.png", tmp_path / "root/missing.png"]
+    single = resolve_inputs(root / "cat" / "1.png")
+    assert single == (root / "cat", [root / "cat" / "1.png"])
+    seq = resolve_inputs([root / "dog" / "0.png", root / "cat" / "0.png"])
+    assert seq.root.resolve() == root.resolve() and seq.paths[0].name == "0.png"
+
+
+@pytest.mark.parametrize("spec, reason", [
+    ("nowhere/at/all", "no such file or folder"),
+    ("nowhere/*.jpg", "matches no image file"),
+])
+def test_resolve_inputs_errors(tmp_path: Path, spec: str, reason: str) -> None:
+    from vitlens.data import resolve_inputs
+
+    with pytest.raises(VitlensError, match=reason):
+        resolve_inputs(str(tmp_path / spec))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VitlensError, match="no image files below folder"):
+        resolve_inputs(tmp_path / "empty")
+    (tmp_path / "blank.txt").write_text("\n# nothing\n")
+    with pytest.raises(VitlensError, match="names no image"):
+        resolve_inputs(tmp_path / "blank.txt")
+
+
+def test_relative_name(tmp_path: Path) -> None:
+    from vitlens.data import relative_name
+
+    assert relative_name(tmp_path / "a" / "b.png", tmp_path) == "a/b.png"
+    assert relative_name("/elsewhere/x.png", tmp_path) == "/elsewhere/x.png"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_batches_keep_order_and_record_bad_files(tmp_path: Path, workers: int) -> None:
+    import torch
+
+    from vitlens.data import image_batches, resolve_inputs
+    from vitlens.models import make_transform
+
+    cfg = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
+           "std": (0.25, 0.25, 0.25), "crop_pct": 1.0, "crop_mode": "center"}
+    inputs = resolve_inputs(_tree(tmp_path))
+    batches = list(image_batches(inputs.paths, cfg, batch_size=2, workers=workers))
+    assert [b.index.tolist() for b in batches] == [[0, 1], [2, 3], [4]]
+    ok = torch.cat([b.ok for b in batches])
+    assert ok.tolist() == [True, True, True, True, False]
+    bad = batches[-1]
+    assert bad.paths == [inputs.paths[4]]
+    assert bad.errors[0].startswith("not a recognised image format")
+    assert torch.equal(bad.images[0], torch.zeros(3, 16, 16))
+    expected = make_transform(cfg)(load_image(inputs.paths[1]))          # independent single-image path
+    assert torch.equal(batches[0].images[1], expected)
+    assert all(e == "" for b in batches for e, o in zip(b.errors, b.ok.tolist()) if o)
+    resumed = list(image_batches(inputs.paths, cfg, batch_size=2, start=3))
+    assert [b.index.tolist() for b in resumed] == [[3, 4]]
+
+
+def test_labels_from_folders(tmp_path: Path) -> None:
+    from vitlens.data import labels_from_folders
+
+    paths = [tmp_path / "Cat" / "1.png", tmp_path / "dog" / "2.png", tmp_path / "3" / "x.png"]
+    assert labels_from_folders(paths, ["dog", "cat", "frog", "automobile"]).tolist() == [1, 0, 3]
+    with pytest.raises(VitlensError, match=r"'cats' \(did you mean 'cat'\?\)"):
+        labels_from_folders([tmp_path / "cats" / "1.png"], ["dog", "cat"])
