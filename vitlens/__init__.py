@@ -16,6 +16,7 @@ click; ``vitlens.export`` and the CLI bring those in when used.
 """
 from .analysis import (AttentionMaps, ShapeBiasResult, attention_maps, attention_received, cls_attention, rollout,
                        shape_bias)
+from .analysis.distance import HeadStatistics, attention_entropy, head_statistics, mean_attention_distance
 from .capture import AttentionCache, TokenLayout, capture, register_adapter, supported_families
 from .capture.cache import WindowLayout
 from .data import find_images, load_image
@@ -36,3 +37,4 @@ __all__ = [
     "VitlensError", "ImageLoadError", "UnsupportedModelError", "CheckpointError",
     "WeightsUnavailableError",
 ]
+__all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "head_statistics"]
