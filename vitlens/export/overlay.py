@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["COLORMAPS", "INTERPOLATIONS", "NORMALIZATIONS", "colormap_lut", "overlay", "save_png"]
+__all__ = ["COLORMAPS", "INTERPOLATIONS", "NORMALIZATIONS", "colormap_lut", "overlay", "save_png",
+           "mark_tokens"]
 
 _COLORMAP_CANDIDATES: tuple[str, ...] = (
     "autumn", "bone", "cividis", "cool", "deepgreen", "hot", "hsv", "inferno", "jet",
@@ -258,6 +259,52 @@ def overlay(
     inside = np.ascontiguousarray(img[y0:y1, x0:x1])
     out[y0:y1, x0:x1] = cv2.addWeighted(color, alpha, inside, 1.0 - alpha, 0.0)
     return out
+
+
+def mark_tokens(
+    image: Any,
+    mask: Any,
+    *,
+    box: Box | None = None,
+    color: Sequence[int] = (0, 255, 255),
+    thickness: int = 1,
+) -> np.ndarray:
+    """Outline the patch-grid cells where ``mask`` is True (e.g. high-norm artefact tokens).
+
+    The grid ``[gh, gw]`` is laid over ``box`` as :func:`overlay` lays the map: cell
+    ``(r, c)`` covers x in ``[x0 + c·w/gw, x0 + (c+1)·w/gw)`` and y likewise. Use it on a
+    photo or on the output of :func:`overlay`, e.g. with the mask of
+    :func:`vitlens.analysis.artefacts.high_norm_tokens`.
+
+    Args:
+        image: HxWx3 uint8 RGB array or PIL image.
+        mask: 2-D ``[gh, gw]`` bool (or 0/1) array or tensor.
+        box: ``(x0, y0, x1, y1)`` region the grid covers (``None``: the whole image).
+        color: RGB outline colour.
+        thickness: outline width in pixels, >= 1.
+
+    Returns:
+        A new HxWx3 uint8 RGB array.
+    """
+    img = _as_rgb_image(image).copy()
+    m = _to_numpy(mask)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"mask must be a 2-D [gh, gw] grid, got shape {tuple(m.shape)}")
+    if isinstance(thickness, bool) or not isinstance(thickness, (int, np.integer)) or thickness < 1:
+        raise ValueError(f"thickness must be a positive integer, got {thickness!r}")
+    rgb = tuple(int(v) for v in color)
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise ValueError(f"color must be three integers in 0..255 (R, G, B), got {color!r}")
+    height, width = img.shape[:2]
+    x0, y0, x1, y1 = _resolve_box(box, width, height)
+    gh, gw = m.shape
+    for r, c in zip(*np.nonzero(m.astype(bool))):
+        left = x0 + int(round(c * (x1 - x0) / gw))
+        right = x0 + int(round((c + 1) * (x1 - x0) / gw)) - 1
+        top = y0 + int(round(r * (y1 - y0) / gh))
+        bottom = y0 + int(round((r + 1) * (y1 - y0) / gh)) - 1
+        cv2.rectangle(img, (left, top), (max(left, right), max(top, bottom)), rgb, int(thickness))
+    return img
 
 
 def save_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
