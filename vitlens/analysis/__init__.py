@@ -1,7 +1,8 @@
 """Pure analyses: a cache in, tensors shaped by the TokenLayout out."""
 from .cls_attention import HEAD_FUSIONS, cls_attention, fuse_heads
 from .distance import HeadStatistics, attention_entropy, head_statistics, mean_attention_distance
-from .maps import METHODS, AttentionMaps, attention_maps
+from .explain import METHODS, Explanation, explain, explanation
+from .maps import AttentionMaps, attention_maps
 from .received import attention_received
 from .rollout import rollout
 from .shape_bias import ShapeBiasResult, shape_bias
@@ -9,3 +10,4 @@ from .shape_bias import ShapeBiasResult, shape_bias
 __all__ = ["cls_attention", "rollout", "attention_received", "attention_maps", "AttentionMaps", "METHODS",
            "fuse_heads", "HEAD_FUSIONS", "shape_bias", "ShapeBiasResult"]
 __all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "head_statistics"]
+__all__ += ["explain", "explanation", "Explanation"]

@@ -1,4 +1,8 @@
-"""Run a model once and turn its attention into patch maps (the ``vitlens attend`` pipeline)."""
+"""Run a model once and turn its attention into patch maps (the ``vitlens attend`` pipeline).
+
+Kept for its callers; it is :func:`vitlens.explanation` restricted to the attention
+methods, with the result named as before. New code should call :func:`vitlens.explain`.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -6,11 +10,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..capture import TokenLayout, capture
-from .cls_attention import HEAD_FUSIONS, cls_attention
-from .rollout import rollout
+from ..capture import TokenLayout
+from .explain import explanation
 
-METHODS = ("cls", "rollout")
+#: The methods :func:`attention_maps` accepts (the attention-only subset of ``explain``'s).
+ATTENTION_METHODS = ("cls", "rollout")
 
 
 class AttentionMaps(NamedTuple):
@@ -24,7 +28,6 @@ class AttentionMaps(NamedTuple):
     head: str | int | None
 
 
-@torch.no_grad()
 def attention_maps(model: nn.Module, images: torch.Tensor, *, method: str = "cls", layer: int = -1,
                    head: str | int | None = "mean", discard_ratio: float = 0.0) -> AttentionMaps:
     """One forward pass of ``model`` on a preprocessed batch; CLS or rollout maps.
@@ -40,20 +43,11 @@ def attention_maps(model: nn.Module, images: torch.Tensor, *, method: str = "cls
         head: ``"mean"``/``"max"``/``"min"``, a head index (cls only), or None for every head (cls only).
         discard_ratio: rollout's discard ratio.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in ATTENTION_METHODS:
+        raise ValueError(f"method must be one of {ATTENTION_METHODS}, got {method!r}; "
+                         f"vitlens.explain has every method")
     if method == "cls":
-        with capture(model, layers=[layer], rows="prefix" if getattr(model, "num_prefix_tokens", 0) else "all") as cache:
-            logits = model(images)
-        maps = cls_attention(cache, layer=layer, head=head)
-        resolved: int | None = cache.layers[0]
-    else:
-        if head not in HEAD_FUSIONS:
-            raise ValueError(f"rollout fuses heads by one of {HEAD_FUSIONS}, got head={head!r}; "
-                             f"per-head maps exist only for method 'cls'")
-        with capture(model) as cache:
-            logits = model(images)
-        maps = rollout(cache, head_fusion=str(head), discard_ratio=discard_ratio)
-        resolved = None
-    assert cache.layout is not None
-    return AttentionMaps(logits, maps, cache.layout, method, resolved, head)
+        res = explanation(model, images, "cls", layer=layer, head=head)
+        return AttentionMaps(res.logits, res.maps, res.layout, method, res.options["layer"], head)
+    res = explanation(model, images, "rollout", head=head, discard_ratio=discard_ratio)
+    return AttentionMaps(res.logits, res.maps, res.layout, method, None, head)

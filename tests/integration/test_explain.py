@@ -1,0 +1,256 @@
+"""``vitlens.explain``: every method against a slow, direct reference written here.
+
+The references never call vitlens: :func:`manual_forward` re-implements a timm
+VisionTransformer forward with the attention unfused by hand (checked to reproduce the
+model's logits), and the formulas are evaluated per image with explicit loops.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vitlens
+from vitlens.analysis.explain import CLASS_AGNOSTIC, METHODS
+
+from ..conftest import make_model
+
+
+# ------------------------------------------------------------------ references
+def manual_forward(model, x):
+    """timm VisionTransformer forward written out, attention unfused by hand.
+
+    Returns:
+        logits ``[B, C]``, per-layer attention probabilities ``[B, H, T, T]`` (in the
+        autograd graph), per-layer ``norm1`` outputs ``[B, T, D]`` (the last block's are
+        the tokens Grad-CAM looks at).
+    """
+    t = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    attns, feats = [], []
+    for blk in model.blocks:
+        h = blk.norm1(t)
+        feats.append(h)
+        at = blk.attn
+        assert getattr(at, "gate", None) is None
+        B, N, _ = h.shape
+        qkv = at.qkv(h).reshape(B, N, 3, at.num_heads, at.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = at.q_norm(q), at.k_norm(k)
+        a = torch.softmax((q * at.scale) @ k.transpose(-2, -1), dim=-1)
+        attns.append(a)
+        o = at.proj(at.norm((a @ v).transpose(1, 2).reshape(B, N, -1)))
+        t = t + blk.ls1(o)
+        t = t + blk.ls2(blk.mlp(blk.norm2(t)))
+    return model.forward_head(model.norm(t)), attns, feats
+
+
+def layout_of(model):
+    names = (["cls"] if getattr(model, "cls_token", None) is not None else []) + \
+        (["dist"] if getattr(model, "dist_token", None) is not None else [])
+    n_reg = model.num_prefix_tokens - len(names)
+    return len(names) + n_reg, (0 if names and names[0] == "cls" else None), tuple(model.patch_embed.grid_size)
+
+
+def ref_rollout_one(attn: list[np.ndarray], cls, P, grid):
+    """Abnar & Zuidema rollout of one image from [H, T, T] arrays, float64 loops."""
+    T = attn[0].shape[-1]
+    R = np.eye(T)
+    for a in attn:
+        fused = a.mean(axis=0)
+        ahat = 0.5 * fused + 0.5 * np.eye(T)
+        for i in range(T):
+            ahat[i] /= ahat[i].sum()
+        R = ahat @ R
+    m = R[cls, P:] if cls is not None else R[P:, P:].mean(axis=0)
+    return (m / m.sum()).reshape(grid)
+
+
+def model_state(model):
+    """Everything explain must leave as it found it."""
+    def keys(d):
+        return tuple(d.keys())
+    return {
+        "training": [(n, m.training) for n, m in model.named_modules()],
+        "requires_grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
+        "grad": [(n, None if p.grad is None else (id(p.grad), p.grad.clone())) for n, p in model.named_parameters()],
+        "hooks": [(n, keys(m._forward_hooks), keys(m._forward_pre_hooks), keys(m._backward_hooks),
+                   keys(getattr(m, "_backward_pre_hooks", {})), keys(m._state_dict_hooks))
+                  for n, m in model.named_modules()],
+        "fused": [(n, m.fused_attn) for n, m in model.named_modules() if hasattr(m, "fused_attn")],
+    }
+
+
+def assert_same_state(before, after):
+    for key in ("training", "requires_grad", "hooks", "fused"):
+        assert before[key] == after[key], key
+    for (n, a), (_, b) in zip(before["grad"], after["grad"]):
+        if a is None:
+            assert b is None, f"{n} has a leftover .grad"
+        else:
+            assert b is not None and a[0] == b[0] and torch.equal(a[1], b[1]), n
+
+
+# ------------------------------------------------------------------- cls, rollout
+@pytest.mark.parametrize("case", ["vit", "deit_distilled", "dinov2_reg4", "gap_no_cls"])
+def test_rollout_against_manual_forward(case):
+    model, x = make_model(case)
+    P, cls, grid = layout_of(model)
+    got = vitlens.explain(model, x, "rollout")
+    assert got.shape == (2, *grid) and got.dtype == torch.float32
+    with torch.no_grad():
+        logits, attns, _ = manual_forward(model, x)
+        torch.testing.assert_close(logits, model(x), rtol=1e-4, atol=1e-5)
+    for b in range(2):
+        ref = ref_rollout_one([a[b].double().numpy() for a in attns], cls, P, grid)
+        np.testing.assert_allclose(got[b].numpy(), ref, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", ["vit", "deit_distilled", "dinov2_reg4"])
+def test_cls_against_manual_forward(case):
+    model, x = make_model(case)
+    P, cls, grid = layout_of(model)
+    with torch.no_grad():
+        _, attns, _ = manual_forward(model, x)
+    for layer, head in [(-1, "mean"), (0, "max"), (1, 2)]:
+        got = vitlens.explain(model, x, "cls", layer=layer, head=head)
+        a = attns[layer].double().numpy()
+        for b in range(2):
+            row = a[b, :, cls, P:]
+            ref = {"mean": row.mean(0), "max": row.max(0)}.get(head) if isinstance(head, str) else row[head]
+            np.testing.assert_allclose(got[b].numpy(), ref.reshape(grid), rtol=1e-4, atol=1e-6)
+
+
+def test_cls_without_cls_token_points_to_rollout():
+    model, x = make_model("gap_no_cls")
+    with pytest.raises(ValueError, match="rollout"):
+        vitlens.explain(model, x, "cls")
+
+
+def test_rollout_options_reach_the_map():
+    model, x = make_model("vit")
+    a = vitlens.explain(model, x, "rollout")
+    b = vitlens.explain(model, x, "rollout", discard_ratio=0.5)
+    c = vitlens.explain(model, x, "rollout", head="max")
+    assert not torch.allclose(a, b) and not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="per-head maps exist only"):
+        vitlens.explain(model, x, "rollout", head=1)
+
+
+# ------------------------------------------------------------------------ random
+def test_random_is_seeded_uniform_noise():
+    model, x = make_model("deit_distilled")
+    a = vitlens.explain(model, x, "random", seed=3)
+    assert a.shape == (2, 4, 4)
+    assert torch.equal(a, vitlens.explain(model, x, "random", seed=3))
+    assert not torch.equal(a, vitlens.explain(model, x, "random", seed=4))
+    assert torch.equal(a, torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(3)))
+    assert float(a.min()) >= 0 and float(a.max()) < 1
+    with pytest.raises(TypeError, match="seed"):
+        vitlens.explain(model, x, "random", seed=1.5)
+
+
+# --------------------------------------------------------------- interface checks
+def test_unknown_method_lists_methods_and_suggests():
+    model, x = make_model("vit")
+    with pytest.raises(ValueError) as e:
+        vitlens.explain(model, x, "rolout")
+    msg = str(e.value)
+    assert "'rolout'" in msg and "Did you mean 'rollout'" in msg
+    for m in METHODS:
+        assert m in msg
+
+
+def test_unknown_option_names_the_allowed_ones():
+    model, x = make_model("vit")
+    with pytest.raises(TypeError, match="discard_ratio"):
+        vitlens.explain(model, x, "rollout", layer=2)
+
+
+def test_explanation_carries_logits_target_layout():
+    model, x = make_model("vit")
+    res = vitlens.explanation(model, x, "cls", layer=1)
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(res.logits, logits)
+    assert torch.equal(res.target, logits.argmax(-1))
+    assert res.layout.grid_size == (4, 4) and res.method == "cls" and res.options == {"layer": 1, "head": "mean"}
+    assert torch.equal(vitlens.explanation(model, x, "cls", target=[3, 4]).target, torch.tensor([3, 4]))
+
+
+@pytest.mark.parametrize("target, err, match", [
+    (10, ValueError, "out of range"), (-1, ValueError, "out of range"), ([1, 2, 3], ValueError, "one class per image"),
+    (1.5, TypeError, "target"), (torch.tensor([0.5, 1.0]), TypeError, "integer"), (True, TypeError, "target"),
+])
+def test_bad_targets(target, err, match):
+    model, x = make_model("vit")
+    with pytest.raises(err, match=match):
+        vitlens.explain(model, x, "rollout", target=target)
+
+
+def test_bad_images():
+    model, x = make_model("vit")
+    with pytest.raises(ValueError, match=r"images\[None\]"):
+        vitlens.explain(model, x[0], "rollout")
+    with pytest.raises(TypeError, match="tensor"):
+        vitlens.explain(model, x.numpy(), "rollout")
+
+
+def test_attention_maps_still_works_through_explain():
+    model, x = make_model("vit")
+    res = vitlens.attention_maps(model, x, method="cls", layer=-2, head=None)
+    assert res.maps.shape == (2, 3, 4, 4) and res.layer == 1
+    torch.testing.assert_close(res.maps.mean(1), vitlens.explain(model, x, "cls", layer=-2))
+
+
+# ------------------------------------------------------------------- model state
+@pytest.mark.parametrize("method", METHODS)
+def test_model_state_restored_after_success(method):
+    model, x = make_model("deit_distilled")
+    model.train()
+    model.blocks[0].eval()
+    model.pos_embed.requires_grad_(False)
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    before = model_state(model)
+    vitlens.explain(model, x, method)
+    assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_model_state_restored_after_an_exception(method):
+    model, x = make_model("vit")
+
+    def boom(*_):
+        raise RuntimeError("injected failure")
+
+    model.blocks[1].register_forward_hook(boom)
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="injected"):
+        vitlens.explain(model, x, method)
+    assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batched_equals_per_image(method):
+    model, x = make_model("dinov2_reg4")
+    if method == "random":
+        pytest.skip("random maps are drawn per batch from one generator")
+    both = vitlens.explain(model, x, method, target=[1, 7])
+    for b, t in enumerate([1, 7]):
+        one = vitlens.explain(model, x[b:b + 1], method, target=t)
+        torch.testing.assert_close(both[b:b + 1], one, rtol=1e-4, atol=1e-6)
+
+
+def test_class_agnostic_methods_ignore_target():
+    model, x = make_model("vit")
+    for method in CLASS_AGNOSTIC:
+        torch.testing.assert_close(vitlens.explain(model, x, method, target=0),
+                                   vitlens.explain(model, x, method, target=5))
+
+
+def test_runs_under_no_grad_and_inference_mode():
+    model, x = make_model("vit")
+    ref = vitlens.explain(model, x, "rollout")
+    with torch.no_grad():
+        torch.testing.assert_close(vitlens.explain(model, x, "rollout"), ref)
+    with torch.inference_mode():
+        torch.testing.assert_close(vitlens.explain(model, x, "rollout"), ref)

@@ -1,0 +1,213 @@
+"""One entry point for every patch map: ``vitlens.explain(model, images, method=..., target=...)``.
+
+Methods (``docs/methods.md`` has the formulas, papers, and when to believe each):
+
+=================== ======================================================= =============
+method              what                                                    class-specific
+=================== ======================================================= =============
+``cls``             CLS-token attention of one layer (DESIGN.md §4)         no
+``rollout``         attention rollout, Abnar & Zuidema 2020 (DESIGN.md §4)  no
+``random``          seeded uniform noise: the baseline every metric reports no
+=================== ======================================================= =============
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from ..capture import TokenLayout, capture
+from .cls_attention import HEAD_FUSIONS, cls_attention
+from .gradients import preserved_model_state
+from .rollout import rollout
+
+#: Every method :func:`explain` knows, in the order the docs present them.
+METHODS: tuple[str, ...] = ("cls", "rollout", "random")
+
+#: Options each method accepts, with their defaults.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "cls": {"layer": -1, "head": "mean"},
+    "rollout": {"head": "mean", "discard_ratio": 0.0},
+    "random": {"seed": 0},
+}
+
+#: Methods whose map does not depend on the target class (``target`` only labels the result).
+CLASS_AGNOSTIC: tuple[str, ...] = ("cls", "rollout", "random")
+
+
+class Explanation(NamedTuple):
+    """Result of :func:`explanation`: the maps and everything that made them."""
+
+    maps: torch.Tensor        #: ``[B, gh, gw]`` float32 (``[B, H, W]`` with ``pixels=True``; cls ``head=None``: ``[B, heads, gh, gw]``)
+    logits: torch.Tensor      #: ``[B, C]`` the model's outputs on ``images`` (detached)
+    target: torch.Tensor      #: ``[B]`` long, the class each map explains
+    layout: TokenLayout       #: token geometry of the input
+    method: str
+    options: dict[str, Any]   #: every option of the method, defaults filled in
+
+
+def check_method(method: str) -> str:
+    """Return ``method`` if :func:`explain` knows it, else raise ValueError listing the methods."""
+    if isinstance(method, str) and method in METHODS:
+        return method
+    hint = ""
+    if isinstance(method, str):
+        close = difflib.get_close_matches(method.lower().replace("_", "-"), METHODS, n=2, cutoff=0.5)
+        hint = f". Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown explanation method {method!r}; known methods: {', '.join(METHODS)}{hint}")
+
+
+def _options(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    allowed = OPTIONS[method]
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        names = ", ".join(allowed) if allowed else "none"
+        raise TypeError(f"method {method!r} got unknown option(s) {', '.join(unknown)}; "
+                        f"its options are: {names}")
+    return {**allowed, **given}
+
+
+def resolve_target(target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """The class index per image: ``argmax(logits)`` for None, an int for every image, or one per image.
+
+    Args:
+        target: None, an int, or a sequence / 1-D tensor of ``B`` ints.
+        logits: ``[B, C]`` model outputs.
+
+    Returns:
+        ``[B]`` long tensor on ``logits``' device.
+    """
+    B, C = logits.shape
+    if target is None:
+        return logits.detach().argmax(dim=-1)
+    if isinstance(target, bool):
+        raise TypeError(f"target must be a class index (int) or one per image, got {target!r}")
+    if isinstance(target, int):
+        t = torch.full((B,), target, dtype=torch.long)
+    else:
+        try:
+            t = torch.as_tensor(target)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"target must be None, an int, or a sequence/tensor of {B} ints, "
+                            f"got {type(target).__name__}") from None
+        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"target must give one class per image: {B} images, got shape {tuple(t.shape)}")
+        t = t.long()
+    bad = (t < 0) | (t >= C)
+    if bool(bad.any()):
+        raise ValueError(f"target class {int(t[bad][0])} is out of range: the model has {C} classes "
+                         f"(valid targets 0..{C - 1})")
+    return t.to(logits.device)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a [B, 3, H, W] tensor (see vitlens.preprocess), got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must be a batch [B, C, H, W], got shape {tuple(images.shape)}; "
+                         f"add a batch dimension with images[None] for one image")
+
+
+# ---------------------------------------------------------------------------- methods
+def _light_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, TokenLayout]:
+    """Logits and token layout from one forward that records as little as possible."""
+    rows = "prefix" if getattr(model, "num_prefix_tokens", 0) else "all"
+    with torch.no_grad(), capture(model, layers=[-1], rows=rows) as cache:
+        logits = model(images)
+    assert cache.layout is not None
+    return logits, cache.layout
+
+
+def _cls(model, images, target, layer, head):
+    rows = "prefix" if getattr(model, "num_prefix_tokens", 0) else "all"
+    with torch.no_grad(), capture(model, layers=[layer], rows=rows) as cache:
+        logits = model(images)
+    maps = cls_attention(cache, layer=layer, head=head)
+    assert cache.layout is not None
+    return maps, logits, cache.layout, {"layer": cache.layers[0], "head": head}
+
+
+def _rollout(model, images, target, head, discard_ratio):
+    if head not in HEAD_FUSIONS:
+        raise ValueError(f"rollout fuses heads by one of {HEAD_FUSIONS}, got head={head!r}; "
+                         f"per-head maps exist only for method 'cls'")
+    with torch.no_grad(), capture(model) as cache:
+        logits = model(images)
+    maps = rollout(cache, head_fusion=str(head), discard_ratio=discard_ratio)
+    assert cache.layout is not None
+    return maps, logits, cache.layout, {"head": head, "discard_ratio": discard_ratio}
+
+
+def _random(model, images, target, seed):
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    logits, layout = _light_forward(model, images)
+    gen = torch.Generator().manual_seed(seed)
+    maps = torch.rand(images.shape[0], *layout.grid_size, generator=gen).to(images.device)
+    return maps, logits, layout, {"seed": seed}
+
+
+_IMPL: dict[str, Callable[..., tuple]] = {"cls": _cls, "rollout": _rollout, "random": _random}
+
+
+# ------------------------------------------------------------------------------- API
+def explanation(model: nn.Module, images: torch.Tensor, method: str = "rollout",
+                target: int | Sequence[int] | torch.Tensor | None = None, **options: Any) -> Explanation:
+    """Like :func:`explain`, but returns an :class:`Explanation` with the logits, targets and layout."""
+    method = check_method(method)
+    opts = _options(method, options)
+    _check_images(images)
+    with preserved_model_state(model):
+        maps, logits, layout, used = _IMPL[method](model, images, target, **opts)
+        logits = logits.detach()
+        tgt = resolve_target(target, logits)
+    return Explanation(maps.detach().float(), logits, tgt, layout, method, {**opts, **used})
+
+
+def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
+            target: int | Sequence[int] | torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+    """A patch map per image, by any method, behind one interface.
+
+    Every method gives ``[B, gh, gw]`` float32 maps on the patch grid of the model's
+    :class:`~vitlens.TokenLayout` (a larger value = more important). The model runs on
+    the whole batch at once and is left exactly as it was: its training/eval mode,
+    parameters' ``requires_grad`` and ``.grad``, hooks and attention flags are restored
+    after success and after an exception (it runs in eval mode meanwhile).
+
+    Methods and their options (defaults in :data:`OPTIONS`; formulas in each function
+    and ``docs/methods.md``):
+
+    - ``"cls"``: CLS attention of one layer, ``A_l[:, cls, prefix:]`` fused over heads
+      (:func:`vitlens.cls_attention`). Options ``layer=-1``, ``head="mean"`` (``"max"``,
+      ``"min"``, a head index, or None for ``[B, heads, gh, gw]``). Needs a CLS token.
+    - ``"rollout"``: attention rollout (Abnar & Zuidema 2020; :func:`vitlens.rollout`),
+      maps sum to 1. Options ``head="mean"`` (fusion), ``discard_ratio=0.0``.
+    - ``"random"``: ``U[0, 1)`` noise per patch from ``torch.Generator().manual_seed(seed)``,
+      the same for the same seed and batch shape; the floor every metric should beat.
+      Option ``seed=0``.
+
+    Args:
+        model: a supported timm model (``vitlens.supported_families()``).
+        images: ``[B, 3, H, W]`` preprocessed batch on the model's device.
+        method: one of :data:`METHODS`.
+        target: the class each map explains: None = the predicted class (argmax of
+            the logits), an int for every image, or a sequence / tensor of B ints.
+            Class-agnostic methods (``cls``, ``rollout``, ``random``) check it and
+            otherwise ignore it.
+        **options: the method's options (see above); unknown ones raise TypeError.
+
+    Returns:
+        ``[B, gh, gw]`` float32 on the images' device.
+
+    Raises:
+        ValueError: unknown method (with a close-match suggestion), target out of
+            range, or a method the model cannot support (e.g. ``cls`` without CLS token).
+        TypeError: unknown option, or a target that is not integer.
+    """
+    return explanation(model, images, method, target, **options).maps
