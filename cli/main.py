@@ -6,6 +6,7 @@ import click
 from vitlens import __version__
 
 from .attend import attend
+from .export import export
 from .models import models
 from .shape_bias import shape_bias
 
@@ -17,6 +18,7 @@ def cli() -> None:
 
 
 cli.add_command(attend)
+cli.add_command(export)
 cli.add_command(models)
 cli.add_command(shape_bias)
 

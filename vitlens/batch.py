@@ -1,0 +1,485 @@
+"""Streaming batch export: DataLoader -> capture -> analyses -> HDF5 writer.
+
+:func:`run_export` is what ``vitlens export`` runs. Images are decoded and preprocessed
+in DataLoader workers (:func:`vitlens.data.image_batches`), each batch runs through the
+model once inside :func:`vitlens.capture`, the requested analyses turn the cache into
+per-image rows, and :class:`vitlens.export.hdf5.ExportWriter` appends and commits them.
+Nothing is kept across batches, so peak memory depends on the batch size, not on the
+number of images.
+
+Under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1) every rank exports a
+contiguous shard of the inputs to ``OUTPUT.rank{r}.h5`` and rank 0 then writes
+``OUTPUT.h5`` as a virtual-dataset view over the shards in input order::
+
+    torchrun --nproc_per_node=2 -m vitlens.batch INPUT OUTPUT.h5 --model demo
+
+(``python -m vitlens.batch`` takes the same arguments as ``vitlens export``.)
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .analysis import cls_attention, rollout
+from .capture import capture
+from .data import Inputs, image_batches, relative_name, resolve_inputs
+from .errors import VitlensError
+
+__all__ = ["ANALYSES", "ExportOptions", "ExportSummary", "run_export", "plan_analyses", "dist_info"]
+
+#: Analyses ``vitlens export --analyses`` knows, with the dataset each one writes.
+ANALYSES: dict[str, str] = {"logits": "logits", "cls": "cls_attention", "rollout": "rollout",
+                            "distance": "attention_distance"}
+DTYPES = ("float16", "float32")
+COMPRESSIONS = ("gzip", "lzf", "none")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ExportOptions:
+    """Options of :func:`run_export` (the ``vitlens export`` flags).
+
+    Attributes:
+        analyses: subset of :data:`ANALYSES`; None = every one the model supports.
+        full: also store full attention maps ``attention/layer_XX`` ``(N, H, T, T)``.
+        layers: layers for ``full`` (None = all; negative counts from the end).
+        heads: heads for ``full`` (None = all).
+        dtype: storage dtype of the attention maps (``cls_attention``, ``attention/*``).
+        compression: ``"gzip"``, ``"lzf"`` or ``"none"``.
+        batch_size: images per batch; also the commit unit.
+        workers: DataLoader decoding processes.
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast.
+        limit: only the first ``limit`` inputs.
+        overlays: folder for overlay PNGs mirroring the input tree (None: none).
+        resume: continue an existing OUTPUT after its committed rows.
+        overwrite: replace an existing OUTPUT.
+    """
+
+    analyses: Sequence[str] | None = None
+    full: bool = False
+    layers: Sequence[int] | None = None
+    heads: Sequence[int] | None = None
+    dtype: str = "float16"
+    compression: str = "gzip"
+    batch_size: int = 32
+    workers: int = 0
+    precision: str = "fp32"
+    limit: int | None = None
+    overlays: str | os.PathLike[str] | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class ExportSummary:
+    """What :func:`run_export` did (for the whole output; torchrun: every rank together)."""
+
+    path: Path
+    rows: int
+    ok: int
+    failed: int
+    new_rows: int
+    resumed_from: int
+    seconds: float
+    interrupted: bool = False
+    shards: list[Path] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.new_rows / max(self.seconds, 1e-9)
+
+
+# ------------------------------------------------------------------------ planning
+@dataclass(frozen=True)
+class _Plan:
+    analyses: tuple[str, ...]
+    full_layers: tuple[int, ...]
+    full_heads: tuple[int, ...] | None
+    capture_layers: tuple[int, ...] | None   # None = no capture needed
+    rows: str
+    num_layers: int
+    has_cls: bool
+
+
+def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
+    """Check the requested analyses against the model; decide what to capture.
+
+    Raises:
+        VitlensError: unknown analysis, CLS maps of a model without CLS token, bad
+            layers/heads, or a model vitlens cannot capture.
+    """
+    from .capture.adapters import adapter_for
+
+    adapter = adapter_for(model)  # unsupported family: clear error before any image is read
+    n_layers = len(adapter.attention_modules())
+    has_cls = bool(getattr(model, "has_class_token", False) or getattr(model, "cls_token", None) is not None)
+    windowed = getattr(adapter, "family", "").lower().startswith("swin")
+    if options.analyses is None:
+        analyses = tuple(a for a in ANALYSES if a != "cls" or (has_cls and not windowed))
+    else:
+        analyses = tuple(dict.fromkeys(options.analyses))
+        unknown = [a for a in analyses if a not in ANALYSES]
+        if unknown:
+            raise VitlensError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(ANALYSES)} "
+                               f"(comma-separated), or leave --analyses out for all the model supports")
+        if "cls" in analyses and (windowed or not has_cls):
+            raise VitlensError(f"{type(model).__name__} has no CLS token, so it has no CLS attention maps; "
+                               f"drop 'cls' from --analyses (rollout works without CLS)")
+    if not analyses and not options.full:
+        raise VitlensError("nothing to export: --analyses is empty and --full is off")
+    if options.dtype not in DTYPES:
+        raise VitlensError(f"--dtype must be one of {DTYPES}, got {options.dtype!r}")
+    if options.compression not in COMPRESSIONS:
+        raise VitlensError(f"--compression must be one of {COMPRESSIONS}, got {options.compression!r}")
+    if options.precision not in PRECISIONS:
+        raise VitlensError(f"--precision must be one of {tuple(PRECISIONS)}, got {options.precision!r}")
+    if options.batch_size < 1:
+        raise VitlensError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.workers < 0:
+        raise VitlensError(f"--workers must be 0 or more, got {options.workers}")
+    if options.limit is not None and options.limit < 1:
+        raise VitlensError(f"--limit must be at least 1, got {options.limit}")
+    if (options.layers is not None or options.heads is not None) and not options.full:
+        raise VitlensError("--layers/--heads choose the full attention maps; add --full")
+
+    def resolve(values: Sequence[int] | None, n: int, what: str) -> tuple[int, ...] | None:
+        if values is None:
+            return None
+        out: list[int] = []
+        for v in values:
+            if not -n <= int(v) < n:
+                raise VitlensError(f"{what} {v} is out of range: the model has {n} {what}s "
+                                   f"(0..{n - 1}, or -{n}..-1 from the end)")
+            if int(v) % n not in out:
+                out.append(int(v) % n)
+        return tuple(sorted(out))
+
+    full_layers: tuple[int, ...] = ()
+    full_heads = None
+    if options.full:
+        full_layers = resolve(options.layers, n_layers, "layer") or tuple(range(n_layers))
+        min_heads = min(int(adapter.heads_of(i)) for i in full_layers)
+        full_heads = resolve(options.heads, min_heads, "head")
+    needs_all = {"rollout", "distance"} & set(analyses) or full_layers
+    if needs_all or "cls" in analyses:
+        capture_layers: tuple[int, ...] | None = tuple(range(n_layers))
+        if not ({"rollout", "distance", "cls"} & set(analyses)):
+            capture_layers = full_layers
+    else:
+        capture_layers = None
+    rows = "all" if needs_all else "prefix"
+    if rows == "prefix" and not getattr(model, "num_prefix_tokens", 0):
+        rows = "all"
+    return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed)
+
+
+# ------------------------------------------------------------------------ compute
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if device.type == "cpu" and dtype is torch.float16:
+        raise VitlensError("--precision fp16 autocast needs a GPU; on the CPU use bf16 or fp32")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def _analyse(model: nn.Module, x: torch.Tensor, plan: _Plan, precision: str) -> tuple[dict[str, torch.Tensor], Any]:
+    """One forward; every requested analysis for the batch, ``{dataset: [B, ...]}`` on the CPU."""
+    out: dict[str, torch.Tensor] = {}
+    with _autocast(x.device, precision):
+        if plan.capture_layers is None:
+            logits = model(x)
+            layout = None
+            cache = None
+        else:
+            with capture(model, layers=list(plan.capture_layers), rows=plan.rows) as cache:
+                logits = model(x)
+            layout = cache.layout
+    if "logits" in plan.analyses:
+        out["logits"] = logits.float()
+    if cache is not None:
+        if "cls" in plan.analyses:
+            out["cls_attention"] = torch.stack(
+                [cls_attention(cache, layer=i, head=None) for i in range(plan.num_layers)], dim=1)
+        if "rollout" in plan.analyses:
+            out["rollout"] = rollout(cache)
+        if "distance" in plan.analyses:
+            from .analysis.distance import mean_attention_distance
+
+            out["attention_distance"] = mean_attention_distance(cache)
+        for layer in plan.full_layers:
+            a = cache.dense_attention(layer)
+            if plan.full_heads is not None:
+                a = a[:, list(plan.full_heads)]
+            out[f"attention/layer_{layer:02d}"] = a
+    return {k: v.float().cpu() for k, v in out.items()}, layout
+
+
+# ----------------------------------------------------------------------- helpers
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's environment (``(0, 1)`` outside torchrun)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _weights_fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        t = t.detach()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture")
+    tag = cfg.get("tag")
+    if arch:
+        return f"{arch}.{tag}" if tag and arch != "demo" else str(arch)
+    return type(model).__name__
+
+
+def _overlay_path(root: Path, rel: str, method: str) -> Path:
+    rel_path = Path(rel)
+    if rel_path.is_absolute():  # outside the input root: keep only the name
+        rel_path = Path(rel_path.name)
+    return root / rel_path.parent / f"{rel_path.name}.{method}.png"
+
+
+def _write_overlays(root: Path, batch_paths: Sequence[Path], rels: Sequence[str], ok: np.ndarray,
+                    maps: np.ndarray, method: str, data_config: dict[str, Any]) -> None:
+    from .data import load_image
+    from .export.overlay import overlay, save_png
+    from .models import input_box
+
+    for p, rel, good, m in zip(batch_paths, rels, ok, maps):
+        if not good:
+            continue
+        img = load_image(p)
+        save_png(_overlay_path(root, rel, method), overlay(img, m, box=input_box(img.size, data_config)))
+
+
+# --------------------------------------------------------------------------- run
+def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | str | os.PathLike[str] | Sequence[Any],
+               output: str | os.PathLike[str], options: ExportOptions | None = None, *,
+               checkpoint: str | os.PathLike[str] | None = None, pretrained: bool | None = None,
+               model_name: str | None = None, command: str | None = None,
+               progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
+               ) -> ExportSummary:
+    """Export analyses of many images to one HDF5 file (schema ``vitlens/1``), streaming.
+
+    Example::
+
+        model, cfg = vitlens.load_model("demo")
+        from vitlens.batch import run_export, ExportOptions
+        summary = run_export(model, cfg, "images/", "out.h5", ExportOptions(batch_size=64))
+
+    Each batch is committed before the next one starts (see :mod:`vitlens.export.hdf5`);
+    ``options.resume`` continues after the last committed row and refuses a file written
+    with a different model, weights, inputs or options. Undecodable images become rows
+    with ``images/ok = False``, the reason in ``images/error`` and NaN values. Ctrl-C
+    closes the file after the last committed batch (``summary.interrupted``).
+
+    Under torchrun (``WORLD_SIZE`` > 1, ``torch.distributed`` initialised here with gloo
+    on CPU / nccl on GPU if needed) each rank writes ``OUTPUT.rank{r}.h5`` for rows
+    ``[r*N//W, (r+1)*N//W)`` and rank 0 writes ``output`` as a virtual-dataset view.
+
+    Args:
+        model: a supported model in eval mode (its device is used).
+        data_config: the model's timm data config.
+        inputs: an :class:`~vitlens.data.Inputs` or anything :func:`vitlens.data.resolve_inputs` takes.
+        output: the ``.h5`` file.
+        options: :class:`ExportOptions`.
+        checkpoint, pretrained, model_name: recorded in the file's attributes.
+        command: recorded in the ``command`` attribute.
+        progress: called with the number of images after every committed batch.
+        total: called once with the number of images this process will read.
+
+    Returns:
+        :class:`ExportSummary` (``failed > 0`` when some images could not be read).
+    """
+    from .export import hdf5
+
+    options = options or ExportOptions()
+    if not isinstance(inputs, Inputs):
+        inputs = resolve_inputs(inputs)
+    paths = list(inputs.paths)[: options.limit] if options.limit else list(inputs.paths)
+    rels = [relative_name(p, inputs.root) for p in paths]
+    plan = plan_analyses(model, options)
+    model.eval()
+    device = next(model.parameters()).device
+    _autocast(device, options.precision)  # refuse fp16 on CPU before any work
+
+    rank, world = dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    n = len(paths)
+    start, stop = rank * n // world, (rank + 1) * n // world
+    target = hdf5.shard_path(output, rank) if world > 1 else Path(output)
+
+    # probe: one zero image through the whole pipeline gives the geometry and every row shape
+    size = tuple(int(v) for v in data_config["input_size"])
+    probe, layout = _analyse(model, torch.zeros(1, *size, device=device), plan, options.precision)
+    weights = _weights_fingerprint(model)
+    name = model_name or _model_name(model)
+    config = {
+        "model": name, "weights_sha256": weights,
+        "checkpoint": str(checkpoint) if checkpoint else "",
+        "analyses": list(plan.analyses), "full_layers": list(plan.full_layers),
+        "full_heads": None if plan.full_heads is None else list(plan.full_heads),
+        "dtype": options.dtype, "compression": options.compression, "precision": options.precision,
+        "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()},
+        "inputs": {"count": n, "sha256": hashlib.sha256("\n".join(rels).encode()).hexdigest()},
+        "shard": {"rank": rank, "world_size": world, "start": start, "stop": stop},
+    }
+    columns = _columns(probe, options, plan)
+    attrs = _attrs(model, name, data_config, layout, plan, options, checkpoint, pretrained, command,
+                   n_classes=probe["logits"].shape[-1] if "logits" in probe else None)
+    if world > 1:
+        attrs.update(shard_rank=rank, shard_world_size=world, shard_offset=start)
+
+    t0 = time.perf_counter()
+    interrupted = False
+    method = "rollout" if "rollout" in plan.analyses else ("cls" if "cls" in plan.analyses else None)
+    overlay_root = Path(options.overlays) if options.overlays else None
+    with hdf5.ExportWriter(target, columns, attrs, config, planned_rows=stop - start,
+                           resume=options.resume, overwrite=options.overwrite) as writer:
+        resumed = writer.committed
+        if total is not None:
+            total(stop - start - resumed)
+        delay = float(os.environ.get("VITLENS_TEST_BATCH_DELAY", "0") or 0)
+        try:
+            batches = image_batches(paths, data_config, batch_size=options.batch_size, workers=options.workers,
+                                    pin_memory=device.type == "cuda", start=start + resumed, stop=stop)
+            for batch in batches:
+                x = batch.images.to(device, non_blocking=True)
+                rows, _ = _analyse(model, x, plan, options.precision)
+                ok = batch.ok.numpy().astype(bool)
+                idx = batch.index.tolist()
+                data: dict[str, Any] = {"images/path": [rels[i] for i in idx], "images/ok": ok,
+                                        "images/error": list(batch.errors)}
+                for k, v in rows.items():
+                    v = v.numpy()
+                    v[~ok] = np.nan
+                    data[k] = v
+                writer.append(data)
+                if overlay_root is not None and method is not None:
+                    maps = rows["rollout"] if method == "rollout" else rows["cls_attention"][:, -1].mean(1)
+                    _write_overlays(overlay_root, batch.paths, [rels[i] for i in idx], ok, maps.numpy(),
+                                    method, data_config)
+                if progress is not None:
+                    progress(len(idx))
+                if delay:
+                    time.sleep(delay)
+        except KeyboardInterrupt:
+            interrupted = True
+        okcol = np.asarray(writer._file["images/ok"][: writer.committed], dtype=bool)  # type: ignore[index]
+        committed = writer.committed
+    seconds = time.perf_counter() - t0
+    counts = torch.tensor([committed, int(okcol.sum()), int((~okcol).sum()), committed - resumed,
+                           resumed, int(interrupted)], dtype=torch.long)
+    shards: list[Path] = []
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(counts)
+        shards = [hdf5.shard_path(output, r) for r in range(world)]
+        if rank == 0 and not int(counts[5]):
+            hdf5.merge_shards(output, shards)
+        dist.barrier()
+    return ExportSummary(Path(output), int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]),
+                         int(counts[4]), seconds, bool(counts[5]), shards)
+
+
+def _columns(probe: dict[str, torch.Tensor], options: ExportOptions, plan: _Plan) -> list:
+    from .export.hdf5 import Column, chunk_rows_for
+
+    comp = None if options.compression == "none" else options.compression
+    bs = options.batch_size
+    small = chunk_rows_for(64, bs, target=64 * 1024)
+    cols = [Column("images/path", (), "str", small), Column("images/ok", (), "bool", small),
+            Column("images/error", (), "str", small)]
+    for key, value in probe.items():
+        shape = tuple(value.shape[1:])
+        if key == "logits":
+            cols.append(Column(key, shape, "float32", chunk_rows_for(4 * value[0].numel(), bs), compression=comp))
+        elif key == "cls_attention":  # chunk = rows x one layer: cheap "one layer across images" reads
+            per_layer = int(np.prod(shape[1:])) * np.dtype(options.dtype).itemsize
+            cols.append(Column(key, shape, options.dtype, chunk_rows_for(per_layer, bs), chunk_inner=1,
+                               compression=comp))
+        elif key in ("rollout", "attention_distance"):
+            cols.append(Column(key, shape, "float32", chunk_rows_for(4 * value[0].numel(), bs), compression=comp))
+        elif key.startswith("attention/layer_"):  # chunked per image (DESIGN §5)
+            layer = int(key.rsplit("_", 1)[1])
+            heads = list(plan.full_heads) if plan.full_heads is not None else list(range(shape[0]))
+            cols.append(Column(key, shape, options.dtype, 1, compression=comp or "gzip",
+                               attrs={"layer": layer, "heads": heads}))
+    return cols
+
+
+def _attrs(model: nn.Module, name: str, data_config: dict[str, Any], layout: Any, plan: _Plan,
+           options: ExportOptions, checkpoint: Any, pretrained: bool | None, command: str | None,
+           n_classes: int | None) -> dict[str, Any]:
+    from . import models as _models
+
+    size = data_config["input_size"]
+    attrs: dict[str, Any] = {
+        "model": name, "checkpoint": str(checkpoint) if checkpoint else "",
+        "pretrained": bool(pretrained) if pretrained is not None else False,
+        "input_size": [int(size[-2]), int(size[-1])],
+        "mean": [float(v) for v in data_config.get("mean", ())],
+        "std": [float(v) for v in data_config.get("std", ())],
+        "num_layers": plan.num_layers,
+        "command": command if command is not None else "vitlens.batch.run_export",
+        "analyses": list(plan.analyses),
+        "attention_dtype": options.dtype, "precision": options.precision,
+        "has_cls": plan.has_cls,
+    }
+    if layout is not None:
+        attrs.update(patch_size=list(layout.patch_size), grid_size=list(layout.grid_size),
+                     num_prefix_tokens=layout.num_prefix_tokens, prefix_names=list(layout.prefix_names))
+    else:  # logits only: geometry from the model
+        pe = getattr(model, "patch_embed", None)
+        ps = getattr(pe, "patch_size", None) or (0, 0)
+        gs = getattr(pe, "grid_size", None) or (0, 0)
+        attrs.update(patch_size=list(ps), grid_size=list(gs),
+                     num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)), prefix_names=[])
+    from .capture.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    attrs["num_heads"] = int(max(int(adapter.heads_of(i)) for i in range(plan.num_layers)))
+    if not plan.has_cls:
+        attrs["cls_attention_omitted"] = "the model has no CLS token"
+    elif "cls" not in plan.analyses:
+        attrs["cls_attention_omitted"] = "not requested (--analyses)"
+    names = _models.class_names(model)
+    if names:
+        attrs["class_names"] = list(names)
+    if n_classes is not None:
+        attrs["num_classes"] = int(n_classes)
+    if plan.full_layers:
+        attrs["full_layers"] = list(plan.full_layers)
+        attrs["full_heads"] = list(plan.full_heads) if plan.full_heads is not None else "all"
+    return attrs
+
+
+if __name__ == "__main__":  # python -m vitlens.batch INPUT OUTPUT.h5 [options]  (same as `vitlens export`)
+    from vitlens.cli.main import cli
+
+    cli(["export", *sys.argv[1:]])

@@ -1,0 +1,668 @@
+"""HDF5 export, schema ``vitlens/1`` (DESIGN.md §5, documented in ``docs/hdf5-schema.md``).
+
+One file per export, one row per input image in input order. :class:`ExportWriter`
+appends batches to resizable datasets and *commits* each one; :func:`read` opens a file
+lazily and shows only committed rows; :func:`merge_shards` joins the per-rank files of a
+``torchrun`` export into one file of HDF5 virtual datasets.
+
+Crash safety (tested with a real ``kill -9``):
+
+1. every dataset is resized to ``committed + B`` and the batch written into it;
+2. ``h5py.File.flush()`` (``H5Fflush``) writes the data and all metadata;
+3. only then the root attribute ``rows_committed`` is set to ``committed + B`` and the
+   file flushed again.
+
+A kill before step 3 completes leaves ``rows_committed`` at the previous value, so
+readers (which honour it) never see a half-written batch, and ``--resume`` shrinks the
+datasets back to ``rows_committed`` and goes on from there. The second flush touches
+one small object header only. Writers take an exclusive ``flock`` on ``OUTPUT.lock``
+*before* opening the HDF5 file: a second writer gets a clear error instead of
+truncating the file under the first (HDF5's own lock is checked only after
+``O_TRUNC`` has emptied the file).
+
+This module imports h5py and never runs a model.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from vitlens.errors import VitlensError
+
+__all__ = ["SCHEMA", "SCHEMA_MAJOR", "Column", "ExportWriter", "ExportFile", "Rows", "read", "merge_shards",
+           "check_schema", "chunk_rows_for", "OutputLock", "shard_path", "COMMITTED_ATTR"]
+
+SCHEMA = "vitlens/1"
+SCHEMA_MAJOR = 1
+#: Root attribute holding the number of committed rows; written last after every batch.
+COMMITTED_ATTR = "rows_committed"
+STR_DTYPE = h5py.string_dtype("utf-8")
+_SCHEMA_RE = re.compile(r"^vitlens/(\d+)(?:\.(\d+))?$")
+#: Target uncompressed bytes per chunk for the row-chunked datasets.
+CHUNK_BYTES = 256 * 1024
+
+
+class SchemaError(VitlensError):
+    """The file is not a vitlens export this version can read."""
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass(frozen=True)
+class Column:
+    """One row-indexed dataset: ``name`` of shape ``(N, *shape)``.
+
+    Attributes:
+        name: HDF5 path, e.g. ``"cls_attention"`` or ``"images/ok"``.
+        shape: per-row shape.
+        dtype: ``"float16"``, ``"float32"``, ``"bool"`` or ``"str"``.
+        chunk_rows: rows per chunk (the chunk covers the whole row otherwise, except
+            ``chunk_inner`` can split the second axis, e.g. one layer).
+        chunk_inner: chunk length along the second axis (None: the whole axis).
+        compression: ``"gzip"``, ``"lzf"`` or None.
+        attrs: extra dataset attributes (e.g. ``layer``, ``heads``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+    chunk_inner: int | None = None
+    compression: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def h5_dtype(self) -> Any:
+        return STR_DTYPE if self.dtype == "str" else np.dtype(self.dtype)
+
+    def chunks(self) -> tuple[int, ...]:
+        inner = list(self.shape)
+        if self.chunk_inner is not None and inner:
+            inner[0] = self.chunk_inner
+        return (self.chunk_rows, *inner)
+
+    def fill(self) -> Any:
+        if self.dtype in ("float16", "float32"):
+            return np.nan
+        if self.dtype == "bool":
+            return False
+        return None
+
+
+def chunk_rows_for(row_bytes: int, batch_size: int, target: int = CHUNK_BYTES) -> int:
+    """Rows per chunk: about ``target`` bytes, and a divisor of ``batch_size``.
+
+    Dividing the batch size means a batch fills whole chunks, so a compressed chunk is
+    written once instead of being re-compressed by every batch that touches it.
+    """
+    want = max(1, min(batch_size, target // max(row_bytes, 1)))
+    return max(d for d in range(1, want + 1) if batch_size % d == 0)
+
+
+def check_schema(value: Any, path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Parse a ``schema`` attribute; refuse anything but major version :data:`SCHEMA_MAJOR`.
+
+    Raises:
+        SchemaError: no/foreign schema, or a newer major version.
+    """
+    if isinstance(value, bytes):
+        value = value.decode()
+    if value is None:
+        raise SchemaError(f"'{path}' is an HDF5 file but not a vitlens export (no 'schema' attribute); "
+                          f"write one with `vitlens export`")
+    m = _SCHEMA_RE.match(str(value))
+    if not m:
+        raise SchemaError(f"'{path}' has schema {value!r}, not a vitlens export schema "
+                          f"(expected '{SCHEMA}'); write one with `vitlens export`")
+    major, minor = int(m.group(1)), int(m.group(2) or 0)
+    if major != SCHEMA_MAJOR:
+        newer = "a newer" if major > SCHEMA_MAJOR else "an older"
+        raise SchemaError(f"'{path}' uses schema {value!r} ({newer} major version); this vitlens reads "
+                          f"'{SCHEMA}' only. Install a vitlens that reads vitlens/{major} "
+                          f"(e.g. `pip install -U vitlens`) or re-export the images with this one")
+    return major, minor
+
+
+def shard_path(path: str | os.PathLike[str], rank: int) -> Path:
+    """``OUTPUT.h5`` -> ``OUTPUT.rank{r}.h5`` (the per-rank file of a torchrun export)."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.rank{rank}{p.suffix or '.h5'}")
+
+
+# ---------------------------------------------------------------------------- lock
+class OutputLock:
+    """Exclusive lock on ``OUTPUT.lock`` beside the output, held while a writer runs.
+
+    ``fcntl.flock`` is released by the kernel when the process dies (also on
+    ``kill -9``), so a crashed export never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.target = Path(path)
+        self.path = self.target.with_name(self.target.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: rely on HDF5's own file locking
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = ""
+                try:
+                    holder = self.path.read_text().strip()
+                except OSError:
+                    pass
+                who = f" (process {holder})" if holder else ""
+                raise VitlensError(
+                    f"'{self.target}' is being written by another vitlens export{who}; wait for it to finish "
+                    f"or stop it, or write to another OUTPUT. Two writers on one file would corrupt it") from None
+            # the lock file may have been removed and re-created by a finishing writer: retry on a stale inode
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding it; see the inode check in acquire
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# -------------------------------------------------------------------------- writer
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _attr_value(value: Any) -> Any:
+    """Python value -> something h5py stores as a plain attribute (None -> "")."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, str) for v in value):
+            return np.array(list(value), dtype=STR_DTYPE)
+        return np.asarray(value)
+    if isinstance(value, dict):
+        return json.dumps(_jsonable(value), sort_keys=True)
+    return value
+
+
+class ExportWriter:
+    """Append batches of rows to a ``vitlens/1`` file and commit each one.
+
+    Args:
+        path: the output file.
+        columns: every row-indexed dataset, including ``images/path``, ``images/ok``,
+            ``images/error``.
+        attrs: root attributes (schema metadata; ``schema`` and ``vitlens_version``
+            are added).
+        config: everything that determines the file's contents (model, options, input
+            list hash); stored as JSON in the ``config`` attribute. ``resume=True``
+            refuses a file whose config differs.
+        planned_rows: rows this file will hold when complete.
+        resume: continue an existing file after its committed rows.
+        overwrite: replace an existing file. Without ``resume`` or ``overwrite`` an
+            existing file is an error.
+
+    Use as a context manager; :meth:`append` commits one batch.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], columns: Sequence[Column], attrs: Mapping[str, Any],
+                 config: Mapping[str, Any], planned_rows: int, *, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.columns = {c.name: c for c in columns}
+        self.planned_rows = int(planned_rows)
+        self.config = json.loads(json.dumps(_jsonable(dict(config)), sort_keys=True))
+        self._lock = OutputLock(self.path)
+        self._file: h5py.File | None = None
+        self.committed = 0
+        self.resumed_from = 0
+        self._lock.acquire()
+        try:
+            exists = self.path.exists()
+            if exists and resume:
+                self._open_existing()
+            elif exists and not overwrite:
+                raise VitlensError(f"'{self.path}' already exists; pass --resume to continue it after its "
+                                   f"committed rows, --overwrite to replace it, or choose another OUTPUT")
+            else:
+                self._create(attrs)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ open / create
+    def _create(self, attrs: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(self.path, "w")
+        self._file = f
+        from vitlens import __version__
+
+        meta = {"schema": SCHEMA, "vitlens_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **attrs}
+        for k, v in meta.items():
+            f.attrs[k] = _attr_value(v)
+        f.attrs["config"] = json.dumps(self.config, sort_keys=True)
+        f.attrs["rows_planned"] = np.int64(self.planned_rows)
+        f.attrs["complete"] = np.bool_(False)
+        for col in self.columns.values():
+            kw: dict[str, Any] = {}
+            if col.compression == "gzip":
+                kw.update(compression="gzip", compression_opts=4, shuffle=True)
+            elif col.compression == "lzf":
+                kw.update(compression="lzf", shuffle=True)
+            fill = col.fill()
+            ds = f.create_dataset(col.name, shape=(0, *col.shape), maxshape=(None, *col.shape),
+                                  dtype=col.h5_dtype(), chunks=col.chunks(),
+                                  **({"fillvalue": fill} if fill is not None else {}), **kw)
+            for k, v in col.attrs.items():
+                ds.attrs[k] = _attr_value(v)
+        f.attrs[COMMITTED_ATTR] = np.int64(0)
+        f.flush()
+
+    def _open_existing(self) -> None:
+        try:
+            f = h5py.File(self.path, "r+")
+        except OSError as e:
+            raise VitlensError(f"cannot resume '{self.path}': HDF5 cannot open it ({e}); the file is damaged "
+                               f"beyond the committed rows, so export again with --overwrite") from None
+        self._file = f
+        check_schema(f.attrs.get("schema"), self.path)
+        try:
+            old = json.loads(f.attrs.get("config", "{}"))
+        except (TypeError, ValueError):
+            old = {}
+        if old != self.config:
+            keys = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
+            diffs = "; ".join(f"{k}: file has {old.get(k)!r}, now {self.config.get(k)!r}" for k in keys[:6])
+            raise VitlensError(f"cannot resume '{self.path}': it was written with different settings ({diffs}); "
+                               f"rerun with the same INPUT, model and options, or use --overwrite to start over")
+        missing = [n for n in self.columns if n not in f]
+        if missing:
+            raise VitlensError(f"cannot resume '{self.path}': datasets {missing} are missing; use --overwrite")
+        self.committed = int(f.attrs.get(COMMITTED_ATTR, 0))
+        self.resumed_from = self.committed
+        # drop anything past the commit point (a batch a kill interrupted)
+        for name in self.columns:
+            if f[name].shape[0] != self.committed:
+                f[name].resize(self.committed, axis=0)
+        f.attrs["complete"] = np.bool_(self.committed >= self.planned_rows)
+        f.flush()
+
+    # ----------------------------------------------------------------- append
+    def append(self, rows: Mapping[str, Any]) -> int:
+        """Write one batch and commit it. Returns the new committed row count.
+
+        Args:
+            rows: column name -> array of shape ``(B, *column.shape)`` (every column).
+        """
+        f = self._file
+        if f is None:
+            raise VitlensError("the export file is closed")
+        missing = set(self.columns) - set(rows)
+        extra = set(rows) - set(self.columns)
+        if missing or extra:
+            raise ValueError(f"append needs exactly the columns {sorted(self.columns)}; missing {sorted(missing)}, "
+                             f"unknown {sorted(extra)}")
+        sizes = {len(v) for v in rows.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"every column of a batch needs the same number of rows, got {sorted(sizes)}")
+        b = sizes.pop()
+        if b == 0:
+            return self.committed
+        n0, n1 = self.committed, self.committed + b
+        for name, col in self.columns.items():
+            ds = f[name]
+            ds.resize(n1, axis=0)
+            value = rows[name]
+            if col.dtype == "str":
+                value = np.array([str(v) for v in value], dtype=object)
+            else:
+                value = np.asarray(value, dtype=col.dtype)
+                if value.shape[1:] != col.shape:
+                    raise ValueError(f"column {name}: rows of shape {col.shape} expected, got {value.shape[1:]}")
+            ds[n0:n1] = value
+        f.flush()                                   # data and metadata on disk ...
+        _crash_point("after-data")
+        f.attrs[COMMITTED_ATTR] = np.int64(n1)      # ... before the commit counter moves
+        if n1 >= self.planned_rows:
+            f.attrs["complete"] = np.bool_(True)
+        f.flush()
+        self.committed = n1
+        return n1
+
+    def set_attrs(self, **attrs: Any) -> None:
+        assert self._file is not None
+        for k, v in attrs.items():
+            self._file.attrs[k] = _attr_value(v)
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the HDF5 file (flushing it) and release the lock."""
+        try:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                finally:
+                    self._file = None
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> "ExportWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: ``VITLENS_TEST_CRASH_AT=after-data`` SIGKILLs the process at that point."""
+    if os.environ.get("VITLENS_TEST_CRASH_AT") == name:
+        left = int(os.environ.get("VITLENS_TEST_CRASH_AFTER", "0"))
+        if left <= 0:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.environ["VITLENS_TEST_CRASH_AFTER"] = str(left - 1)
+
+
+# -------------------------------------------------------------------------- reader
+class Rows:
+    """Lazy view of one row-indexed dataset, limited to the committed rows.
+
+    Indexing reads from disk: ``rows[i]`` one image, ``rows[:, layer]`` one layer across
+    images, ``rows[:]`` everything (``np.asarray(rows)`` too). String datasets come back
+    as ``str``.
+    """
+
+    def __init__(self, ds: h5py.Dataset, n: int) -> None:
+        self._ds = ds
+        self._n = n
+        self._str = h5py.check_string_dtype(ds.dtype) is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._n, *self._ds.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(object) if self._str else self._ds.dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        return self._ds.chunks
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: _from_attr(v) for k, v in self._ds.attrs.items()}
+
+    @property
+    def name(self) -> str:
+        return self._ds.name.lstrip("/")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _rows(self, key: Any) -> Any:
+        n = self._n
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            if not -n <= key < n:
+                raise IndexError(f"row {key} is out of range: {self.name} has {n} committed rows")
+            return int(key) % n
+        if isinstance(key, slice):
+            return slice(*key.indices(n))
+        arr = np.asarray(key)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise IndexError(f"a boolean row mask needs shape ({n},), got {arr.shape}")
+            return np.flatnonzero(arr)
+        arr = arr.astype(np.int64)
+        if arr.size and (arr.min() < -n or arr.max() >= n):
+            raise IndexError(f"row indices out of range: {self.name} has {n} committed rows")
+        return arr % n if arr.size else arr
+
+    def __getitem__(self, key: Any) -> Any:
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        rows = self._rows(key)
+        ds = self._ds.asstr() if self._str else self._ds
+        if isinstance(rows, np.ndarray):  # h5py wants increasing unique indices
+            uniq, inverse = np.unique(rows, return_inverse=True)
+            out = ds[(uniq, *rest)] if uniq.size else np.empty((0, *self._ds.shape[1:]), self.dtype)
+            return np.asarray(out)[inverse]
+        return ds[(rows, *rest)]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.asarray(self[:])
+        return out.astype(dtype) if dtype is not None else out
+
+    def __repr__(self) -> str:
+        return f"<vitlens Rows {self.name} shape={self.shape} dtype={self.dtype}>"
+
+
+def _from_attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind in "OS":
+            return [x.decode() if isinstance(x, bytes) else str(x) for x in v.tolist()]
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class ExportFile:
+    """A ``vitlens/1`` export opened by :func:`read`: metadata now, arrays on demand.
+
+    Attributes:
+        path: the file.
+        attrs: root attributes as Python values (``model``, ``grid_size``, ...).
+        rows: committed rows (images); datasets are viewed up to this row.
+        schema: the file's schema string.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], locking: bool | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise VitlensError(f"no such file: '{self.path}'; pass the OUTPUT.h5 that `vitlens export` wrote")
+        try:
+            self._f = h5py.File(self.path, "r", **({} if locking is None else {"locking": locking}))
+        except OSError as e:
+            if "lock" in str(e) and locking is None:
+                # a running export holds the HDF5 lock: read a snapshot of its committed rows
+                self._f = h5py.File(self.path, "r", locking=False)
+            else:
+                raise VitlensError(f"'{self.path}' cannot be opened as HDF5 ({' '.join(str(e).split())}); "
+                                   f"is it a vitlens export?") from None
+        try:
+            self.schema = str(_from_attr(self._f.attrs.get("schema")) if "schema" in self._f.attrs else None)
+            check_schema(self._f.attrs.get("schema"), self.path)
+            self.attrs = {k: _from_attr(v) for k, v in self._f.attrs.items()}
+            self.rows = int(self.attrs.get(COMMITTED_ATTR, 0))
+        except BaseException:
+            self._f.close()
+            raise
+
+    # ------------------------------------------------------------------ access
+    def keys(self) -> list[str]:
+        """Row-indexed dataset paths, e.g. ``["attention_distance", "cls_attention", "images/ok", ...]``."""
+        out: list[str] = []
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out.append(name)
+        self._f.visititems(visit)
+        return sorted(out)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._f and isinstance(self._f[name], h5py.Dataset)
+
+    def __getitem__(self, name: str) -> Rows:
+        if name not in self:
+            raise KeyError(f"'{self.path}' has no dataset {name!r}; it has {self.keys()}")
+        return Rows(self._f[name], self.rows)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    @property
+    def paths(self) -> list[str]:
+        """``images/path`` of every committed row."""
+        return list(self["images/path"][:])
+
+    @property
+    def ok(self) -> np.ndarray:
+        """``images/ok`` of every committed row (bool)."""
+        return np.asarray(self["images/ok"][:], dtype=bool)
+
+    @property
+    def errors(self) -> list[str]:
+        return list(self["images/error"][:])
+
+    @property
+    def complete(self) -> bool:
+        """Every planned row is committed."""
+        return bool(self.attrs.get("complete", False))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.attrs.get("config", "{}"))
+        except ValueError:
+            return {}
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "ExportFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<vitlens ExportFile '{self.path}' {self.schema} rows={self.rows} model={self.attrs.get('model')!r}>"
+
+
+def read(path: str | os.PathLike[str], locking: bool | None = None) -> ExportFile:
+    """Open a ``vitlens export`` file for lazy reading.
+
+    Example::
+
+        with vitlens.export.read("out.h5") as f:
+            f.attrs["model"], f.rows
+            f["rollout"][0]               # one image, [gh, gw]
+            f["cls_attention"][:, -1]     # last layer of every image, [N, H, gh, gw]
+
+    Only committed rows are visible (a file an export is still writing, or one a crash
+    interrupted, shows the batches committed so far). While an export is writing the
+    file, HDF5's lock is bypassed and you read a snapshot.
+
+    Args:
+        path: the ``.h5`` file.
+        locking: passed to h5py (None: HDF5's default, falling back to no locking when a
+            writer holds the file).
+
+    Raises:
+        VitlensError: not HDF5, not a vitlens export, or an unknown major schema version.
+    """
+    return ExportFile(path, locking=locking)
+
+
+# ---------------------------------------------------------------------- torchrun
+def merge_shards(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[str]],
+                 ) -> Path:
+    """Write ``output`` as a view over per-rank shard files, rows in shard order.
+
+    Every row-indexed dataset becomes an HDF5 virtual dataset mapping the committed rows
+    of each shard, in order; the shards must stay beside ``output`` (they are referenced
+    by file name, relative to ``output``'s folder). Root attributes come from the first
+    shard, without the shard bookkeeping (``shard_rank``, ``shard_offset``...).
+
+    Raises:
+        VitlensError: a shard is incomplete or the shards disagree on schema or config.
+    """
+    out = Path(output)
+    infos = []
+    for s in shards:
+        with read(s) as f:
+            if not f.complete:
+                raise VitlensError(f"shard '{s}' is incomplete ({f.rows} of {f.attrs.get('rows_planned')} rows); "
+                                   f"rerun the export with --resume before merging")
+            infos.append((Path(s), f.rows, {k: (f._f[k].shape[1:], f._f[k].dtype, dict(f._f[k].attrs))
+                                            for k in f.keys()}, dict(f._f.attrs), f.config))
+    first_cfg = {k: v for k, v in infos[0][4].items() if k != "shard"}
+    for s, _, cols, _, cfg in infos[1:]:
+        if cols.keys() != infos[0][2].keys() or {k: v for k, v in cfg.items() if k != "shard"} != first_cfg:
+            raise VitlensError(f"shard '{s}' was written with other settings than '{infos[0][0]}'; "
+                               f"rerun every rank with the same options")
+    total = sum(n for _, n, *_ in infos)
+    with OutputLock(out), h5py.File(out, "w") as f:
+        for k, v in infos[0][3].items():
+            if k.startswith("shard_"):
+                continue
+            f.attrs[k] = v
+        cfg = dict(infos[0][4])
+        cfg.pop("shard", None)
+        f.attrs["config"] = json.dumps(cfg, sort_keys=True)
+        f.attrs["shards"] = np.array([os.path.relpath(s, out.parent) for s, *_ in infos], dtype=STR_DTYPE)
+        for name, (shape, dtype, attrs) in infos[0][2].items():
+            layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
+            pos = 0
+            for s, n, *_ in infos:
+                if n:
+                    rel = os.path.relpath(s, out.parent)
+                    layout[pos:pos + n] = h5py.VirtualSource(rel, name, shape=(n, *shape))
+                pos += n
+            is_float = np.dtype(dtype).kind == "f"
+            ds = f.create_virtual_dataset(name, layout, fillvalue=np.nan if is_float else None)
+            for k, v in attrs.items():
+                ds.attrs[k] = v
+        f.attrs["rows_planned"] = np.int64(total)
+        f.attrs["complete"] = np.bool_(True)
+        f.attrs[COMMITTED_ATTR] = np.int64(total)
+    return out
