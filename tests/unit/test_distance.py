@@ -283,3 +283,47 @@ def test_head_statistics_over_batches_equals_one_capture():
         vitlens.head_statistics(model, x, statistics=["nope"])
     with pytest.raises(TypeError, match="image tensors"):
         vitlens.head_statistics(model, ["a.jpg"])
+
+
+# ------------------------------------------------------------------ figure
+def _dots(ax):
+    pts = []
+    for line in ax.lines:
+        if line.get_marker() == "o":
+            pts += list(zip(line.get_xdata(), line.get_ydata()))
+    return sorted((float(x), float(y)) for x, y in pts)
+
+
+def test_distance_vs_depth_one_dot_per_head_and_layer(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from vitlens.export.figures import distance_vs_depth, save_figure
+
+    g = torch.Generator().manual_seed(0)
+    values = 20 + 5 * torch.rand(6, 3, 4, generator=g)
+    acc = vitlens.HeadStatistics(layers=[1, 4, 7])
+    acc.update(values)
+    fig = distance_vs_depth(acc, title="demo")
+    ax = fig.axes[0]
+    mean = values.double().mean(0).numpy()
+    expected = sorted((float(x), float(mean[i, h])) for i, x in enumerate([1, 4, 7]) for h in range(4))
+    np.testing.assert_allclose(np.array(_dots(ax)), np.array(expected), rtol=1e-6)
+    assert len(ax.containers) == 4                                  # one errorbar container per head
+    seg = ax.containers[0].lines[2][0].get_segments()[0]            # head 0, layer 1: mean ± std
+    sd = values.double().std(0, unbiased=False).numpy()
+    assert seg[0][1] == pytest.approx(mean[0, 0] - sd[0, 0]) and seg[1][1] == pytest.approx(mean[0, 0] + sd[0, 0])
+    assert "pixels" in ax.get_ylabel() and ax.get_xlabel() == "layer"
+    save_figure(fig, tmp_path / "d.png")
+    assert (tmp_path / "d.png").stat().st_size > 1000
+
+    # per-image [B, L, H] tensor, on a given axes, with NaN heads (Swin-like) skipped
+    values[:, 0, 3] = float("nan")
+    host = Figure()
+    ax2 = host.add_subplot()
+    assert distance_vs_depth(values, ax=ax2, error_bars=False) is host
+    assert len(_dots(ax2)) == 11 and not ax2.containers
+    with pytest.raises(ValueError, match="layers"):
+        distance_vs_depth(values, layers=[0, 1])
+    with pytest.raises(ValueError, match=r"\[L, H\]"):
+        distance_vs_depth(torch.zeros(4))

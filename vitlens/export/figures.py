@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = ["FIGURE_FORMATS", "head_grid", "save_figure"]
+__all__ += ["distance_vs_depth"]
 
 FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 """File extensions :func:`save_figure` accepts."""
@@ -153,6 +154,108 @@ def head_grid(
         fig.colorbar(im, cax=cax)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _head_stat_arrays(stats: Any, std: Any) -> tuple[np.ndarray, np.ndarray | None, list[int], str, str]:
+    """``(mean [L, H], std [L, H] | None, layers, statistic, unit)`` from what distance_vs_depth accepts."""
+    if hasattr(stats, "layer_summary") and hasattr(stats, "std"):   # vitlens HeadStatistics
+        mean = _to_numpy(stats.mean).astype(np.float64)
+        sd = _to_numpy(stats.std()).astype(np.float64) if std is None else _to_numpy(std).astype(np.float64)
+        layers = list(stats.layers) or list(range(mean.shape[0]))
+        return mean, sd, layers, str(stats.statistic), str(stats.unit)
+    arr = _to_numpy(stats).astype(np.float64)
+    if arr.ndim == 3:             # [B, L, H] per image: mean and std over images
+        import warnings
+
+        with warnings.catch_warnings():   # all-NaN heads (absent in a layer) stay NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, sd = np.nanmean(arr, axis=0), np.nanstd(arr, axis=0)
+    elif arr.ndim == 2:
+        mean, sd = arr, None
+    else:
+        raise ValueError(f"stats must be HeadStatistics, [L, H] means or [B, L, H] per-image values, "
+                         f"got shape {tuple(arr.shape)}")
+    if std is not None:
+        sd = _to_numpy(std).astype(np.float64)
+    return mean, sd, list(range(mean.shape[0])), "distance", "pixels"
+
+
+def distance_vs_depth(
+    stats: Any,
+    *,
+    std: Any = None,
+    layers: Sequence[int] | None = None,
+    error_bars: bool = True,
+    ax: Any = None,
+    title: str | None = None,
+    ylabel: str | None = None,
+    legend: bool | None = None,
+    markersize: float = 5.0,
+) -> "Figure":
+    """Mean attention distance against depth, one dot per head (Dosovitskiy et al. 2021, Fig. 7).
+
+    x is the layer, y the statistic (mean attention distance in pixels, or entropy...),
+    one dot per head and layer, coloured by head; optional error bars show the std over
+    images (the dataset spread, not an uncertainty of the mean).
+
+    Args:
+        stats: a :class:`vitlens.HeadStatistics` (mean, std, layers and unit read from it),
+            an ``[L, H]`` array/tensor of per-head means, or ``[B, L, H]`` per-image values
+            (e.g. :func:`vitlens.mean_attention_distance`; mean and std over images).
+        std: ``[L, H]`` error-bar half-widths overriding the ones from ``stats``.
+        layers: x position (layer index) of each row; default ``stats.layers`` or 0..L-1.
+        error_bars: draw the std as vertical error bars when there is one.
+        ax: matplotlib Axes to draw on; default a new figure.
+        title: axes title.
+        ylabel: y label; default from the statistic and unit.
+        legend: show a legend of heads; default when there are at most 8 heads.
+        markersize: dot size in points.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure` holding the axes (not shown, not saved).
+    """
+    mean, sd, default_layers, statistic, unit = _head_stat_arrays(stats, std)
+    if mean.ndim != 2 or mean.size == 0:
+        raise ValueError(f"need per-head means [L, H] with L, H >= 1, got shape {tuple(mean.shape)}")
+    if sd is not None and sd.shape != mean.shape:
+        raise ValueError(f"std has shape {tuple(sd.shape)}, expected {tuple(mean.shape)} like the means")
+    xs = list(default_layers if layers is None else layers)
+    if len(xs) != mean.shape[0]:
+        raise ValueError(f"got {len(xs)} layers for {mean.shape[0]} rows of statistics")
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5.0, 3.6), layout="tight")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    n_heads = mean.shape[1]
+    if legend is None:
+        legend = n_heads <= 8
+    colors = [f"C{h % 10}" for h in range(n_heads)]
+    x = np.asarray(xs, dtype=np.float64)
+    for h in range(n_heads):
+        y = mean[:, h]
+        keep = np.isfinite(y)
+        if not keep.any():
+            continue
+        if error_bars and sd is not None:
+            ax.errorbar(x[keep], y[keep], yerr=np.nan_to_num(sd[keep, h]), fmt="o", color=colors[h],
+                        markersize=markersize, elinewidth=0.8, capsize=2, alpha=0.85, label=f"head {h}")
+        else:
+            ax.plot(x[keep], y[keep], "o", color=colors[h], markersize=markersize, alpha=0.85, label=f"head {h}")
+    ax.set_xlabel("layer")
+    if ylabel is None:
+        ylabel = {"distance": "mean attention distance", "entropy": "attention entropy"}.get(statistic, statistic)
+        ylabel = f"{ylabel} ({unit})" if unit else ylabel
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(x)
+    ax.set_ylim(bottom=0)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=7, frameon=False, ncol=2 if n_heads > 4 else 1)
     return fig
 
 
