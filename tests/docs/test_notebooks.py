@@ -1,0 +1,78 @@
+"""Every notebook in notebooks/ runs top to bottom without an error (nbclient), and is stored
+without outputs.
+
+One test per notebook. To keep the suite fast, the notebooks share one Jupyter kernel
+(torch, timm and matplotlib are imported once); before each notebook the kernel's namespace
+is wiped with ``%reset -f`` and its working folder set to notebooks/, so a notebook that
+relies on a name another notebook defined still fails. Torch runs single-threaded
+(``OMP_NUM_THREADS=1``), like the rest of the suite.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ._support import NOTEBOOKS, require
+
+PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+CELL_TIMEOUT = 300
+
+RESET = """%reset -f
+import os
+os.chdir({cwd!r})
+import matplotlib.pyplot
+matplotlib.pyplot.close("all")
+del os, matplotlib"""
+
+
+def test_there_are_notebooks():
+    assert len(PATHS) >= 3, PATHS
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_notebook_is_stored_without_outputs(path):
+    import json
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [] and cell.get("execution_count") is None, (
+                f"{path.name} cell {i} has stored outputs: clear them before committing "
+                f"(jupyter nbconvert --clear-output --inplace {path.name})")
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    require("nbclient", "nbformat", "ipykernel", extra="dev")
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend draws the figures
+    km.start_kernel(cwd=str(NOTEBOOKS), env=env)
+    try:
+        yield km
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_notebook_runs(path, kernel):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    n_code = sum(c.cell_type == "code" for c in nb.cells)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(RESET.format(cwd=str(NOTEBOOKS))))
+    client = NotebookClient(nb, km=kernel, timeout=CELL_TIMEOUT, allow_errors=False,
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                 if "image/png" in o.get("data", {}))
+    print(f"{path.name}: {n_code} code cells, {images} figures, {seconds:.1f} s")
+    assert images >= 3, f"{path.name} drew {images} figures; each notebook tells its story with pictures"
