@@ -16,6 +16,7 @@ click; ``vitlens.export`` and the CLI bring those in when used.
 """
 from .analysis import (AttentionMaps, ShapeBiasResult, attention_maps, attention_received, cls_attention, rollout,
                        shape_bias)
+from .analysis.artefacts import HighNormTokens, high_norm_tokens
 from .analysis.distance import HeadStatistics, attention_entropy, head_statistics, mean_attention_distance
 from .analysis import METHODS as EXPLAIN_METHODS, Explanation, explain, explanation
 from .capture import AttentionCache, TokenLayout, capture, register_adapter, supported_families
@@ -39,4 +40,5 @@ __all__ = [
     "WeightsUnavailableError",
 ]
 __all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "head_statistics"]
+__all__ += ["high_norm_tokens", "HighNormTokens"]
 __all__ += ["explain", "explanation", "Explanation", "EXPLAIN_METHODS"]
