@@ -20,16 +20,25 @@ from torch import nn
 
 from ..capture import TokenLayout, capture
 from .cls_attention import HEAD_FUSIONS, cls_attention
-from .gradients import preserved_model_state
+from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout_map, gradcam, input_x_gradient,
+                        integrated_gradients, pool_to_patches, preserved_model_state, reduce_pixels,
+                        resolve_target)
 from .rollout import rollout
 
 #: Every method :func:`explain` knows, in the order the docs present them.
-METHODS: tuple[str, ...] = ("cls", "rollout", "random")
+METHODS: tuple[str, ...] = ("cls", "rollout", "grad-rollout", "chefer", "ig", "input-x-gradient", "gradcam",
+                            "random")
 
 #: Options each method accepts, with their defaults.
 OPTIONS: dict[str, dict[str, Any]] = {
     "cls": {"layer": -1, "head": "mean"},
     "rollout": {"head": "mean", "discard_ratio": 0.0},
+    "grad-rollout": {},
+    "chefer": {},
+    "ig": {"baselines": None, "n_steps": 32, "integration": "gausslegendre", "internal_batch_size": None,
+           "pool": "sum", "pixels": False},
+    "input-x-gradient": {"pool": "sum", "pixels": False},
+    "gradcam": {"layer": -1, "relu": True},
     "random": {"seed": 0},
 }
 
@@ -67,43 +76,6 @@ def _options(method: str, given: dict[str, Any]) -> dict[str, Any]:
         raise TypeError(f"method {method!r} got unknown option(s) {', '.join(unknown)}; "
                         f"its options are: {names}")
     return {**allowed, **given}
-
-
-def resolve_target(target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
-    """The class index per image: ``argmax(logits)`` for None, an int for every image, or one per image.
-
-    Args:
-        target: None, an int, or a sequence / 1-D tensor of ``B`` ints.
-        logits: ``[B, C]`` model outputs.
-
-    Returns:
-        ``[B]`` long tensor on ``logits``' device.
-    """
-    B, C = logits.shape
-    if target is None:
-        return logits.detach().argmax(dim=-1)
-    if isinstance(target, bool):
-        raise TypeError(f"target must be a class index (int) or one per image, got {target!r}")
-    if isinstance(target, int):
-        t = torch.full((B,), target, dtype=torch.long)
-    else:
-        try:
-            t = torch.as_tensor(target)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"target must be None, an int, or a sequence/tensor of {B} ints, "
-                            f"got {type(target).__name__}") from None
-        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
-        if t.dim() == 0:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"target must give one class per image: {B} images, got shape {tuple(t.shape)}")
-        t = t.long()
-    bad = (t < 0) | (t >= C)
-    if bool(bad.any()):
-        raise ValueError(f"target class {int(t[bad][0])} is out of range: the model has {C} classes "
-                         f"(valid targets 0..{C - 1})")
-    return t.to(logits.device)
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -153,7 +125,37 @@ def _random(model, images, target, seed):
     return maps, logits, layout, {"seed": seed}
 
 
-_IMPL: dict[str, Callable[..., tuple]] = {"cls": _cls, "rollout": _rollout, "random": _random}
+def _attention_gradient_method(combine):
+    def run(model, images, target):
+        logits, _tgt, layout, attns, grads = attention_gradients(model, images, target)
+        return combine(attns, grads, layout), logits, layout, {}
+    return run
+
+
+def _pixel_method(attribute):
+    def run(model, images, target, pool, pixels, **kw):
+        if pool not in POOLINGS:
+            raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
+        logits, layout = _light_forward(model, images)
+        attr = attribute(model, images, resolve_target(target, logits), **kw)
+        maps = reduce_pixels(attr, pool) if pixels else pool_to_patches(attr, layout, pool)
+        return maps, logits, layout, {}
+    return run
+
+
+def _gradcam(model, images, target, layer, relu):
+    logits, layout = _light_forward(model, images)
+    return gradcam(model, images, resolve_target(target, logits), layout, layer=layer, relu=relu), logits, layout, {}
+
+
+_IMPL: dict[str, Callable[..., tuple]] = {
+    "cls": _cls, "rollout": _rollout, "random": _random,
+    "grad-rollout": _attention_gradient_method(grad_rollout_map),
+    "chefer": _attention_gradient_method(chefer_map),
+    "ig": _pixel_method(integrated_gradients),
+    "input-x-gradient": _pixel_method(input_x_gradient),
+    "gradcam": _gradcam,
+}
 
 
 # ------------------------------------------------------------------------------- API
