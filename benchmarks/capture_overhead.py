@@ -4,15 +4,22 @@
 
 Prints one line per case. Times are medians over --repeats runs after one warm-up, with
 timm's fused attention on (its default), torch.no_grad, CPU, random-init weights (the
-weights do not change the cost). Peak memory is the max RSS of a fresh subprocess per
-case, minus the RSS after building the model and input, so every case starts equal.
+weights do not change the cost).
+
+Peak memory is what one forward adds on top of the model and input: each case runs in
+a fresh subprocess (so every case starts equal) with glibc's mmap threshold fixed at
+64 KiB (so freed tensors go back to the OS and RSS follows the live tensors); after a
+warm-up call the kernel's RSS high-water mark is reset (``/proc/self/clear_refs``),
+the case runs once keeping its result alive as a user would, and the figure is
+``VmHWM`` minus the RSS before the call.
 A benchmark prints numbers; it never fails.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import gc
+import os
 import statistics
 import subprocess
 import sys
@@ -54,21 +61,34 @@ def _case_fn(model, x, case: str):
     return run
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def _memory_child(name: str, batch: int, case: str) -> None:
-    """Runs in a subprocess: print the peak-RSS increase (MiB) of one forward of `case`."""
+    """Runs in a subprocess: print what one call of `case` adds to the peak RSS (MiB)."""
     model, x = _build(name, batch)
     fn = _case_fn(model, x, case)
     with torch.no_grad():
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()  # warm-up: thread pools, kernels' one-time buffers
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        base = _status_kib("VmRSS")
         keep = fn()  # keep the cache alive, as a user would
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = _status_kib("VmHWM")
     del keep
     print(json.dumps({"peak_mib": (peak - base) / 1024}))
 
 
 def _peak(name: str, batch: int, case: str) -> float:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, __file__, "--memory-child", name, str(batch), case],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 

@@ -44,7 +44,10 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
     4. ``R = Â_L ··· Â_1`` (multiplied from the first layer up).
 
     The map is ``R[cls, prefix:]`` renormalised to sum to 1. A model without CLS token
-    uses the mean of R's patch rows, ``mean_i R[i, prefix:]`` over patch rows i.
+    uses the mean of R's patch rows, ``mean_i R[i, prefix:]`` over patch rows i. Only
+    that one row of R is ever needed, so it is computed as a row vector pushed down
+    from the last layer (``v ← v·Â_l``, ``O(L·T²)`` per image), never forming the
+    ``T x T`` products.
 
     Windowed hierarchical models (Swin, SwinV2; ``docs/swin.md``): steps 1-3 run on each
     block's dense matrix in its stage's coordinates (``cache.dense_attention(l)``, shift
@@ -88,19 +91,23 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
         cache.attention(layers[0])  # raises the "nothing was recorded" error
     assert layout is not None
     P, cls = layout.num_prefix_tokens, layout.cls_index
-    R = None
-    for layer in layers:
+    # Only one row of R is needed (the CLS row, or the mean of the patch rows), so it is
+    # computed as a row vector pushed down from the last layer, v <- v·Â_l: O(L·T²) per
+    # image instead of the O(L·T³) of forming R = Â_L ··· Â_1; the result is identical.
+    v = None
+    for layer in reversed(layers):
         a = fuse_heads(cache.attention(layer).float(), head_fusion)  # [B, T, T]
         a = discard_lowest(a, discard_ratio, cls)
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-        a = 0.5 * a + 0.5 * eye
-        a = a / a.sum(dim=-1, keepdim=True)
-        R = a if R is None else a @ R
-    assert R is not None
-    if cls is not None:
-        m = R[:, cls, P:]
-    else:
-        m = R[:, P:, P:].mean(dim=1)
+        if v is None:
+            v = a.new_zeros(a.shape[0], a.shape[-1])
+            if cls is not None:
+                v[:, cls] = 1.0
+            else:
+                v[:, P:] = 1.0 / (a.shape[-1] - P)
+        w = v / (0.5 * a.sum(dim=-1) + 0.5)              # rows of 0.5·A + 0.5·I renormalised
+        v = 0.5 * torch.einsum("bq,bqk->bk", w, a) + 0.5 * w
+    assert v is not None
+    m = v[:, P:]
     m = m / m.sum(dim=-1, keepdim=True)
     return m.reshape(m.shape[0], *layout.grid_size)
 
