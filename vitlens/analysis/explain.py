@@ -2,13 +2,18 @@
 
 Methods (``docs/methods.md`` has the formulas, papers, and when to believe each):
 
-=================== ======================================================= =============
-method              what                                                    class-specific
-=================== ======================================================= =============
-``cls``             CLS-token attention of one layer (DESIGN.md §4)         no
-``rollout``         attention rollout, Abnar & Zuidema 2020 (DESIGN.md §4)  no
-``random``          seeded uniform noise: the baseline every metric reports no
-=================== ======================================================= =============
+==================== ========================================================= ==============
+method               what                                                      class-specific
+==================== ========================================================= ==============
+``cls``              CLS-token attention of one layer (DESIGN.md §4)           no
+``rollout``          attention rollout, Abnar & Zuidema 2020 (DESIGN.md §4)    no
+``grad-rollout``     rollout of gradient-weighted attention ``mean_h(∇A⊙A)⁺``  yes
+``chefer``           Chefer, Gur & Wolf 2021 relevance ``R += Ā·R``            yes
+``ig``               Integrated Gradients (captum), pooled to patches          yes
+``input-x-gradient`` input ⊙ gradient (captum), pooled to patches              yes
+``gradcam``          Grad-CAM (captum) on the patch tokens into a block        yes
+``random``           seeded uniform noise: the baseline every metric reports   no
+==================== ========================================================= ==============
 """
 from __future__ import annotations
 
@@ -190,6 +195,21 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
       ``"min"``, a head index, or None for ``[B, heads, gh, gw]``). Needs a CLS token.
     - ``"rollout"``: attention rollout (Abnar & Zuidema 2020; :func:`vitlens.rollout`),
       maps sum to 1. Options ``head="mean"`` (fusion), ``discard_ratio=0.0``.
+    - ``"grad-rollout"``: rollout of ``Ā_l = mean_h (∇A_l ⊙ A_l)⁺`` with ``0.5·Ā + 0.5·I``,
+      rows renormalised, ``R = Â_L···Â_1``, map ``R[cls, prefix:]`` renormalised
+      (:func:`~vitlens.analysis.gradients.grad_rollout_map`). No options.
+    - ``"chefer"``: ``R = I; R = R + Ā_l·R`` for each layer from the first, map
+      ``R[cls, prefix:]`` (Chefer, Gur & Wolf, ICCV 2021;
+      :func:`~vitlens.analysis.gradients.chefer_map`). No options.
+    - ``"ig"``: captum Integrated Gradients, per patch the signed sum of the pixel
+      attributions (``pool="abs"``: sum of ``|a|``; ``pixels=True``: ``[B, H, W]``, summed
+      over channels only). Options ``baselines=None`` (0 = the mean image),
+      ``n_steps=32``, ``integration="gausslegendre"``, ``internal_batch_size=None``,
+      ``pool="sum"``, ``pixels=False``.
+    - ``"input-x-gradient"``: captum InputXGradient, pooled like ``ig``. Options
+      ``pool="sum"``, ``pixels=False``.
+    - ``"gradcam"``: captum LayerGradCam on the patch tokens entering block ``layer``'s
+      attention, as a ``[B, D, gh, gw]`` map. Options ``layer=-1``, ``relu=True``.
     - ``"random"``: ``U[0, 1)`` noise per patch from ``torch.Generator().manual_seed(seed)``,
       the same for the same seed and batch shape; the floor every metric should beat.
       Option ``seed=0``.
@@ -205,11 +225,14 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
         **options: the method's options (see above); unknown ones raise TypeError.
 
     Returns:
-        ``[B, gh, gw]`` float32 on the images' device.
+        ``[B, gh, gw]`` float32 on the images' device (``[B, H, W]`` for ``pixels=True``,
+        ``[B, heads, gh, gw]`` for ``cls`` with ``head=None``).
 
     Raises:
         ValueError: unknown method (with a close-match suggestion), target out of
-            range, or a method the model cannot support (e.g. ``cls`` without CLS token).
+            range, or a method the model cannot support (``cls`` without CLS token;
+            ``grad-rollout``, ``chefer``, ``gradcam`` on windowed models such as Swin,
+            which need token-level attention: :class:`~vitlens.UnsupportedModelError`).
         TypeError: unknown option, or a target that is not integer.
     """
     return explanation(model, images, method, target, **options).maps
