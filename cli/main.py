@@ -8,6 +8,8 @@ from vitlens import __version__
 from .attend import attend
 from .distance import distance
 from .export import export
+from .figure import figure
+from .inspect import inspect
 from .models import models
 from .shape_bias import shape_bias
 
@@ -21,6 +23,8 @@ def cli() -> None:
 cli.add_command(attend)
 cli.add_command(distance)
 cli.add_command(export)
+cli.add_command(figure)
+cli.add_command(inspect)
 cli.add_command(models)
 cli.add_command(shape_bias)
 

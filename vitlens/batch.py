@@ -351,6 +351,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     columns = _columns(probe, options, plan)
     attrs = _attrs(model, name, data_config, layout, plan, options, checkpoint, pretrained, command,
                    n_classes=probe["logits"].shape[-1] if "logits" in probe else None)
+    attrs["input_root"] = str(Path(inputs.root).resolve())
     if world > 1:
         attrs.update(shard_rank=rank, shard_world_size=world, shard_offset=start)
 

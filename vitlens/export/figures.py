@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["FIGURE_FORMATS", "head_grid", "save_figure"]
 __all__ += ["distance_vs_depth"]
+__all__ += ["cls_grid", "rollout_grid"]
 
 FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 """File extensions :func:`save_figure` accepts."""
@@ -256,6 +257,163 @@ def distance_vs_depth(
         ax.set_title(title)
     if legend:
         ax.legend(fontsize=7, frameon=False, ncol=2 if n_heads > 4 else 1)
+    return fig
+
+
+def _map_panels(maps: Any, ndim: int, what: str) -> np.ndarray:
+    arr = _to_numpy(maps).astype(np.float64)
+    if arr.ndim != ndim:
+        raise ValueError(f"{what}, got shape {tuple(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what}, got no images (first dimension is 0)")
+    return arr
+
+
+def _grid_panel(ax: Any, panel: np.ndarray, image: Any, box: Any, colormap: str, alpha: float, cmap: Any,
+                vmin: float | None, vmax: float | None) -> Any:
+    """One map panel: overlaid on ``image`` when given, else raw values (NaN = blank)."""
+    ax.set_axis_off()
+    if not np.isfinite(panel).any():
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+        return None
+    if image is not None:
+        ax.imshow(overlay(image, np.nan_to_num(panel), box=box, colormap=colormap, alpha=alpha))
+        return None
+    return ax.imshow(panel, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+
+
+def cls_grid(
+    maps: Any,
+    images: Sequence[Any] | None = None,
+    *,
+    boxes: Sequence[Any] | None = None,
+    row_labels: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    title: str | None = None,
+    colormap: str = "inferno",
+    alpha: float = 0.5,
+) -> "Figure":
+    """CLS attention of several images across depth: one row per image, one column per layer.
+
+    Reads the ``cls_attention`` rows of a ``vitlens export`` file (heads already fused,
+    e.g. ``f["cls_attention"][rows].mean(axis=2)``), or ``vitlens.cls_attention`` maps
+    stacked over layers.
+
+    Args:
+        maps: ``[R, L, gh, gw]`` maps (R images, L layers); NaN rows (failed images) draw
+            as "no data".
+        images: optional R photos (uint8 RGB arrays / PIL images; None entries allowed)
+            to overlay each row on; without them raw maps share one colour scale per column.
+        boxes: per image, the ``(x0, y0, x1, y1)`` region the map covers (see
+            :func:`~vitlens.export.overlay.overlay`).
+        row_labels: one label per image (e.g. its path).
+        layers: column labels (layer indices); default 0..L-1.
+        title: figure title.
+        colormap: OpenCV colormap name.
+        alpha: overlay opacity.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` (not shown, not saved).
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    arr = _map_panels(maps, 4, "maps must be [images, layers, gh, gw]")
+    n_rows, n_cols = arr.shape[:2]
+    cols = list(range(n_cols)) if layers is None else list(layers)
+    if len(cols) != n_cols:
+        raise ValueError(f"got {len(cols)} layer labels for {n_cols} layers")
+    if images is not None and len(images) != n_rows:
+        raise ValueError(f"got {len(images)} images for {n_rows} rows of maps")
+    if row_labels is not None and len(row_labels) != n_rows:
+        raise ValueError(f"got {len(row_labels)} row labels for {n_rows} rows of maps")
+    cmap = ListedColormap(colormap_lut(colormap).astype(np.float64) / 255.0, name=str(colormap).lower())
+    size = 1.6
+    fig = Figure(figsize=(n_cols * size + 0.8, n_rows * size + (0.5 if title else 0.2)), layout="tight")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for c in range(n_cols):
+        col = arr[:, c]
+        finite = col[np.isfinite(col)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        for r in range(n_rows):
+            img = images[r] if images is not None else None
+            box = boxes[r] if boxes is not None and img is not None else None
+            _grid_panel(axes[r, c], arr[r, c], img, box, colormap, alpha, cmap, vmin, vmax)
+            if r == 0:
+                axes[r, c].set_title(f"layer {cols[c]}", fontsize=8)
+    if row_labels is not None:
+        for r in range(n_rows):
+            axes[r, 0].text(-0.08, 0.5, str(row_labels[r]), fontsize=7, ha="right", va="center",
+                            rotation=90, transform=axes[r, 0].transAxes)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def rollout_grid(
+    maps: Any,
+    images: Sequence[Any] | None = None,
+    *,
+    boxes: Sequence[Any] | None = None,
+    labels: Sequence[str] | None = None,
+    ncols: int | None = None,
+    title: str | None = None,
+    colormap: str = "inferno",
+    alpha: float = 0.5,
+) -> "Figure":
+    """Attention-rollout maps of several images, one panel each.
+
+    Reads the ``rollout`` rows of a ``vitlens export`` file or :func:`vitlens.rollout` output.
+
+    Args:
+        maps: ``[R, gh, gw]`` maps; NaN maps (failed images) draw as "no data".
+        images: optional R photos to overlay on (None entries allowed); without them
+            the raw maps share one colour scale and a colourbar.
+        boxes: per image, the region the map covers.
+        labels: one panel title per image.
+        ncols: grid columns; default ``ceil(sqrt(R))``, at most 6.
+        title: figure title.
+        colormap: OpenCV colormap name.
+        alpha: overlay opacity.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` (not shown, not saved).
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    arr = _map_panels(maps, 3, "maps must be [images, gh, gw]")
+    n = arr.shape[0]
+    if images is not None and len(images) != n:
+        raise ValueError(f"got {len(images)} images for {n} maps")
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"got {len(labels)} labels for {n} maps")
+    if ncols is None:
+        ncols = min(math.ceil(math.sqrt(n)), _MAX_COLS)
+    elif isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    ncols = min(int(ncols), n)
+    nrows = math.ceil(n / ncols)
+    cmap = ListedColormap(colormap_lut(colormap).astype(np.float64) / 255.0, name=str(colormap).lower())
+    finite = arr[np.isfinite(arr)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig = Figure(figsize=(ncols * 2.2 + 0.8, nrows * 2.2 + (0.4 if title else 0.0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    im = None
+    for k in range(nrows * ncols):
+        ax = axes[k // ncols, k % ncols]
+        if k >= n:
+            ax.set_axis_off()
+            continue
+        img = images[k] if images is not None else None
+        box = boxes[k] if boxes is not None and img is not None else None
+        im = _grid_panel(ax, arr[k], img, box, colormap, alpha, cmap, vmin, vmax) or im
+        if labels is not None:
+            ax.set_title(str(labels[k]), fontsize=8)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

@@ -1,0 +1,73 @@
+"""``vitlens inspect``: what an export file holds."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import handle_errors
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "x".join(str(x) for x in v) if all(isinstance(x, int) for x in v) else ", ".join(map(str, v))
+    return str(v)
+
+
+@click.command()
+@click.argument("path", metavar="OUTPUT.h5", type=click.Path(dir_okay=False))
+@click.option("--failed", is_flag=True, help="Also list every failed row with its reason.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@handle_errors
+def inspect(path, failed, as_json, debug):
+    """Show the model, rows (ok / failed) and datasets of an export file.
+
+    Only committed rows count: a file an interrupted export left behind shows the
+    batches committed before it stopped.
+    """
+    import numpy as np
+
+    from vitlens.export.hdf5 import read
+
+    with read(path) as f:
+        a = f.attrs
+        ok = f.ok
+        datasets = {k: {"shape": list(f[k].shape), "dtype": "str" if f[k].dtype == object else str(f[k].dtype),
+                        "chunks": list(f[k].chunks) if f[k].chunks else None} for k in f.keys()}
+        bad = [(i, f["images/path"][i], f["images/error"][i]) for i in np.flatnonzero(~ok)] if failed else []
+        info = {
+            "path": str(path), "schema": f.schema, "vitlens_version": a.get("vitlens_version"),
+            "created": a.get("created"), "model": a.get("model"), "checkpoint": a.get("checkpoint") or None,
+            "input_size": a.get("input_size"), "patch_size": a.get("patch_size"), "grid_size": a.get("grid_size"),
+            "prefix_names": a.get("prefix_names"), "num_layers": a.get("num_layers"), "num_heads": a.get("num_heads"),
+            "analyses": a.get("analyses"), "rows": f.rows, "rows_planned": a.get("rows_planned"),
+            "complete": f.complete, "ok": int(ok.sum()), "failed": int((~ok).sum()), "datasets": datasets,
+            "command": a.get("command"), "shards": a.get("shards"),
+        }
+        if failed:
+            info["failed_rows"] = [{"row": int(i), "path": p, "error": e} for i, p, e in bad]
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    out = [f"{path}: {info['schema']} (vitlens {info['vitlens_version']}, created {info['created']})",
+           f"model: {info['model']}" + (f" (checkpoint {info['checkpoint']})" if info["checkpoint"] else ""),
+           f"  input {_fmt(info['input_size'])}, patch {_fmt(info['patch_size'])}, grid {_fmt(info['grid_size'])}, "
+           f"prefix tokens [{_fmt(info['prefix_names'] or [])}], {info['num_layers']} layers x {info['num_heads']} heads",
+           f"rows: {info['rows']} committed of {info['rows_planned']} planned"
+           f" ({'complete' if info['complete'] else 'incomplete: continue with vitlens export ... --resume'})",
+           f"  ok: {info['ok']}  failed: {info['failed']}",
+           f"analyses: {_fmt(info['analyses'] or [])}"]
+    if a.get("cls_attention_omitted"):
+        out.append(f"  cls_attention omitted: {a['cls_attention_omitted']}")
+    if info["shards"]:
+        out.append(f"view over shards: {_fmt(info['shards'])}")
+    out.append("datasets:")
+    width = max(len(k) for k in datasets)
+    for k, d in datasets.items():
+        out.append(f"  {k:<{width}}  {str(tuple(d['shape'])):<22} {d['dtype']:<8} chunks {tuple(d['chunks'] or ())}")
+    if info.get("command"):
+        out.append(f"command: {info['command']}")
+    for r in info.get("failed_rows", []):
+        out.append(f"failed row {r['row']}: {r['path']}: {r['error']}")
+    click.echo("\n".join(out))
