@@ -120,7 +120,7 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
         click.echo(f"{'layer':>5}  {'distance (px)':>18}  {'entropy (nats)':>16}")
         for i, layer in enumerate(dist.layers):
             click.echo(f"{layer:>5}  {float(dmean[i]):>9.2f} ± {float(dstd[i]):<6.2f}  "
-                       f"{float(emean[i]):>7.3f} ± {float(estd[i]):<6.3f}")
+                       f"{float(emean[i]):>7.3f} ± {float(estd[i]):.3f}")
         click.echo("mean ± std over heads and images; per-head values with --json")
     if plot_path is not None:
         click.echo(f"wrote {plot_path}", err=True)
