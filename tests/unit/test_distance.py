@@ -162,10 +162,11 @@ def test_real_models_match_reference_with_layout_read_from_model(case):
     assert torch.isfinite(dist).all() and (dist > 0).all()
 
 
-def test_swin_per_block_in_stage_coordinates():
+@pytest.mark.parametrize("case", ["swin_pad", "swinv2_pad"])
+def test_swin_per_block_in_stage_coordinates(case):
     from ..integration.test_swin import make_swin
 
-    model, x = make_swin("swin_pad", batch=1)
+    model, x = make_swin(case, batch=1)
     with torch.no_grad(), vitlens.capture(model) as cache:
         model(x)
     dist = vitlens.mean_attention_distance(cache)
