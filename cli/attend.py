@@ -1,4 +1,5 @@
-"""``vitlens attend``: overlay PNGs of CLS attention or rollout, plus top-5 predictions."""
+"""``vitlens attend``: overlay PNGs of any ``vitlens.explain`` map (CLS attention, rollout, gradient
+methods, captum baselines, random), plus top-5 predictions."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,8 @@ import re
 from pathlib import Path
 
 import click
+
+from vitlens.analysis.explain import CLASS_AGNOSTIC, METHODS as EXPLAIN_METHODS
 
 from .common import handle_errors, load_cli_model, model_options
 
@@ -21,9 +24,28 @@ def _head_option(value: str) -> str | int | None:
         raise click.BadParameter(f"{value!r}: use mean, max, min, all, or a head index") from None
 
 
+def _target_option(value: str | None, names: list[str] | None) -> int | None:
+    """--target: a class index, or a class name of the model."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    if names and value in names:
+        return names.index(value)
+    import difflib
+
+    close = difflib.get_close_matches(value, names or [], n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise click.BadParameter(f"{value!r} is neither a class index nor a class name of this model{hint}",
+                             param_hint="--target")
+
+
 def _output_name(path: str, suffix: str, taken: set[str]) -> str:
     """A file name inside --out derived from the input's name only (never a path)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem).strip("._") or "image"
+    suffix = re.sub(r"[^A-Za-z0-9._-]+", "_", suffix).strip("._") or "map"
     name, n = f"{stem}_{suffix}.png", 2
     while name in taken:
         name, n = f"{stem}-{n}_{suffix}.png", n + 1
@@ -34,11 +56,19 @@ def _output_name(path: str, suffix: str, taken: set[str]) -> str:
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @model_options()
-@click.option("--method", type=click.Choice(["cls", "rollout"]), default="cls", show_default=True,
-              help="cls: CLS-token attention of --layer; rollout: attention rollout over all layers.")
-@click.option("--layer", type=int, default=-1, show_default=True, help="Layer for --method cls (negative counts from the end).")
+@click.option("--method", type=click.Choice(list(EXPLAIN_METHODS)), default="cls", show_default=True,
+              help="cls: CLS-token attention of --layer; rollout: attention rollout over all layers; "
+                   "grad-rollout, chefer: gradient-weighted attention (class-specific); ig, input-x-gradient: "
+                   "pixel attributions summed per patch; gradcam: Grad-CAM on the patch tokens into block --layer; "
+                   "random: the seeded baseline. See docs/methods.md.")
+@click.option("--target", default=None, metavar="N",
+              help="Class to explain (index or class name) for the class-specific methods "
+                   "(grad-rollout, chefer, ig, input-x-gradient, gradcam). Default: the predicted class.")
+@click.option("--layer", type=int, default=-1, show_default=True,
+              help="Layer for --method cls and gradcam (negative counts from the end).")
 @click.option("--head", default="mean", show_default=True,
-              help="mean | max | min | a head index | all (a grid of every head; --method cls).")
+              help="mean | max | min | a head index | all (a grid of every head; --method cls). "
+                   "For rollout: the head fusion.")
 @click.option("--discard-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Rollout: zero this fraction of the lowest attention entries per layer.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="vitlens-out", show_default=True,
@@ -47,12 +77,15 @@ def _output_name(path: str, suffix: str, taken: set[str]) -> str:
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name (jet, inferno, viridis, turbo, ...).")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="Predictions to print.")
 @handle_errors
-def attend(images, model_name, checkpoint, pretrained, device, debug, method, layer, head,
+def attend(images, model_name, checkpoint, pretrained, device, debug, method, target, layer, head,
            discard_ratio, out_dir, alpha, colormap, top_k):
-    """Draw where the model attends in IMAGE... and print its top predictions.
+    """Draw where the model attends in IMAGE... (or, with a gradient --method, what its
+    decision for a class relies on) and print its top predictions.
 
     Writes one overlay PNG per image into --out (the map drawn over the original image,
-    at its original resolution; the part the model's centre crop did not see is dimmed).
+    at its original resolution; the part the model's centre crop did not see is dimmed;
+    signed maps are min-max scaled, so the lowest value gets the colormap's low end).
+    Class-specific methods also print the class they explain.
     Unreadable images are reported one line each on stderr and skipped; the exit status
     is 1 if any image failed.
     """
@@ -65,6 +98,10 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, la
     head_sel = _head_option(head)
     if head_sel is None and method != "cls":
         raise click.BadParameter("--head all draws per-head CLS maps; use it with --method cls", param_hint="--head")
+    if target is not None and method in CLASS_AGNOSTIC:
+        raise click.BadParameter(f"the --method {method} map does not depend on the class; --target applies to "
+                                 f"{', '.join(m for m in EXPLAIN_METHODS if m not in CLASS_AGNOSTIC)}",
+                                 param_hint="--target")
     if colormap.lower() not in COLORMAPS:
         overlay(torch.zeros(2, 2, 3, dtype=torch.uint8).numpy(), [[0.0]], colormap=colormap)  # raises the helpful error
 
@@ -72,6 +109,15 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, la
     adapter_for(model)  # unsupported architecture: fail before decoding any image
     dev = next(model.parameters()).device
     names = vitlens.class_names(model)
+    target_idx = _target_option(target, names)
+    if method == "cls":
+        options = {"layer": layer, "head": head_sel}
+    elif method == "rollout":
+        options = {"head": head_sel, "discard_ratio": discard_ratio}
+    elif method == "gradcam":
+        options = {"layer": layer}
+    else:
+        options = {}
 
     loaded, failed = [], 0
     for path in images:
@@ -94,18 +140,26 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, la
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start:start + batch_size]
         x = torch.stack([p.tensor for _, _, p in chunk]).to(dev)
-        res = vitlens.attention_maps(model, x, method=method, layer=layer, head=head_sel,
-                                     discard_ratio=discard_ratio)
+        res = vitlens.explanation(model, x, method, target=target_idx, **options)
         probs = res.logits.float().softmax(-1).cpu()
         for i, (path, img, pre) in enumerate(chunk):
-            what = method if method == "rollout" else f"cls_L{res.layer}"
-            tag = f"{what}_{head}" if method == "cls" else f"rollout_{head}"
+            t = int(res.target[i])
+            t_name = names[t] if names and t < len(names) else str(t)
+            what = f"cls_L{res.options['layer']}" if method == "cls" else method
+            if method in ("cls", "rollout"):
+                tag = f"{what}_{head}"
+            elif method == "gradcam":
+                tag = f"gradcam_L{res.options['layer']}_{t_name}"
+            elif method == "random":
+                tag = "random"
+            else:
+                tag = f"{method}_{t_name}"
             if head_sel is None:
                 from vitlens.export.figures import head_grid, save_figure
 
                 fig = head_grid(res.maps[i].cpu(), image=img, box=pre.box, colormap=colormap, alpha=alpha,
                                 fused=res.maps[i].mean(0).cpu(),
-                                title=f"{Path(path).name}: CLS attention, layer {res.layer}")
+                                title=f"{Path(path).name}: CLS attention, layer {res.options['layer']}")
                 dest = out / _output_name(path, f"{what}_heads", taken)
                 save_figure(fig, dest)
             else:
@@ -114,6 +168,8 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, la
             p, idx = probs[i].topk(min(top_k, probs.shape[-1]))
             preds = ", ".join(f"{names[j] if names else j} {q:.3f}" for q, j in zip(p.tolist(), idx.tolist()))
             click.echo(f"{path}: {preds}")
+            if method not in CLASS_AGNOSTIC:
+                click.echo(f"  explains: {t_name} (class {t}, p={float(probs[i, t]):.3f})")
             click.echo(f"  wrote {dest}")
     if failed:
         click.echo(f"vitlens: {failed} of {len(images)} image(s) could not be read", err=True)

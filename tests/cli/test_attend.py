@@ -28,7 +28,7 @@ CHELSEA = REPO_ROOT / "examples" / "chelsea.jpg"
 COFFEE = REPO_ROOT / "examples" / "coffee.jpg"
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CONTRACT_OPTIONS = ["--model", "--checkpoint", "--pretrained", "--no-pretrained", "--layer", "--head",
-                    "--method", "--out", "--alpha", "--colormap", "--device"]
+                    "--method", "--target", "--out", "--alpha", "--colormap", "--device"]
 
 
 
@@ -178,6 +178,84 @@ def test_alpha_one_colours_the_crop_box(small_jpg, out):
     orig = np.asarray(vitlens.load_image(small_jpg)).astype(np.int16)
     got = np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
     assert np.abs(got[:, 10:38] - orig[:, 10:38]).mean() > 10
+
+
+# ------------------------------------------------------------ explain methods, --target
+EXPLAINS = re.compile(r"^  explains: (?P<name>[a-z]+) \(class (?P<idx>\d), p=(?P<p>\d\.\d{3})\)$", re.M)
+
+
+def test_help_lists_every_explain_method():
+    result = run("attend", "--help")
+    for method in vitlens.EXPLAIN_METHODS:
+        assert method in result.stdout, method
+
+
+@pytest.mark.parametrize("method", [m for m in vitlens.EXPLAIN_METHODS if m not in ("cls", "rollout")])
+def test_every_method_writes_an_overlay(method, small_jpg, out):
+    result = attend(small_jpg, "--method", method, out=out)
+    assert result.exit_code == 0, result.stderr
+    (png,) = pngs(out)
+    assert png.name.startswith(f"small_{method}"), png.name
+    with Image.open(png) as im:
+        assert im.size == (48, 40)
+    top = top5_lines(result.stdout)[str(small_jpg)]
+    found = EXPLAINS.findall(result.stdout)
+    if method == "random":
+        assert found == []
+    else:  # default target: the predicted class, named in the output and the file name
+        assert len(found) == 1 and found[0][0] == top[0], result.stdout
+        assert png.name.endswith(f"_{top[0]}.png"), png.name
+
+
+def test_target_by_index_or_name_and_it_changes_the_map(small_jpg, tmp_path):
+    by_index = attend(small_jpg, "--method", "grad-rollout", "--target", "3", out=tmp_path / "a")
+    by_name = attend(small_jpg, "--method", "grad-rollout", "--target", "cat", out=tmp_path / "b")
+    other = attend(small_jpg, "--method", "grad-rollout", "--target", "ship", out=tmp_path / "c")
+    for r in (by_index, by_name, other):
+        assert r.exit_code == 0, r.stderr
+    assert EXPLAINS.search(by_index.stdout)["name"] == "cat" and EXPLAINS.search(by_index.stdout)["idx"] == "3"
+    assert EXPLAINS.search(other.stdout)["name"] == "ship"
+    (a,), (b,), (c,) = pngs(tmp_path / "a"), pngs(tmp_path / "b"), pngs(tmp_path / "c")
+    assert a.name == b.name == "small_grad-rollout_cat.png" and c.name == "small_grad-rollout_ship.png"
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(c)))
+
+
+def test_overlay_is_the_explain_map(small_jpg, out):
+    """The PNG is exactly vitlens.explain's map drawn by export.overlay: the CLI adds no analysis."""
+    from vitlens.export.overlay import overlay
+
+    result = attend(small_jpg, "--method", "chefer", "--target", "5", out=out)
+    assert result.exit_code == 0, result.stderr
+    model, cfg = vitlens.load_model("demo", device="cpu")
+    img = vitlens.load_image(small_jpg)
+    pre = vitlens.preprocess(img, cfg)
+    m = vitlens.explain(model, pre.tensor[None], "chefer", target=5)[0]
+    want = overlay(img, m, box=pre.box)
+    (png,) = pngs(out)
+    got = np.asarray(Image.open(png).convert("RGB"))
+    assert np.abs(got.astype(int) - np.asarray(want).astype(int)).max() <= 1
+
+
+def test_target_with_a_class_agnostic_method_is_a_usage_error(small_jpg, out):
+    result = attend(small_jpg, "--method", "rollout", "--target", "3", out=out)
+    assert result.exit_code == 2 and "--target" in result.stderr and "grad-rollout" in result.stderr
+    assert not out.exists()
+
+
+def test_target_out_of_range(small_jpg, out):
+    assert_one_line_error(attend(small_jpg, "--method", "chefer", "--target", "10", out=out),
+                          "target class 10", "0..9")
+
+
+def test_unknown_target_name_suggests(small_jpg, out):
+    result = attend(small_jpg, "--method", "ig", "--target", "kat", out=out)
+    assert result.exit_code == 2 and "'cat'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_method_is_a_usage_error(small_jpg, out):
+    result = attend(small_jpg, "--method", "gradrollout", out=out)
+    assert result.exit_code == 2 and "grad-rollout" in result.stderr
 
 
 # ------------------------------------------------------------------- default model

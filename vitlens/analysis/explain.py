@@ -150,7 +150,8 @@ def _pixel_method(attribute):
 
 def _gradcam(model, images, target, layer, relu):
     logits, layout = _light_forward(model, images)
-    return gradcam(model, images, resolve_target(target, logits), layout, layer=layer, relu=relu), logits, layout, {}
+    maps = gradcam(model, images, resolve_target(target, logits), layout, layer=layer, relu=relu)
+    return maps, logits, layout, {"layer": layer % len(model.blocks)}
 
 
 _IMPL: dict[str, Callable[..., tuple]] = {
