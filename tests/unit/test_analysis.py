@@ -41,8 +41,12 @@ def ref_cls_map(a: np.ndarray, cls: int, prefix: int, grid, fuse) -> np.ndarray:
     return out
 
 
-def ref_rollout(layers: list[np.ndarray], cls: int | None, prefix: int, grid, discard=0.0) -> np.ndarray:
-    """Abnar & Zuidema rollout for one image, as DESIGN.md §4 writes it, in float64."""
+def ref_rollout(layers: list[np.ndarray], cls: int | None, prefix: int, grid, discard=0.0,
+                exclude: np.ndarray | None = None) -> np.ndarray:
+    """Abnar & Zuidema rollout for one image, as DESIGN.md §4 writes it, in float64.
+
+    ``exclude``: patch indices whose key columns are zeroed after the discard step and
+    whose map entries are 0 (the documented ``rollout(exclude=...)``)."""
     T = layers[0].shape[-1]
     R = np.eye(T)
     for a in layers:
@@ -52,10 +56,16 @@ def ref_rollout(layers: list[np.ndarray], cls: int | None, prefix: int, grid, di
             cand.sort()
             for _, i, j in cand[: int(discard * len(cand))]:
                 fused[i, j] = 0.0
+        if exclude is not None:
+            for j in exclude:
+                fused[:, prefix + j] = 0.0
         ahat = 0.5 * fused + 0.5 * np.eye(T)
         ahat = ahat / ahat.sum(axis=1, keepdims=True)
         R = ahat @ R
     m = R[cls, prefix:] if cls is not None else R[prefix:, prefix:].mean(axis=0)
+    if exclude is not None:
+        m = m.copy()
+        m[list(exclude)] = 0.0
     return (m / m.sum()).reshape(grid)
 
 
@@ -117,6 +127,28 @@ def test_rollout_matches_reference(prefix, discard):
     for b in range(3):
         ref = ref_rollout([a[b].numpy() for a in attn], cls, len(prefix), grid, discard)
         np.testing.assert_allclose(got[b].numpy(), ref, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("prefix", [("cls",), ("cls", "reg", "reg"), ()])
+def test_rollout_exclude_matches_reference(prefix):
+    grid = (3, 4)
+    T = len(prefix) + 12
+    attn = random_attention(2, 2, T, 3, seed=11)
+    cache = synthetic_cache(attn, prefix, grid)
+    exclude = torch.zeros(2, 3, 4, dtype=torch.bool)
+    exclude[0, 1, 2] = exclude[0, 0, 0] = exclude[1, 2, 3] = True
+    got = vitlens.rollout(cache, discard_ratio=0.3, exclude=exclude)
+    cls = 0 if prefix else None
+    for b in range(2):
+        idx = np.flatnonzero(exclude[b].flatten().numpy())
+        ref = ref_rollout([a[b].numpy() for a in attn], cls, len(prefix), grid, 0.3, exclude=idx)
+        np.testing.assert_allclose(got[b].numpy(), ref, rtol=1e-4, atol=1e-7)
+    assert (got[exclude] == 0).all()
+    assert not torch.allclose(got, vitlens.rollout(cache, discard_ratio=0.3))
+    with pytest.raises(ValueError, match=r"exclude must be a \[B, gh, gw\] = \[B, 3, 4\] bool"):
+        vitlens.rollout(cache, exclude=torch.zeros(2, 4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="leaves no patch token"):
+        vitlens.rollout(cache, exclude=torch.ones(2, 3, 4, dtype=torch.bool))
 
 
 def test_rollout_single_layer_is_the_residual_formula():

@@ -31,7 +31,8 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float, keep_col: int | No
     return fused.reshape(b, -1).scatter(1, idx, 0.0).reshape(b, t, t)
 
 
-def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: float = 0.0,
+            exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Attention rollout map.
 
     Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020,
@@ -65,11 +66,19 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
     computed as a row vector pushed down through the chain (``O(N·n)`` per block on
     the windows), never forming the ``N x N`` products.
 
+    ``exclude`` (e.g. :func:`vitlens.high_norm_tokens`' ``mask``, Darcet et al. 2023)
+    removes patch tokens as routes of information: in every layer their key columns of
+    the fused ``A_l`` are set to 0 after step 2, like discarded entries (their own
+    residual ``0.5·I`` stays), before the rows are renormalised; the final map is 0 on
+    them and renormalised over the rest.
+
     Args:
         cache: captured with ``rows="all"`` and every layer from 0 up to the last one
             to include (normally all layers; windowed models need every layer).
         head_fusion: ``"mean"`` | ``"max"`` | ``"min"``.
         discard_ratio: in ``[0, 1)``.
+        exclude: optional ``[B, gh, gw]`` bool, patch tokens to leave out (token-level
+            models only).
 
     Returns:
         ``[B, gh, gw]`` float32 maps, each summing to 1 (windowed models: the first
@@ -81,6 +90,9 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
         raise ValueError("rollout needs the full T x T attention; capture with rows='all' "
                          f"(this cache has rows={cache.rows!r})")
     if cache.windowed:
+        if exclude is not None:
+            raise ValueError("rollout(exclude=...) needs a token-level model: a windowed (Swin) model's tokens "
+                             "are merged between stages, so first-stage exclusions have no per-layer meaning")
         return _windowed_rollout(cache, head_fusion, discard_ratio)
     layers = cache.layers
     if layers != list(range(len(layers))):
@@ -91,6 +103,17 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
         cache.attention(layers[0])  # raises the "nothing was recorded" error
     assert layout is not None
     P, cls = layout.num_prefix_tokens, layout.cls_index
+    drop = None
+    if exclude is not None:
+        if not isinstance(exclude, torch.Tensor) or exclude.dtype != torch.bool or exclude.dim() != 3 \
+                or tuple(exclude.shape[1:]) != tuple(layout.grid_size):
+            raise ValueError(f"exclude must be a [B, gh, gw] = [B, {layout.grid_size[0]}, {layout.grid_size[1]}] bool "
+                             f"tensor (e.g. high_norm_tokens(...).mask), got "
+                             f"{getattr(exclude, 'dtype', type(exclude).__name__)} "
+                             f"{tuple(getattr(exclude, 'shape', ()))}")
+        drop = exclude.reshape(exclude.shape[0], -1)
+        if drop.all(dim=1).any():
+            raise ValueError("exclude leaves no patch token for some image; exclude fewer tokens")
     # Only one row of R is needed (the CLS row, or the mean of the patch rows), so it is
     # computed as a row vector pushed down from the last layer, v <- v·Â_l: O(L·T²) per
     # image instead of the O(L·T³) of forming R = Â_L ··· Â_1; the result is identical.
@@ -98,6 +121,9 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
     for layer in reversed(layers):
         a = fuse_heads(cache.attention(layer).float(), head_fusion)  # [B, T, T]
         a = discard_lowest(a, discard_ratio, cls)
+        if drop is not None:
+            a = a.clone()
+            a[:, :, P:] = a[:, :, P:].masked_fill(drop.to(a.device)[:, None, :], 0.0)
         if v is None:
             v = a.new_zeros(a.shape[0], a.shape[-1])
             if cls is not None:
@@ -108,6 +134,8 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
         v = 0.5 * torch.einsum("bq,bqk->bk", w, a) + 0.5 * w
     assert v is not None
     m = v[:, P:]
+    if drop is not None:
+        m = m.masked_fill(drop.to(m.device), 0.0)
     m = m / m.sum(dim=-1, keepdim=True)
     return m.reshape(m.shape[0], *layout.grid_size)
 
