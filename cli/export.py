@@ -29,6 +29,16 @@ def _analyses(value: str | None) -> list[str] | None:
     return [v.strip().lower() for v in value.split(",") if v.strip()]
 
 
+def _command_line() -> str:
+    """The command as typed (``python -m vitlens.batch ...`` is recorded as ``vitlens export ...``)."""
+    import shlex
+
+    args = sys.argv[1:]
+    if not args or args[0] != "export":
+        args = ["export", *args]
+    return shlex.join(["vitlens", *args])
+
+
 @click.command()
 @click.argument("input_spec", metavar="INPUT", type=str)
 @click.argument("output", metavar="OUTPUT.h5", type=click.Path(dir_okay=False))
@@ -104,13 +114,12 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
                     bar._bar.length = n
             summary = run_export(model, cfg, inputs, output, options, checkpoint=checkpoint,
                                  pretrained=pretrained if checkpoint is None and name != "demo" else False,
-                                 model_name=name, command=" ".join(["vitlens", *sys.argv[1:]]),
+                                 model_name=name, command=_command_line(),
                                  progress=bar.update, total=set_total)
     finally:
         signal.signal(signal.SIGTERM, old)
-    if rank > 0:
-        raise SystemExit(EXIT_INTERRUPTED if summary.interrupted else
-                         (EXIT_SOME_FAILED if summary.failed else 0))
+    if rank > 0:  # rank 0 reports for every rank (torchrun treats any non-zero rank as a failure)
+        raise SystemExit(EXIT_INTERRUPTED if summary.interrupted else 0)
     if summary.interrupted:
         fail(f"interrupted: '{output}' holds {summary.rows} committed row(s) and is readable; "
              f"run the same command with --resume to continue", EXIT_INTERRUPTED)

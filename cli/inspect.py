@@ -65,7 +65,8 @@ def inspect(path, failed, as_json, debug):
     out.append("datasets:")
     width = max(len(k) for k in datasets)
     for k, d in datasets.items():
-        out.append(f"  {k:<{width}}  {str(tuple(d['shape'])):<22} {d['dtype']:<8} chunks {tuple(d['chunks'] or ())}")
+        layout = f"chunks {tuple(d['chunks'])}" if d["chunks"] else ("virtual" if info["shards"] else "contiguous")
+        out.append(f"  {k:<{width}}  {str(tuple(d['shape'])):<22} {d['dtype']:<8} {layout}")
     if info.get("command"):
         out.append(f"command: {info['command']}")
     for r in info.get("failed_rows", []):

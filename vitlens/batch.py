@@ -483,4 +483,4 @@ def _attrs(model: nn.Module, name: str, data_config: dict[str, Any], layout: Any
 if __name__ == "__main__":  # python -m vitlens.batch INPUT OUTPUT.h5 [options]  (same as `vitlens export`)
     from vitlens.cli.main import cli
 
-    cli(["export", *sys.argv[1:]])
+    cli(["export", *sys.argv[1:]], prog_name="vitlens")

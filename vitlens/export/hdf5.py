@@ -275,9 +275,25 @@ class ExportWriter:
 
     # ------------------------------------------------------------ open / create
     def _create(self, attrs: Mapping[str, Any]) -> None:
+        """Build the empty file under a temporary name, then rename it into place.
+
+        A kill while HDF5 creates the file (superblock, object headers, first flush) can
+        leave a file HDF5 cannot open; the rename makes OUTPUT appear only complete
+        (and an ``--overwrite`` keeps the old file readable until then).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(self.path, "w")
-        self._file = f
+        for stale in self.path.parent.glob(f".{self.path.name}.creating-*"):  # we hold the lock
+            stale.unlink(missing_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w") as f:
+                self._build(f, attrs)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._file = h5py.File(self.path, "r+")
+
+    def _build(self, f: h5py.File, attrs: Mapping[str, Any]) -> None:
         from vitlens import __version__
 
         meta = {"schema": SCHEMA, "vitlens_version": __version__,
@@ -300,7 +316,6 @@ class ExportWriter:
             for k, v in col.attrs.items():
                 ds.attrs[k] = _attr_value(v)
         f.attrs[COMMITTED_ATTR] = np.int64(0)
-        f.flush()
 
     def _open_existing(self) -> None:
         try:
@@ -641,28 +656,39 @@ def merge_shards(output: str | os.PathLike[str], shards: Sequence[str | os.PathL
             raise VitlensError(f"shard '{s}' was written with other settings than '{infos[0][0]}'; "
                                f"rerun every rank with the same options")
     total = sum(n for _, n, *_ in infos)
-    with OutputLock(out), h5py.File(out, "w") as f:
-        for k, v in infos[0][3].items():
-            if k.startswith("shard_"):
-                continue
-            f.attrs[k] = v
-        cfg = dict(infos[0][4])
-        cfg.pop("shard", None)
-        f.attrs["config"] = json.dumps(cfg, sort_keys=True)
-        f.attrs["shards"] = np.array([os.path.relpath(s, out.parent) for s, *_ in infos], dtype=STR_DTYPE)
-        for name, (shape, dtype, attrs) in infos[0][2].items():
-            layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
-            pos = 0
-            for s, n, *_ in infos:
-                if n:
-                    rel = os.path.relpath(s, out.parent)
-                    layout[pos:pos + n] = h5py.VirtualSource(rel, name, shape=(n, *shape))
-                pos += n
-            is_float = np.dtype(dtype).kind == "f"
-            ds = f.create_virtual_dataset(name, layout, fillvalue=np.nan if is_float else None)
-            for k, v in attrs.items():
-                ds.attrs[k] = v
-        f.attrs["rows_planned"] = np.int64(total)
-        f.attrs["complete"] = np.bool_(True)
-        f.attrs[COMMITTED_ATTR] = np.int64(total)
+    tmp = out.with_name(f".{out.name}.creating-{os.getpid()}")
+    with OutputLock(out):
+        try:
+            with h5py.File(tmp, "w") as f:
+                _write_view(f, infos, out, total)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
+
+
+def _write_view(f: h5py.File, infos: list, out: Path, total: int) -> None:
+    """Root attributes and one virtual dataset per row-indexed dataset of the shards."""
+    for k, v in infos[0][3].items():
+        if k.startswith("shard_"):
+            continue
+        f.attrs[k] = v
+    cfg = dict(infos[0][4])
+    cfg.pop("shard", None)
+    f.attrs["config"] = json.dumps(cfg, sort_keys=True)
+    f.attrs["shards"] = np.array([os.path.relpath(s, out.parent) for s, *_ in infos], dtype=STR_DTYPE)
+    for name, (shape, dtype, attrs) in infos[0][2].items():
+        layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
+        pos = 0
+        for s, n, *_ in infos:
+            if n:
+                rel = os.path.relpath(s, out.parent)
+                layout[pos:pos + n] = h5py.VirtualSource(rel, name, shape=(n, *shape))
+            pos += n
+        is_float = np.dtype(dtype).kind == "f"
+        ds = f.create_virtual_dataset(name, layout, fillvalue=np.nan if is_float else None)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+    f.attrs["rows_planned"] = np.int64(total)
+    f.attrs["complete"] = np.bool_(True)
+    f.attrs[COMMITTED_ATTR] = np.int64(total)
