@@ -294,7 +294,7 @@ def ref_chefer(attns, grads, cls, P, grid):
     return m.reshape(grid)
 
 
-@pytest.mark.parametrize("case", ["vit", "vit_qk_norm", "deit_distilled", "dinov2_reg4", "gap_no_cls"])
+@pytest.mark.parametrize("case", ["vit", "vit_qk_norm", "deit_distilled", "dinov2_reg4", "gap_no_cls", "non_square"])
 @pytest.mark.parametrize("method", ["grad-rollout", "chefer"])
 def test_attention_gradient_methods_against_manual_autograd(method, case):
     model, x = make_model(case)
@@ -424,3 +424,15 @@ def test_swin_gradient_methods_say_what_they_need():
     ixg = vitlens.explain(model, x, "input-x-gradient")
     assert ixg.shape == (2, 16, 16) and torch.isfinite(ixg).all()
     assert vitlens.explain(model, x, "rollout").shape == (2, 16, 16)
+
+
+def test_frozen_model_gives_the_same_maps():
+    """Gradients start at the input, so a model with every parameter frozen explains the same."""
+    model, x = make_model("deit_distilled")
+    want = {m: vitlens.explain(model, x, m, target=[1, 2]) for m in ("chefer", "gradcam", "input-x-gradient")}
+    model.requires_grad_(False)
+    before = model_state(model)
+    for m, w in want.items():
+        torch.testing.assert_close(vitlens.explain(model, x, m, target=[1, 2]), w)
+    assert_same_state(before, model_state(model))
+    assert not any(p.requires_grad for p in model.parameters())
