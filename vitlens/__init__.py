@@ -19,6 +19,8 @@ from .analysis import (AttentionMaps, ShapeBiasResult, attention_maps, attention
 from .analysis.artefacts import HighNormTokens, high_norm_tokens
 from .analysis.distance import HeadStatistics, attention_entropy, head_statistics, mean_attention_distance
 from .analysis import METHODS as EXPLAIN_METHODS, Explanation, explain, explanation
+from .analysis.faithfulness import FaithfulnessResult, evaluate
+from .analysis.importance import KeepRatioCurve, keep_ratio_curve, keep_tokens, token_importance
 from .capture import AttentionCache, TokenLayout, capture, register_adapter, supported_families
 from .capture.cache import WindowLayout
 from .data import find_images, load_image
@@ -42,3 +44,4 @@ __all__ = [
 __all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "head_statistics"]
 __all__ += ["high_norm_tokens", "HighNormTokens"]
 __all__ += ["explain", "explanation", "Explanation", "EXPLAIN_METHODS"]
+__all__ += ["evaluate", "FaithfulnessResult", "token_importance", "keep_tokens", "keep_ratio_curve", "KeepRatioCurve"]
