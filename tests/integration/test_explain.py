@@ -352,6 +352,14 @@ def test_ig_against_the_riemann_sum():
         np.testing.assert_allclose(got[b].numpy(), ref.double().numpy(), rtol=2e-3, atol=1e-5)
 
 
+def test_ig_internal_batches_do_not_change_the_result():
+    model, x = make_model("vit")
+    whole = vitlens.explain(model, x, "ig", n_steps=4, internal_batch_size=8)
+    torch.testing.assert_close(vitlens.explain(model, x, "ig", n_steps=4, internal_batch_size=3), whole,
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(vitlens.explain(model, x, "ig", n_steps=4), whole, rtol=1e-4, atol=1e-6)
+
+
 def test_ig_patches_satisfy_completeness():
     """Σ patches = f(x) - f(0): why the signed sum is the default pooling."""
     model, x = make_model("gap_no_cls")

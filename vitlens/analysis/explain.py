@@ -205,7 +205,7 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
     - ``"ig"``: captum Integrated Gradients, per patch the signed sum of the pixel
       attributions (``pool="abs"``: sum of ``|a|``; ``pixels=True``: ``[B, H, W]``, summed
       over channels only). Options ``baselines=None`` (0 = the mean image),
-      ``n_steps=32``, ``integration="gausslegendre"``, ``internal_batch_size=None``,
+      ``n_steps=32``, ``integration="gausslegendre"``, ``internal_batch_size=None`` (inputs per forward; None = ``max(B, 32)``),
       ``pool="sum"``, ``pixels=False``.
     - ``"input-x-gradient"``: captum InputXGradient, pooled like ``ig``. Options
       ``pool="sum"``, ``pixels=False``.

@@ -311,10 +311,11 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.T
         images: ``[B, 3, H, W]`` preprocessed batch.
         target: ``[B]`` class per image.
         baselines: None (zeros), a number, or a tensor broadcastable to ``images``.
-        n_steps: integration points (captum expands the batch ``n_steps`` times;
-            ``internal_batch_size`` bounds one forward).
+        n_steps: integration points (captum evaluates ``B · n_steps`` inputs).
         integration: captum's ``method``.
-        internal_batch_size: passed to captum.
+        internal_batch_size: model inputs per forward pass (captum's option); None =
+            ``max(B, 32)``, so memory stays near that of a batch of ``max(B, 32)``
+            images instead of ``B · n_steps``.
 
     Returns:
         ``[B, 3, H, W]`` attributions.
@@ -330,7 +331,7 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.T
             base = base.to(device=x.device, dtype=x.dtype).expand_as(x).contiguous()
         return IntegratedGradients(model).attribute(
             x, baselines=base, target=target, n_steps=n_steps, method=integration,
-            internal_batch_size=internal_batch_size).detach()
+            internal_batch_size=internal_batch_size or max(x.shape[0], 32)).detach()
 
 
 def input_x_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
