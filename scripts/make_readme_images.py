@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import vitlens
+from vitlens.analysis.distance import patch_distance_matrix
 from vitlens.export.figures import distance_vs_depth, head_grid, save_figure
 from vitlens.export.overlay import overlay, save_png
 
@@ -94,7 +95,11 @@ def main() -> None:
         source = f"{len(images)} example photos"
     batch = torch.stack([vitlens.preprocess(im, cfg).tensor for im in images])
     stats = vitlens.head_statistics(model, batch, statistics=("distance",), batch_size=50)["distance"]
-    fig = distance_vs_depth(stats, title=f"demo ViT: mean attention distance ({source})")
+    fig = distance_vs_depth(stats, title=f"demo ViT, {source}")
+    uniform = float(patch_distance_matrix((8, 8), (4, 4)).mean())   # the demo's grid and patch
+    fig.axes[0].axhline(uniform, ls="--", c="gray", lw=1)
+    fig.axes[0].annotate("uniform attention", (0, uniform), xytext=(0, 3), textcoords="offset points",
+                         color="gray", fontsize=8)
     save_figure(fig, OUT / "demo_distance_vs_depth.png", dpi=110)
 
     print(f"prediction {pred}; distance from {source}; wrote {sorted(p.name for p in OUT.glob('*.png'))}")
