@@ -7,8 +7,10 @@ from vitlens import __version__
 
 from .attend import attend
 from .distance import distance
+from .evaluate import evaluate
 from .export import export
 from .figure import figure
+from .importance import importance
 from .inspect import inspect
 from .models import models
 from .shape_bias import shape_bias
@@ -22,8 +24,10 @@ def cli() -> None:
 
 cli.add_command(attend)
 cli.add_command(distance)
+cli.add_command(evaluate)
 cli.add_command(export)
 cli.add_command(figure)
+cli.add_command(importance)
 cli.add_command(inspect)
 cli.add_command(models)
 cli.add_command(shape_bias)

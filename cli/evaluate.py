@@ -1,0 +1,149 @@
+"""``vitlens evaluate``: faithfulness metrics (deletion, insertion, positive/negative perturbation) of map methods."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from vitlens.errors import VitlensError
+
+from .common import Progress, handle_errors, load_cli_model, model_options
+
+
+def split_names(value: str | None) -> list[str] | None:
+    """``"a,b c"`` -> ``["a", "b", "c"]``; None stays None."""
+    if value is None:
+        return None
+    names = [v for v in value.replace(",", " ").split() if v]
+    if not names:
+        raise VitlensError(f"expected a comma-separated list of names, got {value!r}")
+    return names
+
+
+def check_plot_path(plot_path: str | None) -> None:
+    if plot_path is None:
+        return
+    from vitlens.export.figures import FIGURE_FORMATS
+
+    fmt = Path(plot_path).suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise VitlensError(f"--plot '{plot_path}': use a file name ending in "
+                           f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
+
+
+class FailedItems:
+    """Wrap :func:`vitlens.data.image_batches`: remember failed items and decoded paths; stop after ``limit`` decoded images."""
+
+    def __init__(self, batches, root, limit: int | None = None) -> None:
+        self.batches, self.root, self.limit = batches, root, limit
+        self.failed: list[tuple[str, str]] = []
+        self.ok_paths: list[str] = []
+
+    def __iter__(self):
+        from vitlens.data import ImageBatch, relative_name
+
+        for b in self.batches:
+            if self.limit is not None:
+                ok_idx = b.ok.nonzero().flatten()
+                room = self.limit - len(self.ok_paths)
+                if len(ok_idx) > room:       # trim the batch after the last image that fits
+                    cut = int(ok_idx[room - 1]) + 1 if room > 0 else 0
+                    b = ImageBatch(b.index[:cut], b.images[:cut], b.ok[:cut], b.errors[:cut], b.paths[:cut])
+            for ok, err, p in zip(b.ok.tolist(), b.errors, b.paths):
+                if ok:
+                    self.ok_paths.append(relative_name(p, self.root))
+                else:
+                    self.failed.append((relative_name(p, self.root), err))
+            yield b
+            if self.limit is not None and len(self.ok_paths) >= self.limit:
+                return
+
+
+def warn_failed(failed: list[tuple[str, str]], limit: int = 10) -> None:
+    for path, reason in failed[:limit]:
+        click.echo(f"vitlens: warning: skipped {path}: {reason}", err=True)
+    if len(failed) > limit:
+        click.echo(f"vitlens: warning: ... and {len(failed) - limit} more skipped file(s) (see --json)", err=True)
+
+
+def read_inputs(input_spec: str, loaded, with_labels: bool, batch_size: int, limit: int | None = None):
+    """(inputs, labels or None, FailedItems iterator) for a command-line INPUT."""
+    from vitlens.data import image_batches, labels_from_folders, resolve_inputs
+    from vitlens.models import class_names
+
+    inputs = resolve_inputs(input_spec)
+    labels = None
+    if with_labels:
+        names = class_names(loaded.model)
+        labels = labels_from_folders(inputs.paths, names)
+    batches = FailedItems(image_batches(inputs.paths, loaded.data_config, batch_size=batch_size), inputs.root, limit)
+    return inputs, labels, batches
+
+
+@click.command("evaluate")
+@click.argument("input_spec", metavar="INPUT")
+@model_options()
+@click.option("--labels", "with_labels", is_flag=True,
+              help="Take each image's true class from its parent folder's name (must be a class of the model). "
+                   "Without it, 'correct' in the perturbation tests means 'as predicted on the clean image'.")
+@click.option("--methods", default="rollout,random", show_default=True,
+              help="Comma-separated explain methods (cls, rollout, random, and the gradient methods if installed).")
+@click.option("--metrics", default=None,
+              help="Comma-separated: deletion, insertion, positive, negative, positive_drop, negative_drop. "
+                   "Default: all that apply to the model.")
+@click.option("--target", type=click.Choice(["predicted", "label"]), default="predicted", show_default=True,
+              help="Class each map explains and deletion/insertion track ('label' needs --labels).")
+@click.option("--baseline", type=click.Choice(["blur", "mean", "zero"]), default=None,
+              help="Value of removed patches for every pixel metric. Default: the papers' (zero; insertion blur).")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Deletion/insertion steps (default: one patch per step).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate at most N images (the first ones).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result (values, errors, curves) as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the curves (.pdf, .png or .svg).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with_labels, methods, metrics, target,
+             baseline, steps, limit, batch_size, seed, as_json, plot_path, quiet):
+    """Faithfulness of attention/attribution maps on the images in INPUT.
+
+    INPUT is an image, a folder (recursive), a list file or a quoted glob. Prints a table
+    of AUCs (deletion/insertion: Petsiuk et al. 2018; positive/negative perturbation and
+    their token-drop variants: Chefer et al. 2021), mean ± standard error over images;
+    docs/faithfulness.md defines each one. Undecodable files are skipped with a warning.
+    """
+    from vitlens.analysis.faithfulness import evaluate as run_evaluate
+
+    check_plot_path(plot_path)
+    method_list = split_names(methods)
+    metric_list = split_names(metrics)
+    if target == "label" and not with_labels:
+        raise VitlensError("--target label needs --labels (true classes from the folder names)")
+    loaded = load_cli_model(model_name, checkpoint, pretrained, device)
+    inputs, labels, batches = read_inputs(input_spec, loaded, with_labels, batch_size, limit)
+    total = len(inputs.paths) if limit is None else min(limit, len(inputs.paths))
+    with Progress(total=total, label="evaluate", quiet=quiet) as bar:
+        result = run_evaluate(loaded.model, batches, labels, methods=method_list, metrics=metric_list,
+                              target=target, baseline=baseline, steps=steps, limit=limit, seed=seed,
+                              progress=bar.update)
+    warn_failed(batches.failed)
+    if plot_path is not None:
+        from vitlens.export.curves import faithfulness_curves
+        from vitlens.export.figures import save_figure
+
+        save_figure(faithfulness_curves(result), plot_path)
+    if as_json:
+        payload = result.to_dict()
+        payload.update({"model": model_name, "input": str(input_spec),
+                        "skipped": [{"path": p, "reason": r} for p, r in batches.failed]})
+        click.echo(json.dumps(payload, indent=2, allow_nan=False))
+    else:
+        ref = "true labels" if result.params["reference"] == "labels" else "the clean prediction"
+        click.echo(f"{result.n_images} images ({len(batches.failed)} skipped); target: {target} class; "
+                   f"perturbation accuracy against {ref}; AUC mean ± s.e.")
+        click.echo(result.table())
+    if plot_path is not None:
+        click.echo(f"wrote {plot_path}", err=True)

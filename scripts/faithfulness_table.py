@@ -1,0 +1,169 @@
+"""Faithfulness table of every explain method on the demo model over CIFAR-10 test images.
+
+Takes the first ``--per-class`` images (sorted file names 0000.jpg, 0001.jpg, ...) of
+each class of the CIFAR-10 test split straight from the shared archive
+(``shared/data/cifar10/cifar10-jpg.tar.gz``), in class-interleaved order (image 0 of
+every class, then image 1 of every class, ...; so every chunk of 10·k images holds k
+per class), preprocesses them with the demo model's own transform, and runs
+:func:`vitlens.evaluate` with the true labels, ``--chunk`` images at a time. After each
+chunk the JSON file (``--json``) is rewritten with every per-image AUC so far, so a
+long run can be stopped and its table still printed. ``--merge`` prints the table of
+one or more such files (e.g. one per method, run in parallel processes).
+
+Commands behind the table in docs/faithfulness.md::
+
+    for m in cls rollout grad-rollout chefer ig input-x-gradient gradcam random; do
+        nice -n 10 python scripts/faithfulness_table.py --methods $m --json /tmp/ft/$m.json &
+    done; wait
+    python scripts/faithfulness_table.py --merge /tmp/ft/*.json
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import tarfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+ALL_METHODS = ("cls", "rollout", "grad-rollout", "chefer", "ig", "input-x-gradient", "gradcam", "random")
+
+
+def find_archive() -> Path:
+    for parent in Path(__file__).resolve().parents:
+        p = parent / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
+        if p.exists():
+            return p
+    return Path("/work/shared/data/cifar10/cifar10-jpg.tar.gz")
+
+
+def load_split(archive: Path, per_class: int, transform) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Class-interleaved first ``per_class`` test images of each class: (images, labels, names)."""
+    wanted: dict[str, list[str]] = {c: [] for c in CLASSES}
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar if m.isfile() and m.name.startswith("test/") and m.name.endswith(".jpg")}
+        for name in sorted(members):
+            cls = Path(name).parts[1]
+            if len(wanted[cls]) < per_class:
+                wanted[cls].append(name)
+        xs, ys, names = [], [], []
+        for i in range(per_class):
+            for ci, cls in enumerate(CLASSES):
+                name = wanted[cls][i]
+                img = Image.open(io.BytesIO(tar.extractfile(members[name]).read())).convert("RGB")
+                xs.append(transform(img))
+                ys.append(ci)
+                names.append(name)
+    return torch.stack(xs), torch.tensor(ys), names
+
+
+def run(args: argparse.Namespace) -> int:
+    import vitlens
+
+    torch.set_num_threads(args.threads)
+    from vitlens.analysis.explain import METHODS as known
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        print(f"note: methods not in this checkout, skipped: {', '.join(unknown)}", file=sys.stderr)
+        methods = [m for m in methods if m in known]
+    model, cfg = vitlens.load_model("demo", device="cpu")
+    x, y, _ = load_split(Path(args.archive) if args.archive else find_archive(), args.per_class,
+                         vitlens.make_transform(cfg))
+    t0 = time.perf_counter()
+    per_image: dict[str, dict[str, list[float]]] = {}
+    curve_sum: dict[str, dict[str, list[float]]] = {}
+    curve_x: dict[str, list[float]] = {}
+    correct = 0
+    for c, s in enumerate(range(0, len(x), args.chunk)):
+        xc, yc = x[s:s + args.chunk], y[s:s + args.chunk]
+        r = vitlens.evaluate(model, xc, yc, methods=methods,
+                             metrics=None if args.metrics is None else args.metrics.split(","),
+                             steps=args.steps, batch_size=args.chunk, seed=c)
+        with torch.no_grad():
+            correct += int((model(xc).argmax(-1) == yc).sum())
+        for m in r.methods:
+            for k, v in r.per_image[m].items():
+                per_image.setdefault(m, {}).setdefault(k, []).extend(v.tolist())
+                cur = r.curves[m][k]
+                curve_x[k] = cur.x
+                prev = curve_sum.setdefault(m, {}).get(k, [0.0] * len(cur.y))
+                curve_sum[m][k] = [a + b * len(xc) for a, b in zip(prev, cur.y)]
+        n = s + len(xc)
+        wall = time.perf_counter() - t0
+        payload = {
+            "model": "demo", "n_images": n, "per_class_requested": args.per_class, "steps": args.steps,
+            "methods": methods, "metrics": r.metrics, "params": {k: v for k, v in r.to_dict()["params"].items()
+                                                                if k not in ("seed", "limit")},
+            "clean_accuracy": correct / n, "wall_time_s": wall, "threads": args.threads,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
+            "per_image": per_image, "curve_x": curve_x,
+            "curves": {m: {k: [v / n for v in ys] for k, ys in d.items()} for m, d in curve_sum.items()},
+        }
+        if args.json_path:
+            tmp = Path(str(args.json_path) + ".tmp")
+            tmp.write_text(json.dumps(payload))
+            tmp.replace(args.json_path)
+        print(f"  {n}/{len(x)} images, {wall:.0f} s", file=sys.stderr, flush=True)
+    print(table([payload]))
+    return 0
+
+
+def table(payloads: list[dict]) -> str:
+    """Markdown table (mean ± s.e. over images) from one or more run JSONs."""
+    from vitlens.analysis.faithfulness import LOWER_IS_BETTER, METRICS
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    for p in payloads:
+        rows.update(p["per_image"])
+    metrics = [m for m in METRICS if any(m in v for v in rows.values())]
+    order = [m for m in ALL_METHODS if m in rows] + [m for m in rows if m not in ALL_METHODS]
+    head = "| method | " + " | ".join(f"{m} {'↓' if LOWER_IS_BETTER[m] else '↑'}" for m in metrics) + " |"
+    out = [head, "|---|" + "---:|" * len(metrics)]
+    for method in order:
+        cells = []
+        for m in metrics:
+            v = rows[method].get(m)
+            if not v:
+                cells.append("")
+                continue
+            mean = sum(v) / len(v)
+            sem = math.sqrt(sum((a - mean) ** 2 for a in v) / (len(v) - 1) / len(v)) if len(v) > 1 else float("nan")
+            d = 3 if m in ("deletion", "insertion") else 2
+            cells.append(f"{mean:.{d}f} ± {sem:.{d}f}")
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--per-class", type=int, default=100, help="images per class (first N by file name)")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated explain methods")
+    ap.add_argument("--metrics", default=None, help="comma-separated metrics (default: all that apply)")
+    ap.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16 of 64 patches)")
+    ap.add_argument("--chunk", type=int, default=50, help="images per evaluate call (progress is saved after each)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", dest="json_path", default=None, help="write the running result here")
+    ap.add_argument("--archive", default=None)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="print the table of these run files instead of running")
+    args = ap.parse_args(argv)
+    if args.merge:
+        payloads = [json.loads(Path(p).read_text()) for p in args.merge]
+        for p in payloads:
+            print(f"{','.join(p['methods'])}: {p['n_images']} images, clean top-1 {100 * p['clean_accuracy']:.1f}%, "
+                  f"wall {p['wall_time_s']:.0f} s, {p['date']}", file=sys.stderr)
+        print(table(payloads))
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
