@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from vitlens.errors import VitlensError
+
 from .common import handle_errors
 
 KINDS = ("distance", "cls-grid", "rollout-grid")
@@ -19,20 +21,19 @@ def parse_rows(spec: str | None, n: int) -> list[int] | None:
         if not part:
             continue
         try:
-            if ":" in part:
-                a, b = part.split(":", 1)
-                out.extend(range(*slice(int(a) if a else None, int(b) if b else None).indices(n)))
-            else:
-                i = int(part)
-                if not -n <= i < n:
-                    raise click.BadParameter(f"row {i} is out of range: the file has {n} committed rows",
-                                             param_hint="--rows")
-                out.append(i % n)
+            bounds = [int(v) if v else None for v in part.split(":", 1)]
         except ValueError:
-            raise click.BadParameter(f"{part!r}: use row numbers and ranges like 0,3,5 or 0:8",
-                                     param_hint="--rows") from None
+            raise VitlensError(f"--rows {part!r}: use row numbers and ranges like 0,3,5 or 0:8") from None
+        if len(bounds) == 2:
+            out.extend(range(*slice(*bounds).indices(n)))
+            continue
+        i = bounds[0]
+        if i is None or not -n <= i < n:
+            raise VitlensError(f"--rows: row {i} is out of range: the file has {n} committed rows "
+                               f"(0..{n - 1}, or negative from the end)")
+        out.append(i % n)
     if not out:
-        raise click.BadParameter(f"{spec!r} selects no row (the file has {n} rows)", param_hint="--rows")
+        raise VitlensError(f"--rows {spec!r} selects no row (the file has {n} rows)")
     return out
 
 
@@ -63,23 +64,23 @@ def figure(path, kind, rows, head, images, out, debug):
     from vitlens.export.hdf5 import read
 
     if Path(out).suffix.lower().lstrip(".") not in figures.FIGURE_FORMATS:
-        raise click.BadParameter(f"'{out}': the file name must end in .png, .pdf or .svg", param_hint="--out")
+        raise VitlensError(f"--out '{out}': the file name must end in .png, .pdf or .svg")
     with read(path) as f:
         if f.rows == 0:
-            raise click.UsageError(f"'{path}' holds no committed rows yet; nothing to draw")
+            raise VitlensError(f"'{path}' holds no committed rows yet; nothing to draw")
         ok = f.ok
         chosen = parse_rows(rows, f.rows)
         dataset = {"distance": "attention_distance", "cls-grid": "cls_attention", "rollout-grid": "rollout"}[kind]
         if dataset not in f:
             why = f.attrs.get("cls_attention_omitted") if dataset == "cls_attention" else None
-            raise click.UsageError(f"'{path}' has no {dataset} dataset"
+            raise VitlensError(f"'{path}' has no {dataset} dataset"
                                    + (f" ({why})" if why else "")
                                    + f"; export it with --analyses including "
                                    f"{ {'attention_distance': 'distance', 'cls_attention': 'cls', 'rollout': 'rollout'}[dataset]}")
         if chosen is None:
             good = np.flatnonzero(ok)
             if not good.size:
-                raise click.UsageError(f"every row of '{path}' failed (images/ok is false); nothing to draw")
+                raise VitlensError(f"every row of '{path}' failed (images/ok is false); nothing to draw")
             chosen = good.tolist() if kind == "distance" else good[:8].tolist()
         data = np.asarray(f[dataset][chosen], dtype=np.float64)
         labels = [f["images/path"][i] for i in chosen]
@@ -92,17 +93,14 @@ def figure(path, kind, rows, head, images, out, debug):
                 pics, boxes = _originals(f, labels)
             if kind == "cls-grid":
                 if head in ("mean", "max", "min"):
-                    maps = {"mean": np.nanmean, "max": np.nanmax, "min": np.nanmin}[head](data, axis=2) \
-                        if np.isfinite(data).any() else data.mean(axis=2)
+                    maps = {"mean": np.mean, "max": np.max, "min": np.min}[head](data, axis=2)  # NaN rows stay NaN
                 else:
                     try:
                         h = int(head)
                     except ValueError:
-                        raise click.BadParameter(f"{head!r}: use mean, max, min or a head index",
-                                                 param_hint="--head") from None
+                        raise VitlensError(f"--head {head!r}: use mean, max, min or a head index") from None
                     if not -data.shape[2] <= h < data.shape[2]:
-                        raise click.BadParameter(f"head {h} is out of range: the file has {data.shape[2]} heads",
-                                                 param_hint="--head")
+                        raise VitlensError(f"--head {h} is out of range: the file has {data.shape[2]} heads")
                     maps = data[:, :, h]
                 fig = figures.cls_grid(maps, pics, boxes=boxes, row_labels=labels,
                                        title=f"{model}: CLS attention per layer (heads: {head})")
