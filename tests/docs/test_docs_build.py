@@ -20,9 +20,12 @@ def site(tmp_path_factory):
     require("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_click", extra="docs")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "MPLBACKEND": "Agg"}
+    # Not from the repository root: `python -m` puts the cwd first on sys.path, and the repo's
+    # vitlens/ folder has no vitlens.cli (cli/ is installed as vitlens.cli), which mkdocs-click
+    # imports. The docstrings are read from the sources (mkdocstrings `paths`, relative to mkdocs.yml).
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
                            str(REPO / "mkdocs.yml"), "--site-dir", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path_factory.mktemp("cwd"), env=env, capture_output=True, text=True, timeout=300)
     problems = [line for line in proc.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert proc.returncode == 0, "mkdocs build --strict failed:\n" + "\n".join(problems or [proc.stderr[-3000:]])
     return out
