@@ -417,21 +417,43 @@ def test_default_target_is_argmax_and_target_changes_the_map(method):
 
 
 # ---------------------------------------------------------------------- Swin
-def test_swin_gradient_methods_say_what_they_need():
-    import timm
+@pytest.mark.parametrize("case", ["swin_pad", "swinv2_pad"])
+def test_swin_grad_rollout_against_stagewise_reference(case):
+    """Swin: mean_h (∇A ⊙ A)⁺ per window, then test_swin's dense, stage-by-stage rollout reference."""
+    from .test_swin import allowed_reference, blocks_of, dense_reference, make_swin, rollout_reference
 
-    torch.manual_seed(0)
-    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4,
-                              embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), num_classes=10).eval()
-    x = torch.randn(2, 3, 64, 64)
+    model, x = make_swin(case)
+    got = vitlens.explain(model, x, "grad-rollout", target=[1, 4])
+    blocks = blocks_of(model)
+    for b, t in enumerate([1, 4]):
+        xb = x[b:b + 1].clone().requires_grad_(True)
+        with vitlens.capture(model, grad=True) as cache:
+            logits = model(xb)
+        attns = [cache.attention(layer) for layer in cache.layers]
+        grads = torch.autograd.grad(logits[0, t], attns)
+        layouts = [cache.layout_of(layer) for layer in cache.layers]
+        dense = {wl.layer: dense_reference((g * a).clamp_min(0).detach().double(), wl.grid_size, wl.window_size,
+                                           wl.shift_size) for wl, a, g in zip(layouts, attns, grads)}
+        allowed = {wl.layer: allowed_reference(blocks[wl.layer], wl.grid_size) for wl in layouts}
+        ref = rollout_reference(dense, allowed, layouts, np.mean, 0.0, 0)
+        np.testing.assert_allclose(got[b].numpy(), ref, rtol=1e-3, atol=1e-7)
+    assert not torch.allclose(got, vitlens.explain(model, x, "rollout"))
+
+
+def test_swin_other_gradient_methods_say_what_they_need():
+    from .test_swin import make_swin
+
+    model, x = make_swin("swin_small")
     before = model_state(model)
-    for method in ("grad-rollout", "chefer", "gradcam"):
-        with pytest.raises(vitlens.UnsupportedModelError, match="token-level|flat"):
-            vitlens.explain(model, x, method, **fast(method))
+    for method in ("chefer", "gradcam"):
+        with pytest.raises(vitlens.UnsupportedModelError, match="token-level") as e:
+            vitlens.explain(model, x, method)
+        assert "'ig'" in str(e.value)
     assert_same_state(before, model_state(model))
     ixg = vitlens.explain(model, x, "input-x-gradient")
     assert ixg.shape == (2, 16, 16) and torch.isfinite(ixg).all()
-    assert vitlens.explain(model, x, "rollout").shape == (2, 16, 16)
+    assert vitlens.explain(model, x, "grad-rollout").shape == (2, 16, 16)
+    assert_same_state(before, model_state(model))
 
 
 def test_frozen_model_gives_the_same_maps():

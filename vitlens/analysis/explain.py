@@ -25,7 +25,7 @@ from torch import nn
 
 from ..capture import TokenLayout, capture
 from .cls_attention import HEAD_FUSIONS, cls_attention
-from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout_map, gradcam, input_x_gradient,
+from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout, gradcam, input_x_gradient,
                         integrated_gradients, pool_to_patches, preserved_model_state, reduce_pixels,
                         resolve_target)
 from .rollout import rollout
@@ -130,11 +130,14 @@ def _random(model, images, target, seed):
     return maps, logits, layout, {"seed": seed}
 
 
-def _attention_gradient_method(combine):
-    def run(model, images, target):
-        logits, _tgt, layout, attns, grads = attention_gradients(model, images, target)
-        return combine(attns, grads, layout), logits, layout, {}
-    return run
+def _grad_rollout(model, images, target):
+    maps, logits, layout = grad_rollout(model, images, target)
+    return maps, logits, layout, {}
+
+
+def _chefer(model, images, target):
+    logits, _tgt, layout, attns, grads = attention_gradients(model, images, target)
+    return chefer_map(attns, grads, layout), logits, layout, {}
 
 
 def _pixel_method(attribute):
@@ -156,8 +159,8 @@ def _gradcam(model, images, target, layer, relu):
 
 _IMPL: dict[str, Callable[..., tuple]] = {
     "cls": _cls, "rollout": _rollout, "random": _random,
-    "grad-rollout": _attention_gradient_method(grad_rollout_map),
-    "chefer": _attention_gradient_method(chefer_map),
+    "grad-rollout": _grad_rollout,
+    "chefer": _chefer,
     "ig": _pixel_method(integrated_gradients),
     "input-x-gradient": _pixel_method(input_x_gradient),
     "gradcam": _gradcam,
@@ -198,7 +201,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
       maps sum to 1. Options ``head="mean"`` (fusion), ``discard_ratio=0.0``.
     - ``"grad-rollout"``: rollout of ``Ā_l = mean_h (∇A_l ⊙ A_l)⁺`` with ``0.5·Ā + 0.5·I``,
       rows renormalised, ``R = Â_L···Â_1``, map ``R[cls, prefix:]`` renormalised
-      (:func:`~vitlens.analysis.gradients.grad_rollout_map`). No options.
+      (:func:`~vitlens.analysis.gradients.grad_rollout_map`); Swin: the window-aware
+      rollout on the weighted windows (:func:`~vitlens.analysis.gradients.grad_rollout`).
+      No options.
     - ``"chefer"``: ``R = I; R = R + Ā_l·R`` for each layer from the first, map
       ``R[cls, prefix:]`` (Chefer, Gur & Wolf, ICCV 2021;
       :func:`~vitlens.analysis.gradients.chefer_map`). No options.
@@ -232,8 +237,8 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
     Raises:
         ValueError: unknown method (with a close-match suggestion), target out of
             range, or a method the model cannot support (``cls`` without CLS token;
-            ``grad-rollout``, ``chefer``, ``gradcam`` on windowed models such as Swin,
-            which need token-level attention: :class:`~vitlens.UnsupportedModelError`).
+            ``chefer`` and ``gradcam`` on windowed models such as Swin, which need
+            token-level attention: :class:`~vitlens.UnsupportedModelError`).
         TypeError: unknown option, or a target that is not integer.
     """
     return explanation(model, images, method, target, **options).maps

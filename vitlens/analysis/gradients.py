@@ -12,8 +12,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..capture import TokenLayout, capture
+from ..capture import AttentionCache, TokenLayout, capture
 from ..errors import UnsupportedModelError
+from .rollout import rollout
 
 
 @contextmanager
@@ -126,21 +127,56 @@ def attention_gradients(model: nn.Module, images: torch.Tensor,
         ``(logits [B, C], target [B], layout, [A_l], [∇A_l])`` with ``A_l, ∇A_l``
         ``[B, heads, T, T]`` detached, layers in forward order.
     """
+    logits, tgt, cache, attns, grads = _attention_and_gradients(model, images, target)
+    if cache.windowed:
+        raise UnsupportedModelError(
+            f"this method needs token-level (non-windowed) attention over the whole image; "
+            f"{cache.model_name} ({cache.family}) attends inside shifted windows. Use method "
+            f"'grad-rollout' or 'rollout' (window-aware), 'ig', 'input-x-gradient' or 'random' for this model")
+    assert cache.layout is not None
+    return logits, tgt, cache.layout, attns, grads
+
+
+def _attention_and_gradients(model: nn.Module, images: torch.Tensor,
+                             target: int | Sequence[int] | torch.Tensor | None):
+    """:func:`attention_gradients` for flat and windowed models; also returns the cache (geometry)."""
     with preserved_model_state(model), _grad_mode():
         x = _fresh_input(images)
         with capture(model, grad=True) as cache:
             logits = model(x)
-        if cache.windowed:
-            raise UnsupportedModelError(
-                f"gradient attention methods need token-level (non-windowed) attention; "
-                f"{cache.model_name} ({cache.family}) attends inside shifted windows. Use method "
-                f"'rollout' (window-aware), 'ig', 'input-x-gradient' or 'random' for this model")
         tgt = resolve_target(target, logits)
         attns = [cache.attention(layer) for layer in cache.layers]
         score = logits.gather(1, tgt[:, None]).sum()
         grads = torch.autograd.grad(score, attns)
-        assert cache.layout is not None
-        return (logits.detach(), tgt, cache.layout, [a.detach() for a in attns], [g.detach() for g in grads])
+    return logits.detach(), tgt, cache, [a.detach() for a in attns], [g.detach() for g in grads]
+
+
+def grad_rollout(model: nn.Module, images: torch.Tensor,
+                 target: int | Sequence[int] | torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, TokenLayout]:
+    """Gradient-weighted attention rollout of a batch: ``(maps [B, gh, gw], logits, layout)``.
+
+    Flat models: :func:`grad_rollout_map`. Windowed models (Swin, SwinV2): the same
+    weighting per window, ``Ā_l = mean_h (∇A_l ⊙ A_l)⁺`` on the recorded
+    ``[B, nW, heads, n, n]`` tensors, then exactly the window-aware recursion of
+    :func:`vitlens.rollout` (within each stage in stage coordinates, patch merging by
+    averaging the merged tokens, the map the mean over the pooled output tokens;
+    DESIGN.md §4, ``docs/swin.md``), so Swin's grad-rollout and rollout differ only in
+    the weighting.
+    """
+    logits, _tgt, cache, attns, grads = _attention_and_gradients(model, images, target)
+    assert cache.layout is not None
+    if not cache.windowed:
+        return grad_rollout_map(attns, grads, cache.layout), logits, cache.layout
+    weighted = AttentionCache(model_name=cache.model_name, family=cache.family, num_layers=cache.num_layers,
+                              num_heads=1, layers=list(cache.layers), heads=(0,), rows="all",
+                              hook_points=dict(cache.hook_points))
+    weighted._set_layout(cache.layout)
+    for layer, a, g in zip(cache.layers, attns, grads, strict=True):
+        weighted._set_layout(cache.layout_of(layer))
+        # [B, nW, heads, n, n] -> one fused "head": mean_h (∇A ⊙ A)⁺
+        weighted._record(layer, (g.float() * a.float()).clamp_min(0).mean(dim=2, keepdim=True))
+    return rollout(weighted, head_fusion="mean"), logits, cache.layout
 
 
 def weighted_attention(attn: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -391,8 +427,9 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layout
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not all(hasattr(b, "norm1") for b in blocks):
         raise UnsupportedModelError(
-            f"gradcam reads the patch tokens of blocks[i].norm1 of a flat (token-level) ViT; "
-            f"{type(model).__name__} has no such blocks. Use method 'ig' or 'input-x-gradient'")
+            f"gradcam reads the patch tokens of blocks[i].norm1 of a flat, token-level ViT; "
+            f"{type(model).__name__} has no such blocks (e.g. windowed Swin stages). "
+            f"Use method 'ig', 'input-x-gradient' or 'grad-rollout'")
     n = len(blocks)
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
         raise ValueError(f"gradcam layer {layer!r} is out of range: the model has {n} blocks; "
