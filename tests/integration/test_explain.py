@@ -440,12 +440,41 @@ def test_swin_grad_rollout_against_stagewise_reference(case):
     assert not torch.allclose(got, vitlens.explain(model, x, "rollout"))
 
 
-def test_swin_other_gradient_methods_say_what_they_need():
+@pytest.mark.parametrize("case", ["swin_pad", "swinv2_pad"])
+def test_swin_gradcam_against_hand_computation(case):
+    """Swin: Grad-CAM on a stage's NHWC output, each first-stage token given its merged token's value."""
+    from .test_swin import make_swin
+
+    model, x = make_swin(case)
+    gh, gw = vitlens.explanation(model, x, "random").layout.grid_size
+    for layer in (-1, 1):
+        got = vitlens.explain(model, x, "gradcam", target=[2, 7], layer=layer)
+        assert got.shape == (2, gh, gw)
+        s = layer % len(model.layers)
+        for b, t in enumerate([2, 7]):
+            feats = {}
+            h = model.layers[s].register_forward_hook(lambda m, i, o: feats.__setitem__("F", o))
+            try:
+                logits = model(x[b:b + 1])
+            finally:
+                h.remove()
+            F = feats["F"][0]                                            # [H_s, W_s, C]
+            (g,) = torch.autograd.grad(logits[0, t], feats["F"])
+            alpha = g[0].mean(dim=(0, 1))                                # α_k: mean over the stage grid
+            cam = (F * alpha).sum(-1).clamp_min(0).detach()              # ReLU(Σ_k α_k F_k), [H_s, W_s]
+            ref = np.zeros((gh, gw))
+            for y in range(gh):
+                for x_ in range(gw):
+                    ref[y, x_] = cam[y // 2 ** s, x_ // 2 ** s]
+            np.testing.assert_allclose(got[b].numpy(), ref, rtol=1e-3, atol=1e-6)
+
+
+def test_swin_chefer_says_what_it_needs():
     from .test_swin import make_swin
 
     model, x = make_swin("swin_small")
     before = model_state(model)
-    for method in ("chefer", "gradcam"):
+    for method in ("chefer",):
         with pytest.raises(vitlens.UnsupportedModelError, match="token-level") as e:
             vitlens.explain(model, x, method)
         assert "'ig'" in str(e.value)
@@ -453,6 +482,7 @@ def test_swin_other_gradient_methods_say_what_they_need():
     ixg = vitlens.explain(model, x, "input-x-gradient")
     assert ixg.shape == (2, 16, 16) and torch.isfinite(ixg).all()
     assert vitlens.explain(model, x, "grad-rollout").shape == (2, 16, 16)
+    assert vitlens.explain(model, x, "gradcam").shape == (2, 16, 16)
     assert_same_state(before, model_state(model))
 
 

@@ -25,9 +25,9 @@ from torch import nn
 
 from ..capture import TokenLayout, capture
 from .cls_attention import HEAD_FUSIONS, cls_attention
-from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout, gradcam, input_x_gradient,
-                        integrated_gradients, pool_to_patches, preserved_model_state, reduce_pixels,
-                        resolve_target)
+from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout, gradcam, gradcam_modules,
+                        input_x_gradient, integrated_gradients, pool_to_patches, preserved_model_state,
+                        reduce_pixels, resolve_target)
 from .rollout import rollout
 
 #: Every method :func:`explain` knows, in the order the docs present them.
@@ -154,7 +154,7 @@ def _pixel_method(attribute):
 def _gradcam(model, images, target, layer, relu):
     logits, layout = _light_forward(model, images)
     maps = gradcam(model, images, resolve_target(target, logits), layout, layer=layer, relu=relu)
-    return maps, logits, layout, {"layer": layer % len(model.blocks)}
+    return maps, logits, layout, {"layer": layer % len(gradcam_modules(model)[0])}
 
 
 _IMPL: dict[str, Callable[..., tuple]] = {
@@ -215,7 +215,8 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
     - ``"input-x-gradient"``: captum InputXGradient, pooled like ``ig``. Options
       ``pool="sum"``, ``pixels=False``.
     - ``"gradcam"``: captum LayerGradCam on the patch tokens entering block ``layer``'s
-      attention, as a ``[B, D, gh, gw]`` map. Options ``layer=-1``, ``relu=True``.
+      attention, as a ``[B, D, gh, gw]`` map (Swin: stage ``layer``'s output, placed on
+      the first stage's grid). Options ``layer=-1``, ``relu=True``.
     - ``"random"``: ``U[0, 1)`` noise per patch from ``torch.Generator().manual_seed(seed)``,
       the same for the same seed and batch shape; the floor every metric should beat.
       Option ``seed=0``.
@@ -237,8 +238,8 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
     Raises:
         ValueError: unknown method (with a close-match suggestion), target out of
             range, or a method the model cannot support (``cls`` without CLS token;
-            ``chefer`` and ``gradcam`` on windowed models such as Swin, which need
-            token-level attention: :class:`~vitlens.UnsupportedModelError`).
+            ``chefer`` on windowed models such as Swin, which needs token-level
+            attention: :class:`~vitlens.UnsupportedModelError`).
         TypeError: unknown option, or a target that is not integer.
     """
     return explanation(model, images, method, target, **options).maps

@@ -132,7 +132,8 @@ def attention_gradients(model: nn.Module, images: torch.Tensor,
         raise UnsupportedModelError(
             f"this method needs token-level (non-windowed) attention over the whole image; "
             f"{cache.model_name} ({cache.family}) attends inside shifted windows. Use method "
-            f"'grad-rollout' or 'rollout' (window-aware), 'ig', 'input-x-gradient' or 'random' for this model")
+            f"'grad-rollout' or 'rollout' (window-aware), 'gradcam', 'ig', 'input-x-gradient' or 'random' "
+            f"for this model")
     assert cache.layout is not None
     return logits, tgt, cache.layout, attns, grads
 
@@ -385,6 +386,23 @@ def input_x_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tenso
         return InputXGradient(model).attribute(x, target=target).detach()
 
 
+def gradcam_modules(model: nn.Module) -> tuple[list[nn.Module], bool]:
+    """The modules whose outputs :func:`gradcam` can use, one per ``layer``, and whether the model is windowed.
+
+    Flat ViTs: ``blocks[i].norm1`` (``[B, T, D]``); Swin / SwinV2: ``layers[s]`` (``[B, H, W, C]``).
+    """
+    from ..capture import adapter_for
+
+    if adapter_for(model).family in ("Swin", "SwinV2"):
+        return list(model.layers), True
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not all(hasattr(b, "norm1") for b in blocks):
+        raise UnsupportedModelError(
+            f"gradcam reads the patch tokens of blocks[i].norm1 of a flat, token-level ViT (or a Swin "
+            f"stage's output); {type(model).__name__} has neither. Use method 'ig' or 'input-x-gradient'")
+    return [b.norm1 for b in blocks], False
+
+
 class _TokenGrid(nn.Module):
     """Identity on ``[B, D, gh, gw]``: the module captum's LayerGradCam hooks (channels on dim 1)."""
 
@@ -394,10 +412,10 @@ class _TokenGrid(nn.Module):
 
 def gradcam(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layout: TokenLayout, *,
             layer: int = -1, relu: bool = True) -> torch.Tensor:
-    """Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391) on a block's patch tokens, via captum.
+    """Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391) on a ViT's patch tokens, via captum.
 
-    Features ``F`` are the patch tokens entering block ``layer``'s attention (the output
-    of ``blocks[layer].norm1``, prefix tokens dropped), presented to captum's
+    Flat ViTs: features ``F`` are the patch tokens entering block ``layer``'s attention
+    (the output of ``blocks[layer].norm1``, prefix tokens dropped), presented to captum's
     ``LayerGradCam`` as a ``[B, D, gh, gw]`` feature map (channels on dim 1), so::
 
         α_k = mean_{r, c} ∂ y_t / ∂ F_k[r, c]        map = ReLU(Σ_k α_k F_k)
@@ -407,16 +425,20 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layout
     and Grad-CAM there is a blank map. The input of the last attention is the last
     place patch tokens still influence the class (the recipe pytorch-grad-cam uses).
 
-    The model is not edited: a forward hook on ``blocks[layer].norm1`` routes the patch
-    tokens through a detached :class:`_TokenGrid` module for the one forward, and is
-    removed in ``finally``.
+    Swin / SwinV2: ``F`` is the output of stage ``layer`` (``layers[layer]``, NHWC, the
+    tokens the average-pooled head reads for the last stage), as ``[B, C, H_s, W_s]``;
+    the map is placed on the first stage's grid by giving first-stage token ``(y, x)``
+    the value of the stage token ``(y // 2^s, x // 2^s)`` that patch merging folded it into.
+
+    The model is not edited: a forward hook on that module routes the tokens through a
+    detached :class:`_TokenGrid` module for the one forward, and is removed in ``finally``.
 
     Args:
-        model: a flat timm ViT with ``blocks[i].norm1``.
+        model: a flat timm ViT with ``blocks[i].norm1``, or a Swin / SwinV2.
         images: ``[B, 3, H, W]`` preprocessed batch.
         target: ``[B]`` class per image.
         layout: the model's token layout for these images.
-        layer: block index, negative counts from the end.
+        layer: block index (Swin: stage index), negative counts from the end.
         relu: apply Grad-CAM's ReLU (captum's ``relu_attributions``).
 
     Returns:
@@ -424,20 +446,16 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layout
     """
     from captum.attr import LayerGradCam
 
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not all(hasattr(b, "norm1") for b in blocks):
-        raise UnsupportedModelError(
-            f"gradcam reads the patch tokens of blocks[i].norm1 of a flat, token-level ViT; "
-            f"{type(model).__name__} has no such blocks (e.g. windowed Swin stages). "
-            f"Use method 'ig', 'input-x-gradient' or 'grad-rollout'")
-    n = len(blocks)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-        raise ValueError(f"gradcam layer {layer!r} is out of range: the model has {n} blocks; "
-                         f"valid layers are 0..{n - 1} (or -{n}..-1)")
-    P, (gh, gw) = layout.num_prefix_tokens, layout.grid_size
     view = _TokenGrid()
+    P, (gh, gw) = layout.num_prefix_tokens, layout.grid_size
+    modules, windowed = gradcam_modules(model)
+    what = "stages" if windowed else "blocks"
+    n = len(modules)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+        raise ValueError(f"gradcam layer {layer!r} is out of range: the model has {n} {what}; "
+                         f"valid layers are 0..{n - 1} (or -{n}..-1)")
 
-    def route(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
+    def route_tokens(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
         B, T, D = out.shape
         if T != layout.num_tokens:
             raise UnsupportedModelError(f"blocks[{layer}].norm1 gave {T} tokens, the layout predicts "
@@ -445,11 +463,20 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layout
         grid = view(out[:, P:].transpose(1, 2).reshape(B, D, gh, gw))
         return torch.cat([out[:, :P], grid.reshape(B, D, gh * gw).transpose(1, 2)], dim=1)
 
+    def route_nhwc(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
+        return view(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
+
     with preserved_model_state(model), _grad_mode():
         x = _fresh_input(images)
-        handle = blocks[layer].norm1.register_forward_hook(route)
+        handle = modules[layer].register_forward_hook(route_nhwc if windowed else route_tokens)
         try:
             cam = LayerGradCam(model, view).attribute(x, target=target, relu_attributions=relu)
         finally:
             handle.remove()
-    return cam.detach().float()[:, 0]
+    cam = cam.detach().float()[:, 0]
+    if windowed:  # stage grid -> first-stage grid: each token takes its merged stage token's value
+        s = layer % n
+        ys = torch.arange(gh, device=cam.device) >> s
+        xs = torch.arange(gw, device=cam.device) >> s
+        cam = cam[:, ys][:, :, xs]
+    return cam
