@@ -292,6 +292,8 @@ class ExportWriter:
         finally:
             tmp.unlink(missing_ok=True)
         self._file = h5py.File(self.path, "r+")
+        self._file.attrs["open_for_writing"] = np.bool_(True)
+        self._file.flush()
 
     def _build(self, f: h5py.File, attrs: Mapping[str, Any]) -> None:
         from vitlens import __version__
@@ -318,15 +320,27 @@ class ExportWriter:
         f.attrs[COMMITTED_ATTR] = np.int64(0)
 
     def _open_existing(self) -> None:
+        """Check the file against this run; continue it after its committed rows.
+
+        A file a writer closed cleanly (Ctrl-C, finished) is truncated to
+        ``rows_committed`` in place. A file whose writer died (``open_for_writing`` still
+        set: ``kill -9``, OOM, power loss) is rebuilt: its committed rows are copied into a
+        fresh file that replaces it. Reading committed rows of such a file is safe, but
+        HDF5 metadata a kill interrupted mid-flush (e.g. written past the end-of-file
+        address the superblock recorded) can make *modifying* it fail, so it is never
+        written to again.
+        """
         try:
-            f = h5py.File(self.path, "r+")
+            with h5py.File(self.path, "r") as f:
+                check_schema(f.attrs.get("schema"), self.path)
+                old_cfg = f.attrs.get("config", "{}")
+                missing = [n for n in self.columns if n not in f]
+                crashed = bool(f.attrs.get("open_for_writing", False))
         except OSError as e:
-            raise VitlensError(f"cannot resume '{self.path}': HDF5 cannot open it ({e}); the file is damaged "
-                               f"beyond the committed rows, so export again with --overwrite") from None
-        self._file = f
-        check_schema(f.attrs.get("schema"), self.path)
+            raise VitlensError(f"cannot resume '{self.path}': HDF5 cannot open it ({' '.join(str(e).split())}); "
+                               f"export again with --overwrite") from None
         try:
-            old = json.loads(f.attrs.get("config", "{}"))
+            old = json.loads(old_cfg)
         except (TypeError, ValueError):
             old = {}
         if old != self.config:
@@ -334,17 +348,57 @@ class ExportWriter:
             diffs = "; ".join(f"{k}: file has {old.get(k)!r}, now {self.config.get(k)!r}" for k in keys[:6])
             raise VitlensError(f"cannot resume '{self.path}': it was written with different settings ({diffs}); "
                                f"rerun with the same INPUT, model and options, or use --overwrite to start over")
-        missing = [n for n in self.columns if n not in f]
         if missing:
             raise VitlensError(f"cannot resume '{self.path}': datasets {missing} are missing; use --overwrite")
-        self.committed = int(f.attrs.get(COMMITTED_ATTR, 0))
-        self.resumed_from = self.committed
-        # drop anything past the commit point (a batch a kill interrupted)
-        for name in self.columns:
+        if not crashed:
+            try:
+                self._truncate_in_place()
+                return
+            except (OSError, RuntimeError, KeyError, ValueError):
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+        self._rebuild()
+
+    def _truncate_in_place(self) -> None:
+        f = h5py.File(self.path, "r+")
+        self._file = f
+        self.committed = self.resumed_from = int(f.attrs.get(COMMITTED_ATTR, 0))
+        for name in self.columns:  # drop anything past the commit point
             if f[name].shape[0] != self.committed:
                 f[name].resize(self.committed, axis=0)
         f.attrs["complete"] = np.bool_(self.committed >= self.planned_rows)
+        f.attrs["open_for_writing"] = np.bool_(True)
         f.flush()
+
+    def _rebuild(self) -> None:
+        """Copy the committed rows of a crashed file into a fresh one and put it in its place."""
+        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        try:
+            with read(self.path, locking=False) as old, h5py.File(tmp, "w") as f:
+                n = old.rows
+                self._build(f, {})
+                for k, v in old._f.attrs.items():  # created, command, model... as first written
+                    f.attrs[k] = v
+                for name, col in self.columns.items():
+                    src, dst = old._f[name], f[name]
+                    dst.resize(n, axis=0)
+                    row_bytes = max(1, int(np.prod(col.shape, dtype=np.int64)) * (8 if col.dtype == "str"
+                                                                                   else np.dtype(col.dtype).itemsize))
+                    step = max(col.chunk_rows, (8 << 20) // row_bytes // col.chunk_rows * col.chunk_rows)
+                    for a in range(0, n, step):  # bounded memory
+                        b = min(n, a + step)
+                        dst[a:b] = src.asstr()[a:b] if col.dtype == "str" else src[a:b]
+                f.attrs[COMMITTED_ATTR] = np.int64(n)
+                f.attrs["complete"] = np.bool_(n >= self.planned_rows)
+                f.attrs["open_for_writing"] = np.bool_(False)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise VitlensError(f"cannot resume '{self.path}': its committed rows could not be copied "
+                               f"({' '.join(str(e).split())}); export again with --overwrite") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._truncate_in_place()
 
     # ----------------------------------------------------------------- append
     def append(self, rows: Mapping[str, Any]) -> int:
@@ -399,6 +453,7 @@ class ExportWriter:
         try:
             if self._file is not None:
                 try:
+                    self._file.attrs["open_for_writing"] = np.bool_(False)  # a clean close
                     self._file.close()
                 finally:
                     self._file = None
