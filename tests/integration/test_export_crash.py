@@ -101,6 +101,8 @@ def test_sigkill_of_cli_export_then_resume_equals_uninterrupted(setup, demo, tmp
     rows = committed(out)
     assert 4 <= rows < 9
     assert_prefix_of(ref, out, rows)                     # every committed batch intact
+    with vitlens.export.read(out) as f:
+        assert f.attrs["open_for_writing"]               # the writer died: resume rebuilds the file
     model, cfg = demo
     s = run_export(model, cfg, inputs, out, ExportOptions(**OPTS, resume=True))
     assert (s.resumed_from, s.rows) == (rows, 9)
@@ -164,6 +166,8 @@ def test_interrupt_closes_the_file_cleanly(setup, demo, tmp_path, sig):
     assert 2 <= rows < 9
     assert not Path(str(out) + ".lock").exists()         # closed cleanly, lock released and removed
     assert_prefix_of(ref, out, rows)
+    with vitlens.export.read(out) as f:
+        assert not f.attrs["open_for_writing"]           # a clean close: resume continues in place
     model, cfg = demo
     run_export(model, cfg, inputs, out, ExportOptions(**OPTS, resume=True))
     assert_same_export(ref, out)
