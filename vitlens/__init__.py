@@ -28,6 +28,7 @@ from .errors import (CheckpointError, ImageLoadError, UnsupportedModelError, Vit
                      WeightsUnavailableError)
 from .models import (DEFAULT_MODEL, DEMO_NAME, LoadedModel, class_names, load_model,
                      make_transform, preprocess)
+from . import export  # vitlens.export.read(...); lazy: h5py/cv2/matplotlib load on first use
 
 __version__ = "0.1.0"
 
