@@ -86,6 +86,7 @@ def test_sigkill_of_cli_export_then_resume_equals_uninterrupted(setup, demo, tmp
     out = tmp_path / "killed.h5"
     code = ("import sys, vitlens\n"
             "assert 'h5py' not in sys.modules, 'import vitlens must not import h5py'\n"
+            "assert 'read' in vitlens.export.__all__  # vitlens.export is there after import vitlens\n"
             "from vitlens.cli.main import main\n"
             "main()\n")
     env = dict(os.environ, VITLENS_TEST_BATCH_DELAY="0.4", OMP_NUM_THREADS="1")
