@@ -52,10 +52,10 @@ def setup(tmp_path_factory, demo):
 def committed(path: Path) -> int:
     if not path.exists():
         return 0
-    try:
+    try:  # read while the export writes (a snapshot); a read racing a flush may fail: try again
         with vitlens.export.read(path) as f:
             return f.rows
-    except vitlens.VitlensError:
+    except (vitlens.VitlensError, OSError, KeyError, RuntimeError):
         return 0
 
 
@@ -89,7 +89,7 @@ def test_sigkill_of_cli_export_then_resume_equals_uninterrupted(setup, demo, tmp
             "assert 'read' in vitlens.export.__all__  # vitlens.export is there after import vitlens\n"
             "from vitlens.cli.main import main\n"
             "main()\n")
-    env = dict(os.environ, VITLENS_TEST_BATCH_DELAY="0.4", OMP_NUM_THREADS="1")
+    env = dict(os.environ, VITLENS_TEST_BATCH_DELAY="1.0", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", code, "export", str(inputs), str(out), "--model", "demo",
                              "--batch-size", "2", "--workers", "0", "--analyses", "logits,cls,rollout,distance",
                              "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -155,7 +155,7 @@ def test_interrupt_closes_the_file_cleanly(setup, demo, tmp_path, sig):
     out = tmp_path / "interrupted.h5"
     args = ["export", str(inputs), str(out), "--model", "demo", "--batch-size", "2", "--workers", "0",
             "--analyses", "logits,cls,rollout,distance", "--quiet"]
-    p = mp.get_context("fork").Process(target=_child_cli, args=(args, {"VITLENS_TEST_BATCH_DELAY": "0.3"}))
+    p = mp.get_context("fork").Process(target=_child_cli, args=(args, {"VITLENS_TEST_BATCH_DELAY": "1.0"}))
     p.start()
     try:
         wait_for_rows(out, 2, p.is_alive)
