@@ -10,7 +10,7 @@ from PIL import Image
 
 import vitlens
 
-from .helpers import assert_one_line_error, run, stderr_lines
+from .helpers import assert_one_line_error, run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
