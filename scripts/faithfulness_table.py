@@ -116,19 +116,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def table(payloads: list[dict]) -> str:
+def _rows(payloads: list[dict], common: bool) -> dict[str, dict[str, list[float]]]:
+    """method -> metric -> per-image AUCs; every method cut to the first n images common to all when ``common``.
+
+    The images are in class-interleaved order, so the first n of a longer run are the
+    images of a shorter one (paired comparisons stay on the same images).
+    """
+    n = min(p["n_images"] for p in payloads) if common else None
+    rows: dict[str, dict[str, list[float]]] = {}
+    for p in payloads:
+        rows.update({m: {k: v[:n] for k, v in d.items()} for m, d in p["per_image"].items()})
+    return rows
+
+
+def table(payloads: list[dict], common: bool = False) -> str:
     """Markdown table (mean ± s.e. over images) from one or more run JSONs."""
     from vitlens.analysis.faithfulness import LOWER_IS_BETTER, METRICS
 
-    rows: dict[str, dict[str, list[float]]] = {}
-    for p in payloads:
-        rows.update(p["per_image"])
+    rows = _rows(payloads, common)
     metrics = [m for m in METRICS if any(m in v for v in rows.values())]
     order = [m for m in ALL_METHODS if m in rows] + [m for m in rows if m not in ALL_METHODS]
-    head = "| method | " + " | ".join(f"{m} {'↓' if LOWER_IS_BETTER[m] else '↑'}" for m in metrics) + " |"
-    out = [head, "|---|" + "---:|" * len(metrics)]
+    head = "| method | images | " + " | ".join(f"{m} {'↓' if LOWER_IS_BETTER[m] else '↑'}" for m in metrics) + " |"
+    out = [head, "|---|---:|" + "---:|" * len(metrics)]
     for method in order:
-        cells = []
+        cells = [str(len(next(iter(rows[method].values()))))]
         for m in metrics:
             v = rows[method].get(m)
             if not v:
@@ -140,6 +151,51 @@ def table(payloads: list[dict]) -> str:
             cells.append(f"{mean:.{d}f} ± {sem:.{d}f}")
         out.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def versus_random(payloads: list[dict], metrics: tuple[str, ...] = ("deletion", "positive", "positive_drop")) -> str:
+    """Paired per-image difference method − random (mean ± s.e.) on the same images; negative = beats random.
+
+    "beats" / "worse": the mean difference is more than 2 standard errors below / above 0.
+    """
+    rows = _rows(payloads, common=False)
+    if "random" not in rows:
+        return ""
+    out = ["| method − random | " + " | ".join(f"{m} (lower = better)" for m in metrics) + " |",
+           "|---|" + "---:|" * len(metrics)]
+    for method in [m for m in ALL_METHODS if m in rows and m != "random"]:
+        cells = []
+        for m in metrics:
+            a, b = rows[method].get(m), rows["random"].get(m)
+            if not a or not b:
+                cells.append("")
+                continue
+            d = [x - y for x, y in zip(a, b)]          # zip: the first min(n_method, n_random) images
+            mean = sum(d) / len(d)
+            sem = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+            digits = 3 if m in ("deletion", "insertion") else 2
+            verdict = "beats" if mean < -2 * sem else ("worse" if mean > 2 * sem else "n.s.")
+            cells.append(f"{mean:+.{digits}f} ± {sem:.{digits}f} ({verdict})")
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def merged_result(payloads: list[dict]):
+    """A FaithfulnessResult (values, mean curves, per-image AUCs) from run files, for plotting."""
+    from vitlens.analysis.faithfulness import Curve, FaithfulnessResult
+
+    values, curves, per = {}, {}, {}
+    metrics: list[str] = []
+    for p in payloads:
+        metrics = metrics or list(p["metrics"])
+        for m, d in p["per_image"].items():
+            per[m] = {k: torch.tensor(v, dtype=torch.float64) for k, v in d.items()}
+            values[m] = {k: float(t.mean()) for k, t in per[m].items()}
+            curves[m] = {k: Curve(m, k, p["curve_x"][k], p["curves"][m][k]) for k in d}
+    order = [m for m in ALL_METHODS if m in values]
+    return FaithfulnessResult({m: values[m] for m in order}, {m: curves[m] for m in order},
+                              {m: per[m] for m in order}, max(p["n_images"] for p in payloads), 0,
+                              {"metrics": metrics})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,13 +210,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archive", default=None)
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="print the table of these run files instead of running")
+    ap.add_argument("--plot", default=None, help="with --merge: write the mean curves (.png/.pdf/.svg)")
+    ap.add_argument("--title", default=None, help="with --plot: figure title")
+    ap.add_argument("--common", action="store_true",
+                    help="with --merge: cut every method to the first n images that all files have")
     args = ap.parse_args(argv)
     if args.merge:
         payloads = [json.loads(Path(p).read_text()) for p in args.merge]
         for p in payloads:
             print(f"{','.join(p['methods'])}: {p['n_images']} images, clean top-1 {100 * p['clean_accuracy']:.1f}%, "
                   f"wall {p['wall_time_s']:.0f} s, {p['date']}", file=sys.stderr)
-        print(table(payloads))
+        print(table(payloads, common=args.common))
+        print()
+        print(versus_random(payloads))
+        if args.plot:
+            from vitlens.export.curves import faithfulness_curves
+            from vitlens.export.figures import save_figure
+
+            save_figure(faithfulness_curves(merged_result(payloads), title=args.title), args.plot)
         return 0
     return run(args)
 
