@@ -56,7 +56,9 @@ def inspect(path, failed, as_json, debug):
            f"prefix tokens [{_fmt(info['prefix_names'] or [])}], {info['num_layers']} layers x {info['num_heads']} heads",
            f"rows: {info['rows']} committed of {info['rows_planned']} planned"
            f" ({'complete' if info['complete'] else 'incomplete: continue with vitlens export ... --resume'})",
-           f"  ok: {info['ok']}  failed: {info['failed']}",
+           f"  ok: {info['ok']}  failed: {info['failed']}"
+           + ("\n  the writer is still running, or died without closing the file (kill, crash); "
+              "--resume keeps the committed rows" if a.get("open_for_writing") and not info["complete"] else ""),
            f"analyses: {_fmt(info['analyses'] or [])}"]
     if a.get("cls_attention_omitted"):
         out.append(f"  cls_attention omitted: {a['cls_attention_omitted']}")

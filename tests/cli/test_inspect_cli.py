@@ -66,7 +66,9 @@ def test_inspect_incomplete_file_says_how_to_continue(export_file, tmp_path):
     with h5py.File(part, "r+") as f:
         f.attrs["rows_committed"] = np.int64(2)
         f.attrs["complete"] = False
+        f.attrs["open_for_writing"] = True
     r = run("inspect", part)
+    assert "died without closing the file" in r.stdout
     assert "rows: 2 committed of 3 planned (incomplete: continue with vitlens export ... --resume)" in r.stdout
     assert "ok: 2  failed: 0" in r.stdout
 
