@@ -11,6 +11,8 @@ Pictures:
 - ``demo_attention_distance.png``  mean attention distance and entropy per head against depth
   (docs/heads.md, docs/howto/head-statistics.md), by ``scripts/make_distance_figure.py``
   on 1000 CIFAR-10 test images from the shared data
+- ``chelsea_swin_maps.png``  Swin rollout and attention received, random-init Swin-T
+  (README, docs/swin.md, docs/howto/swin.md), by ``scripts/make_swin_figure.py``
 """
 from __future__ import annotations
 
@@ -61,6 +63,8 @@ def main() -> None:
     # docs/heads.md and docs/howto/head-statistics.md: mean attention distance and entropy
     # against depth, drawn by its own script (1000 CIFAR-10 test images)
     subprocess.run([sys.executable, str(REPO / "scripts" / "make_distance_figure.py")], check=True)
+    # README.md, docs/swin.md and docs/howto/swin.md: Swin rollout and attention received
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_swin_figure.py")], check=True)
 
     print(f"prediction {pred}; wrote {sorted(p.name for p in OUT.glob('*.png'))}")
 
