@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             from vitlens.export.curves import faithfulness_curves
             from vitlens.export.figures import save_figure
 
-            save_figure(faithfulness_curves(merged_result(payloads), title=args.title), args.plot)
+            save_figure(faithfulness_curves(merged_result(payloads), title=args.title), args.plot, dpi=90)
         return 0
     return run(args)
 
