@@ -16,6 +16,9 @@ Commands behind the table in docs/faithfulness.md::
         nice -n 10 python scripts/faithfulness_table.py --methods $m --json /tmp/ft/$m.json &
     done; wait
     python scripts/faithfulness_table.py --merge /tmp/ft/*.json
+
+A stopped run continues where its JSON file ends with ``--resume`` (same chunks and
+seeds as an uninterrupted run; wall time adds up).
 """
 from __future__ import annotations
 
@@ -82,7 +85,22 @@ def run(args: argparse.Namespace) -> int:
     curve_sum: dict[str, dict[str, list[float]]] = {}
     curve_x: dict[str, list[float]] = {}
     correct = 0
+    first = 0
+    if args.resume and args.json_path and Path(args.json_path).exists():
+        # continue a stopped run: the same chunks and seeds as an uninterrupted one
+        done = json.loads(Path(args.json_path).read_text())
+        first = int(done["n_images"])
+        if first % args.chunk or done["methods"] != methods or done["steps"] != args.steps:
+            raise SystemExit(f"--resume: {args.json_path} was made with other settings "
+                             f"(methods {done['methods']}, steps {done['steps']}, {first} images, chunk {args.chunk})")
+        per_image, curve_x = done["per_image"], done["curve_x"]
+        curve_sum = {m: {k: [v * first for v in ys] for k, ys in d.items()} for m, d in done["curves"].items()}
+        correct = round(done["clean_accuracy"] * first)
+        t0 -= done["wall_time_s"]
+        print(f"  resuming after {first} images", file=sys.stderr, flush=True)
     for c, s in enumerate(range(0, len(x), args.chunk)):
+        if s < first:
+            continue
         xc, yc = x[s:s + args.chunk], y[s:s + args.chunk]
         r = vitlens.evaluate(model, xc, yc, methods=methods,
                              metrics=None if args.metrics is None else args.metrics.split(","),
@@ -208,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", dest="json_path", default=None, help="write the running result here")
     ap.add_argument("--archive", default=None)
+    ap.add_argument("--resume", action="store_true", help="continue the run saved in --json after its last chunk")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="print the table of these run files instead of running")
     ap.add_argument("--plot", default=None, help="with --merge: write the mean curves (.png/.pdf/.svg)")
