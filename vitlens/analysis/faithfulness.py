@@ -518,7 +518,7 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
         seed: the ``"random"`` method's maps use ``seed * 1_000_003 + index of the
             batch's first image`` unless ``options["random"]["seed"]`` is given, so the
             random baseline is deterministic for the same inputs and batch size.
-        options: per-method options for :func:`vitlens.explain`, e.g. ``{"ig": {"steps": 16}}``.
+        options: per-method options for :func:`vitlens.explain`, e.g. ``{"ig": {"n_steps": 16}}``.
         forward_batch: images per forward pass inside the metrics.
         progress: called with the number of inputs done after each batch.
 
