@@ -114,10 +114,7 @@ def bench_rollout(images: int, repeats: int) -> None:
     L, H, T = 12, 12, 197
     g = torch.Generator().manual_seed(0)
     attn = [torch.softmax(torch.randn(images, H, T, T, generator=g), -1) for _ in range(L)]
-    cache = AttentionCache("synthetic", "bench", L, H, list(range(L)), tuple(range(H)), "all", {})
-    cache._set_layout(TokenLayout(1, ("cls",), (14, 14), (16, 16), (224, 224)))
-    for i, a in enumerate(attn):
-        cache._record(i, a)
+    cache = AttentionCache.from_tensors(attn, TokenLayout(1, ("cls",), (14, 14), (16, 16), (224, 224)))
 
     def loop():  # per image, per layer, as the reference implementations do it
         maps = []

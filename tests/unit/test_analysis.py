@@ -13,14 +13,22 @@ from ..conftest import make_model
 
 def synthetic_cache(attn: list[torch.Tensor], prefix: tuple[str, ...], grid: tuple[int, int]) -> AttentionCache:
     """A cache filled with given per-layer attention, as capture would fill it."""
-    B, H, T, _ = attn[0].shape
-    cache = AttentionCache(model_name="synthetic", family="test", num_layers=len(attn), num_heads=H,
-                           layers=list(range(len(attn))), heads=tuple(range(H)), rows="all",
-                           hook_points={})
-    cache._set_layout(TokenLayout(len(prefix), prefix, grid, (4, 4), (grid[0] * 4, grid[1] * 4)))
-    for i, a in enumerate(attn):
-        cache._record(i, a)
-    return cache
+    return AttentionCache.from_tensors(attn, TokenLayout(len(prefix), prefix, grid, (4, 4),
+                                                         (grid[0] * 4, grid[1] * 4)), model_name="synthetic")
+
+
+def test_from_tensors_is_what_capture_records():
+    model = __import__("timm").create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2).eval()
+    with torch.no_grad(), vitlens.capture(model) as cache:
+        model(torch.randn(2, 3, 32, 32))
+    assert cache.layout is not None
+    rebuilt = AttentionCache.from_tensors([cache.attention(i) for i in cache.layers], cache.layout)
+    torch.testing.assert_close(vitlens.rollout(rebuilt), vitlens.rollout(cache))
+    torch.testing.assert_close(vitlens.cls_attention(rebuilt, layer=1, head=None),
+                               vitlens.cls_attention(cache, layer=1, head=None))
+    with pytest.raises(ValueError, match=r"layer 1: expected a \[B, heads, T, T\] tensor with T = 5"):
+        AttentionCache.from_tensors([torch.rand(1, 2, 5, 5), torch.rand(1, 2, 4, 4)],
+                                    TokenLayout(1, ("cls",), (2, 2), (4, 4), (8, 8)))
 
 
 def random_attention(B, H, T, L, seed=0):

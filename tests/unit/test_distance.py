@@ -15,14 +15,8 @@ from ..conftest import make_model
 
 
 def synthetic_cache(attn: list[torch.Tensor], prefix: tuple[str, ...], grid, patch) -> AttentionCache:
-    B, H, T, _ = attn[0].shape
-    cache = AttentionCache(model_name="synthetic", family="test", num_layers=len(attn), num_heads=H,
-                           layers=list(range(len(attn))), heads=tuple(range(H)), rows="all", hook_points={})
-    cache._set_layout(TokenLayout(len(prefix), prefix, tuple(grid), tuple(patch),
-                                  (grid[0] * patch[0], grid[1] * patch[1])))
-    for i, a in enumerate(attn):
-        cache._record(i, a)
-    return cache
+    layout = TokenLayout(len(prefix), prefix, tuple(grid), tuple(patch), (grid[0] * patch[0], grid[1] * patch[1]))
+    return AttentionCache.from_tensors(attn, layout, model_name="synthetic")
 
 
 def random_attention(B, H, T, L, seed=0):

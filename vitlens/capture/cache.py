@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -243,6 +244,47 @@ class AttentionCache:
     layout: TokenLayout | None = None
     _store: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
     _windows: dict[int, WindowLayout] = field(default_factory=dict, repr=False)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_tensors(cls, attention: Sequence[torch.Tensor], layout: TokenLayout, *,
+                     model_name: str = "tensors") -> "AttentionCache":
+        """A cache over attention computed elsewhere, so every analysis applies to it.
+
+        For token-level models (one ``[B, heads, T, T]`` matrix per layer); e.g.
+        probabilities from a model vitlens has no adapter for, or saved to disk.
+
+        Example::
+
+            layout = vitlens.TokenLayout(1, ("cls",), (14, 14), (16, 16), (224, 224))
+            cache = vitlens.AttentionCache.from_tensors([a0, a1, ...], layout)
+            vitlens.rollout(cache)
+
+        Args:
+            attention: per layer, from the first, ``[B, heads, T, T]`` probabilities with
+                ``T = layout.num_prefix_tokens + gh * gw``.
+            layout: the token geometry of the input.
+            model_name: recorded as :attr:`model_name`.
+        """
+        attention = list(attention)
+        if not attention:
+            raise ValueError("from_tensors needs at least one layer of attention")
+        T = layout.num_prefix_tokens + layout.num_patches
+        first = attention[0]
+        for i, a in enumerate(attention):
+            if not isinstance(a, torch.Tensor) or a.dim() != 4 or a.shape[-2:] != (T, T) \
+                    or a.shape[:2] != first.shape[:2]:
+                raise ValueError(f"layer {i}: expected a [B, heads, T, T] tensor with T = {T} "
+                                 f"({layout.num_prefix_tokens} prefix + {layout.num_patches} patches) and the "
+                                 f"same B and heads as layer 0 {tuple(first.shape[:2])}, got "
+                                 f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}")
+        cache = cls(model_name=model_name, family="tensors", num_layers=len(attention), num_heads=first.shape[1],
+                    layers=list(range(len(attention))), heads=tuple(range(first.shape[1])), rows="all",
+                    hook_points={})
+        cache._set_layout(layout)
+        for i, a in enumerate(attention):
+            cache._record(i, a)
+        return cache
 
     # ----------------------------------------------------------------- access
     def resolve_layer(self, layer: int) -> int:
