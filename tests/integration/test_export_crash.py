@@ -130,8 +130,11 @@ def test_kill_between_data_write_and_commit(setup, demo, tmp_path):
         assert f.rows == 2
     import h5py
 
-    with h5py.File(out) as h:  # batch 2 is on disk, past the commit point
+    with pytest.raises(OSError, match="open for write"):  # SWMR flags: plain readers are refused ...
+        h5py.File(out, "r")
+    with h5py.File(out, "r", swmr=True) as h:  # ... SWMR readers open it; batch 2 is past the commit point
         assert h["logits"].shape[0] == 4
+        assert int(h.attrs["rows_committed"]) == 2
     assert_prefix_of(ref, out, 2)
     model, cfg = demo
     run_export(model, cfg, inputs, out, ExportOptions(**OPTS, resume=True))
@@ -254,3 +257,49 @@ def test_random_kills_never_lose_committed_batches(setup, demo, tmp_path):
                     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=k)  # batch size 1 vs 2
                 else:
                     assert list(a) == list(b), k
+
+
+def test_old_format_file_reads_and_resumes(setup, demo, tmp_path, monkeypatch):
+    """Files of vitlens before SWMR writing (superblock 0, v1 B-tree chunk index) still read and resume."""
+    import h5py
+
+    from vitlens.export import hdf5
+
+    inputs, ref = setup
+    out = tmp_path / "old.h5"
+    model, cfg = demo
+    monkeypatch.setattr(hdf5, "LIBVER", ("earliest", "latest"))   # the format earlier versions wrote
+    run_export(model, cfg, inputs, out, ExportOptions(**OPTS, limit=4))
+    with h5py.File(out, "r") as h:
+        assert h.id.get_create_plist().get_version()[0] == 0
+    with h5py.File(out, "r+") as h:  # as an old writer's kill leaves it (no SWMR flags; plain h5py opens it)
+        h.attrs["open_for_writing"] = np.bool_(True)
+    monkeypatch.undo()
+    with vitlens.export.read(out) as f:
+        assert f.rows == 4
+    s = run_export(model, cfg, inputs, out, ExportOptions(**OPTS, resume=True, limit=4))
+    assert s.resumed_from == 4
+    with vitlens.export.read(out) as f, vitlens.export.read(ref) as fr:   # rebuilt in the new format
+        assert f.rows == 4 and f._f.id.get_create_plist().get_version()[0] >= 3
+        np.testing.assert_array_equal(f["rollout"][:], fr["rollout"][:4])
+
+
+def test_writer_uses_swmr_and_a_running_export_reads(setup, demo, tmp_path):
+    """New files: version-3 superblock, SWMR writing; vitlens.export.read opens them while written and after a kill."""
+    import h5py
+
+    inputs, ref = setup
+    out = tmp_path / "swmr.h5"
+    p = mp.get_context("fork").Process(target=_child_export, args=(inputs, out, {"VITLENS_TEST_BATCH_DELAY": "0.5"}))
+    p.start()
+    try:
+        wait_for_rows(out, 2, p.is_alive)
+        with vitlens.export.read(out) as f:     # while the writer runs
+            assert f._f.swmr_mode and f.rows >= 2
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+    rows = committed(out)
+    assert_prefix_of(ref, out, rows)
+    with h5py.File(out, "r", swmr=True) as h:
+        assert h.id.get_create_plist().get_version()[0] >= 3

@@ -12,6 +12,14 @@ Crash safety (tested with a real ``kill -9``):
 3. only then the root attribute ``rows_committed`` is set to ``committed + B`` and the
    file flushed again.
 
+The writer keeps the file in SWMR write mode (:data:`LIBVER` format): HDF5 then flushes
+metadata in dependency order and indexes chunks with structures whose blocks never
+move, so a kill in the middle of step 2 cannot leave committed rows behind a dangling
+address (without it a random-kill loop once found "addr overflow" on a committed row
+after a chunk B-tree node split). A killed SWMR file opens for reading only with
+``swmr=True``, which :func:`read` and ``--resume`` use; files of earlier versions
+(superblock 0, no SWMR) read and resume as before.
+
 A kill before step 3 completes leaves ``rows_committed`` at the previous value, so
 readers (which honour it) never see a half-written batch, and ``--resume`` shrinks the
 datasets back to ``rows_committed`` and goes on from there. The second flush touches
@@ -45,6 +53,8 @@ SCHEMA_MAJOR = 1
 #: Root attribute holding the number of committed rows; written last after every batch.
 COMMITTED_ATTR = "rows_committed"
 STR_DTYPE = h5py.string_dtype("utf-8")
+#: File format of new files: the version-3 superblock and chunk indexes SWMR writing needs.
+LIBVER = ("v110", "latest")
 _SCHEMA_RE = re.compile(r"^vitlens/(\d+)(?:\.(\d+))?$")
 #: Target uncompressed bytes per chunk for the row-chunked datasets.
 CHUNK_BYTES = 256 * 1024
@@ -286,14 +296,14 @@ class ExportWriter:
             stale.unlink(missing_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
         try:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w", libver=LIBVER) as f:
                 self._build(f, attrs)
             os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
-        self._file = h5py.File(self.path, "r+")
+        self._file = h5py.File(self.path, "r+", libver=LIBVER)
         self._file.attrs["open_for_writing"] = np.bool_(True)
-        self._file.flush()
+        self._start_swmr()
 
     def _build(self, f: h5py.File, attrs: Mapping[str, Any]) -> None:
         from vitlens import __version__
@@ -305,6 +315,7 @@ class ExportWriter:
         f.attrs["config"] = json.dumps(self.config, sort_keys=True)
         f.attrs["rows_planned"] = np.int64(self.planned_rows)
         f.attrs["complete"] = np.bool_(False)
+        f.attrs["open_for_writing"] = np.bool_(False)
         for col in self.columns.values():
             kw: dict[str, Any] = {}
             if col.compression == "gzip":
@@ -331,7 +342,7 @@ class ExportWriter:
         written to again.
         """
         try:
-            with h5py.File(self.path, "r") as f:
+            with _open_read(self.path) as f:
                 check_schema(f.attrs.get("schema"), self.path)
                 old_cfg = f.attrs.get("config", "{}")
                 missing = [n for n in self.columns if n not in f]
@@ -361,7 +372,7 @@ class ExportWriter:
         self._rebuild()
 
     def _truncate_in_place(self) -> None:
-        f = h5py.File(self.path, "r+")
+        f = h5py.File(self.path, "r+", libver=LIBVER)
         self._file = f
         self.committed = self.resumed_from = int(f.attrs.get(COMMITTED_ATTR, 0))
         for name in self.columns:  # drop anything past the commit point
@@ -369,13 +380,22 @@ class ExportWriter:
                 f[name].resize(self.committed, axis=0)
         f.attrs["complete"] = np.bool_(self.committed >= self.planned_rows)
         f.attrs["open_for_writing"] = np.bool_(True)
-        f.flush()
+        self._start_swmr()
+
+    def _start_swmr(self) -> None:
+        """Switch the open file to SWMR writing (flushes it): from now on HDF5 writes
+        metadata in dependency order (a chunk-index node before the node pointing to it),
+        so a kill mid-flush never leaves committed rows behind a dangling address."""
+        assert self._file is not None
+        self._file.flush()
+        if _swmr_capable(self._file):
+            self._file.swmr_mode = True
 
     def _rebuild(self) -> None:
         """Copy the committed rows of a crashed file into a fresh one and put it in its place."""
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
         try:
-            with read(self.path, locking=False) as old, h5py.File(tmp, "w") as f:
+            with read(self.path, locking=False) as old, h5py.File(tmp, "w", libver=LIBVER) as f:
                 n = old.rows
                 self._build(f, {})
                 for k, v in old._f.attrs.items():  # created, command, model... as first written
@@ -580,14 +600,10 @@ class ExportFile:
         if not self.path.exists():
             raise VitlensError(f"no such file: '{self.path}'; pass the OUTPUT.h5 that `vitlens export` wrote")
         try:
-            self._f = h5py.File(self.path, "r", **({} if locking is None else {"locking": locking}))
+            self._f = _open_read(self.path, locking)
         except OSError as e:
-            if "lock" in str(e) and locking is None:
-                # a running export holds the HDF5 lock: read a snapshot of its committed rows
-                self._f = h5py.File(self.path, "r", locking=False)
-            else:
-                raise VitlensError(f"'{self.path}' cannot be opened as HDF5 ({' '.join(str(e).split())}); "
-                                   f"is it a vitlens export?") from None
+            raise VitlensError(f"'{self.path}' cannot be opened as HDF5 ({' '.join(str(e).split())}); "
+                               f"is it a vitlens export?") from None
         try:
             self.schema = str(_from_attr(self._f.attrs.get("schema")) if "schema" in self._f.attrs else None)
             check_schema(self._f.attrs.get("schema"), self.path)
@@ -658,6 +674,35 @@ class ExportFile:
         return f"<vitlens ExportFile '{self.path}' {self.schema} rows={self.rows} model={self.attrs.get('model')!r}>"
 
 
+def _swmr_capable(f: h5py.File) -> bool:
+    """A file with the version-3 superblock SWMR needs (older vitlens/1 files have version 0)."""
+    return f.id.get_create_plist().get_version()[0] >= 3
+
+
+def _open_read(path: Path, locking: bool | None = None) -> h5py.File:
+    """Open for reading: any vitlens/1 file, also while an export writes it or after its writer died.
+
+    Files written in SWMR mode carry "open for SWMR writing" in their superblock while a
+    writer has them open and after it was killed; HDF5 then opens them only for SWMR
+    reading (``swmr=True``). A non-SWMR writer's HDF5 lock is bypassed (a snapshot).
+    """
+    kw = {} if locking is None else {"locking": locking}
+    try:
+        return h5py.File(path, "r", **kw)
+    except OSError as e:
+        msg = str(e)
+        if "SWMR" in msg or "already open for write" in msg:
+            return h5py.File(path, "r", swmr=True, **kw)
+        if "lock" in msg and locking is None:
+            try:
+                return h5py.File(path, "r", locking=False)
+            except OSError as e2:
+                if "SWMR" in str(e2) or "already open for write" in str(e2):
+                    return h5py.File(path, "r", swmr=True, locking=False)
+                raise
+        raise
+
+
 def read(path: str | os.PathLike[str], locking: bool | None = None) -> ExportFile:
     """Open a ``vitlens export`` file for lazy reading.
 
@@ -669,8 +714,9 @@ def read(path: str | os.PathLike[str], locking: bool | None = None) -> ExportFil
             f["cls_attention"][:, -1]     # last layer of every image, [N, H, gh, gw]
 
     Only committed rows are visible (a file an export is still writing, or one a crash
-    interrupted, shows the batches committed so far). While an export is writing the
-    file, HDF5's lock is bypassed and you read a snapshot.
+    interrupted, shows the batches committed so far). A file an export is writing, or
+    whose writer was killed, is opened for SWMR reading (``swmr=True``; files of older
+    versions: without HDF5's lock): you read a snapshot.
 
     Args:
         path: the ``.h5`` file.
