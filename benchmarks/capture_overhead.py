@@ -2,7 +2,8 @@
 
     python benchmarks/capture_overhead.py [--batch 32] [--repeats 5] [--models vit_small_patch16_224 ...]
 
-Prints one line per case. Times are medians over --repeats runs after one warm-up, with
+Prints one line per case. Times are medians over --repeats rounds after one warm-up (the
+cases of a model take turns within each round, so drift hits them alike), with
 timm's fused attention on (its default), torch.no_grad, CPU, random-init weights (the
 weights do not change the cost).
 
@@ -36,6 +37,23 @@ def _median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
+    """Median time of each function, the cases taking turns in every round.
+
+    Round-robin instead of case after case, so a drift of the machine's speed (other
+    load, frequency, allocator warm-up) during the run falls on every case alike.
+    """
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {case: [] for case in fns}
+    for _ in range(repeats):
+        for case, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[case].append(time.perf_counter() - t0)
+    return {case: statistics.median(ts) for case, ts in times.items()}
 
 
 def _build(name: str, batch: int):
@@ -96,7 +114,7 @@ def bench_model(name: str, batch: int, repeats: int, memory: bool) -> None:
     model, x = _build(name, batch)
     cases = ("full", "cls_rows") if getattr(model, "num_prefix_tokens", 0) else ("full",)
     with torch.no_grad():
-        t = {case: _median_time(_case_fn(model, x, case), repeats) for case in ("plain", *cases)}
+        t = _interleaved_medians({case: _case_fn(model, x, case) for case in ("plain", *cases)}, repeats)
     for case in cases:
         line = (f"{name} batch {batch} {case:>8}: {t[case] / t['plain']:.3f}x plain "
                 f"({t[case] * 1e3:.0f} ms vs {t['plain'] * 1e3:.0f} ms)")
