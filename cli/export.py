@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 
 import click
 
@@ -30,13 +29,28 @@ def _analyses(value: str | None) -> list[str] | None:
 
 
 def _command_line() -> str:
-    """The command as typed (``python -m vitlens.batch ...`` is recorded as ``vitlens export ...``)."""
+    """The command, rebuilt from what click parsed (arguments, then options that differ from
+    their defaults), so it is right however the command was invoked: the console script,
+    ``python -m vitlens.batch``, torchrun, or in-process (CliRunner, notebooks)."""
     import shlex
 
-    args = sys.argv[1:]
-    if not args or args[0] != "export":
-        args = ["export", *args]
-    return shlex.join(["vitlens", *args])
+    ctx = click.get_current_context()
+    parts = ["vitlens", "export"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            parts.append(str(value))
+            continue
+        if value is None or value == param.default or value == () or not isinstance(param, click.Option):
+            continue
+        if param.is_flag:
+            opts = param.opts if value else param.secondary_opts
+            if opts:
+                parts.append(opts[0])
+        else:
+            for v in value if param.multiple else (value,):
+                parts += [param.opts[0], str(v)]
+    return shlex.join(parts)
 
 
 @click.command()
