@@ -128,3 +128,54 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+def check_plot_path(plot_path: str | None, option: str = "--plot") -> None:
+    """Refuse a figure path whose suffix is not a format the figures can be saved in."""
+    if plot_path is None:
+        return
+    from pathlib import Path
+
+    from vitlens.export.figures import FIGURE_FORMATS
+
+    fmt = Path(plot_path).suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        endings = ["." + f for f in FIGURE_FORMATS]
+        raise VitlensError(f"{option} '{plot_path}': use a file name ending in "
+                           f"{', '.join(endings[:-1])} or {endings[-1]}")
+
+
+class FailedItems:
+    """Wrap :func:`vitlens.data.image_batches`: remember failed items and decoded paths; stop after ``limit`` decoded images."""
+
+    def __init__(self, batches, root, limit: int | None = None) -> None:
+        self.batches, self.root, self.limit = batches, root, limit
+        self.failed: list[tuple[str, str]] = []
+        self.ok_paths: list[str] = []
+
+    def __iter__(self):
+        from vitlens.data import ImageBatch, relative_name
+
+        for b in self.batches:
+            if self.limit is not None:
+                ok_idx = b.ok.nonzero().flatten()
+                room = self.limit - len(self.ok_paths)
+                if len(ok_idx) > room:       # trim the batch after the last image that fits
+                    cut = int(ok_idx[room - 1]) + 1 if room > 0 else 0
+                    b = ImageBatch(b.index[:cut], b.images[:cut], b.ok[:cut], b.errors[:cut], b.paths[:cut])
+            for ok, err, p in zip(b.ok.tolist(), b.errors, b.paths):
+                if ok:
+                    self.ok_paths.append(relative_name(p, self.root))
+                else:
+                    self.failed.append((relative_name(p, self.root), err))
+            yield b
+            if self.limit is not None and len(self.ok_paths) >= self.limit:
+                return
+
+
+def warn_failed(failed: list[tuple[str, str]], limit: int = 10) -> None:
+    """One stderr warning per skipped file (at most ``limit``), then a count of the rest."""
+    for path, reason in failed[:limit]:
+        click.echo(f"vitlens: warning: skipped {path}: {reason}", err=True)
+    if len(failed) > limit:
+        click.echo(f"vitlens: warning: ... and {len(failed) - limit} more skipped file(s) (see --json)", err=True)

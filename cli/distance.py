@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Iterator
 
 import click
 
 from vitlens.errors import VitlensError
 
-from .common import Progress, handle_errors, load_cli_model, model_options
+from .common import FailedItems, Progress, check_plot_path, handle_errors, load_cli_model, model_options, warn_failed
 
 #: Warning lines about skipped files printed before summarising the rest.
 _MAX_SKIP_LINES = 10
@@ -53,42 +51,25 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
     and reported on stderr.
     """
     from vitlens.analysis.distance import head_statistics
-    from vitlens.data import image_batches, relative_name, resolve_inputs
+    from vitlens.data import image_batches, resolve_inputs
 
     layer_list = _parse_layers(layers)
-    if plot_path is not None:
-        from vitlens.export.figures import FIGURE_FORMATS
-
-        fmt = Path(plot_path).suffix.lower().lstrip(".")
-        if fmt not in FIGURE_FORMATS:
-            raise VitlensError(f"--plot '{plot_path}': use a file name ending in "
-                               f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
+    check_plot_path(plot_path)
     inputs = resolve_inputs(input_spec)
     paths = inputs.paths[:limit] if limit is not None else inputs.paths
     model, data_config = load_cli_model(model_name, checkpoint, pretrained, device)
 
-    failures: list[tuple[str, str]] = []
-
-    def batches() -> Iterator:
-        for batch in image_batches(paths, data_config, batch_size=batch_size, workers=workers):
-            for path, ok, err in zip(batch.paths, batch.ok.tolist(), batch.errors):
-                if not ok:
-                    failures.append((relative_name(path, inputs.root), err))
-            yield batch
-
+    batches = FailedItems(image_batches(paths, data_config, batch_size=batch_size, workers=workers), inputs.root)
+    failures = batches.failed
     with Progress(total=len(paths), label="distance", quiet=quiet) as bar:
-        stats = head_statistics(model, batches(), layers=layer_list, on_batch=bar.update)
+        stats = head_statistics(model, batches, layers=layer_list, on_batch=bar.update)
     dist, ent = stats["distance"], stats["entropy"]
 
     if dist.images == 0:
         first = f"; first: {failures[0][0]}: {failures[0][1]}" if failures else ""
         raise VitlensError(f"none of the {len(paths)} input image(s) could be read{first}")
     if not quiet:
-        for path, err in failures[:_MAX_SKIP_LINES]:
-            click.echo(f"vitlens: warning: skipped {path}: {err}", err=True)
-        if len(failures) > _MAX_SKIP_LINES:
-            click.echo(f"vitlens: warning: ... and {len(failures) - _MAX_SKIP_LINES} more skipped file(s) "
-                       f"(see --json)", err=True)
+        warn_failed(failures, limit=_MAX_SKIP_LINES)
 
     name = model_name or dist.params.get("model", "")
     if plot_path is not None:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from vitlens.errors import VitlensError
 
-from .common import Progress, handle_errors, load_cli_model, model_options
+from .common import (FailedItems, Progress, check_plot_path, handle_errors, load_cli_model, model_options,
+                     warn_failed)
 
 
 def split_names(value: str | None) -> list[str] | None:
@@ -19,52 +19,6 @@ def split_names(value: str | None) -> list[str] | None:
     if not names:
         raise VitlensError(f"expected a comma-separated list of names, got {value!r}")
     return names
-
-
-def check_plot_path(plot_path: str | None) -> None:
-    if plot_path is None:
-        return
-    from vitlens.export.figures import FIGURE_FORMATS
-
-    fmt = Path(plot_path).suffix.lower().lstrip(".")
-    if fmt not in FIGURE_FORMATS:
-        raise VitlensError(f"--plot '{plot_path}': use a file name ending in "
-                           f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
-
-
-class FailedItems:
-    """Wrap :func:`vitlens.data.image_batches`: remember failed items and decoded paths; stop after ``limit`` decoded images."""
-
-    def __init__(self, batches, root, limit: int | None = None) -> None:
-        self.batches, self.root, self.limit = batches, root, limit
-        self.failed: list[tuple[str, str]] = []
-        self.ok_paths: list[str] = []
-
-    def __iter__(self):
-        from vitlens.data import ImageBatch, relative_name
-
-        for b in self.batches:
-            if self.limit is not None:
-                ok_idx = b.ok.nonzero().flatten()
-                room = self.limit - len(self.ok_paths)
-                if len(ok_idx) > room:       # trim the batch after the last image that fits
-                    cut = int(ok_idx[room - 1]) + 1 if room > 0 else 0
-                    b = ImageBatch(b.index[:cut], b.images[:cut], b.ok[:cut], b.errors[:cut], b.paths[:cut])
-            for ok, err, p in zip(b.ok.tolist(), b.errors, b.paths):
-                if ok:
-                    self.ok_paths.append(relative_name(p, self.root))
-                else:
-                    self.failed.append((relative_name(p, self.root), err))
-            yield b
-            if self.limit is not None and len(self.ok_paths) >= self.limit:
-                return
-
-
-def warn_failed(failed: list[tuple[str, str]], limit: int = 10) -> None:
-    for path, reason in failed[:limit]:
-        click.echo(f"vitlens: warning: skipped {path}: {reason}", err=True)
-    if len(failed) > limit:
-        click.echo(f"vitlens: warning: ... and {len(failed) - limit} more skipped file(s) (see --json)", err=True)
 
 
 def read_inputs(input_spec: str, loaded, with_labels: bool, batch_size: int, limit: int | None = None):
@@ -88,7 +42,7 @@ def read_inputs(input_spec: str, loaded, with_labels: bool, batch_size: int, lim
               help="Take each image's true class from its parent folder's name (must be a class of the model). "
                    "Without it, 'correct' in the perturbation tests means 'as predicted on the clean image'.")
 @click.option("--methods", default="rollout,random", show_default=True,
-              help="Comma-separated explain methods (cls, rollout, random, and the gradient methods if installed).")
+              help="Comma-separated explain methods (see `vitlens attend --help` for the methods).")
 @click.option("--metrics", default=None,
               help="Comma-separated: deletion, insertion, positive, negative, positive_drop, negative_drop. "
                    "Default: all that apply to the model.")

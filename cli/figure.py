@@ -7,7 +7,7 @@ import click
 
 from vitlens.errors import VitlensError
 
-from .common import handle_errors
+from .common import check_plot_path, handle_errors
 
 KINDS = ("distance", "cls-grid", "rollout-grid")
 
@@ -63,8 +63,7 @@ def figure(path, kind, rows, head, images, out, debug):
     from vitlens.export import figures
     from vitlens.export.hdf5 import read
 
-    if Path(out).suffix.lower().lstrip(".") not in figures.FIGURE_FORMATS:
-        raise VitlensError(f"--out '{out}': the file name must end in .png, .pdf or .svg")
+    check_plot_path(out, option="--out")
     with read(path) as f:
         if f.rows == 0:
             raise VitlensError(f"'{path}' holds no committed rows yet; nothing to draw")

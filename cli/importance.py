@@ -7,8 +7,8 @@ import click
 
 from vitlens.errors import VitlensError
 
-from .common import Progress, handle_errors, load_cli_model, model_options
-from .evaluate import check_plot_path, read_inputs, warn_failed
+from .common import Progress, check_plot_path, handle_errors, load_cli_model, model_options, warn_failed
+from .evaluate import read_inputs
 
 
 def _ratios(value: str) -> list[float]:

@@ -9,7 +9,7 @@ import click
 
 from vitlens.errors import VitlensError
 
-from .common import handle_errors, load_cli_model, model_options
+from .common import check_plot_path, handle_errors, load_cli_model, model_options
 
 #: Warning lines about skipped files printed before summarising the rest.
 _MAX_SKIP_LINES = 10
@@ -48,13 +48,7 @@ def shape_bias(stimuli_dir, model_names, checkpoints, pretrained, device, mappin
     """
     from vitlens.analysis.shape_bias import shape_bias as measure
 
-    if plot_path is not None:
-        from vitlens.export.figures import FIGURE_FORMATS
-
-        fmt = Path(plot_path).suffix.lower().lstrip(".")
-        if fmt not in FIGURE_FORMATS:
-            raise VitlensError(f"--plot '{plot_path}': use a file name ending in "
-                               f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
+    check_plot_path(plot_path)
     names = list(model_names) or [None]
     if checkpoints and len(checkpoints) != len(names):
         raise VitlensError(f"got {len(checkpoints)} --checkpoint for {len(names)} --model; give one "
