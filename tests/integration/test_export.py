@@ -258,6 +258,40 @@ def test_second_writer_is_refused_and_first_file_survives(exported, tmp_path, de
     assert not Path(str(out) + ".lock").exists()
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_reader_arriving_as_the_file_appears_does_not_break_the_writer(exported, tmp_path, demo, monkeypatch, resume):
+    """A reader (progress poller, `vitlens inspect`) that opens OUTPUT the moment the
+    writer renames it into place, and stays open: the export still runs to the end.
+    (The writer used to close the file and reopen it for writing after the rename; a
+    reader in between held HDF5's shared lock and the reopen failed: a CI flake.)"""
+    inputs, full, _ = exported
+    model, cfg = demo
+    out = tmp_path / "watched.h5"
+    opts = dict(batch_size=BATCH, workers=0, full=True, dtype="float32")  # as `exported` was written
+    if resume:  # a crashed file (its writer died): resume rebuilds it and renames the copy in
+        shutil.copy(full, out)
+        with h5py.File(out, "r+") as f:
+            f.attrs.update(rows_committed=np.int64(BATCH), complete=False, open_for_writing=True)
+    readers = []
+    real_replace = hdf5.os.replace
+
+    def replace_then_read(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == out:
+            readers.append(vitlens.export.read(out))  # HDF5's default locking
+
+    monkeypatch.setattr(hdf5.os, "replace", replace_then_read)
+    try:
+        s = run_export(model, cfg, inputs, out, ExportOptions(**opts, resume=resume))
+        assert len(readers) == 1
+        assert readers[0].rows == (BATCH if resume else 0)  # the reader saw a valid file
+    finally:
+        for r in readers:
+            r.close()
+    assert (s.rows, s.resumed_from) == (9, BATCH if resume else 0)
+    assert_same_export(full, out)
+
+
 def test_existing_output_needs_resume_or_overwrite(exported, tmp_path, demo):
     inputs, _, _ = exported
     model, cfg = demo

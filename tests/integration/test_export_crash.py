@@ -59,15 +59,22 @@ def committed(path: Path) -> int:
         return 0
 
 
-def wait_for_rows(path: Path, n: int, proc_alive, timeout: float = 120.0) -> int:
+def wait_for_rows(path: Path, n: int, proc_alive, timeout: float = 120.0, describe=None) -> int:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         rows = committed(path)
         if rows >= n:
             return rows
-        assert proc_alive(), "the export ended before it was interrupted"
+        if not proc_alive():
+            raise AssertionError(f"the export ended before it was interrupted (with {rows} committed "
+                                 f"rows visible)" + (f": {describe()}" if describe else ""))
         time.sleep(0.02)
     raise AssertionError(f"no {n} committed rows after {timeout} s")
+
+
+def _ended(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate()
+    return f"exit status {proc.returncode}; stdout {out.decode()[-1000:]!r}; stderr {err.decode()[-2000:]!r}"
 
 
 def assert_prefix_of(ref: Path, out: Path, rows: int) -> None:
@@ -94,7 +101,7 @@ def test_sigkill_of_cli_export_then_resume_equals_uninterrupted(setup, demo, tmp
                              "--batch-size", "2", "--workers", "0", "--analyses", "logits,cls,rollout,distance",
                              "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for_rows(out, 4, lambda: proc.poll() is None)
+        wait_for_rows(out, 4, lambda: proc.poll() is None, describe=lambda: _ended(proc))
     finally:
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()

@@ -295,15 +295,17 @@ class ExportWriter:
         for stale in self.path.parent.glob(f".{self.path.name}.creating-*"):  # we hold the lock
             stale.unlink(missing_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        # The file stays open across the rename (POSIX renames the open inode): closing and
+        # reopening it by its final name let a reader that opened it in between (a progress
+        # poller, `vitlens inspect`) hold HDF5's shared lock, and the reopen for writing failed.
         try:
-            with h5py.File(tmp, "w", libver=LIBVER) as f:
-                self._build(f, attrs)
+            self._file = h5py.File(tmp, "w", libver=LIBVER)
+            self._build(self._file, attrs)
+            self._file.attrs["open_for_writing"] = np.bool_(True)
+            self._start_swmr()
             os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
-        self._file = h5py.File(self.path, "r+", libver=LIBVER)
-        self._file.attrs["open_for_writing"] = np.bool_(True)
-        self._start_swmr()
 
     def _build(self, f: h5py.File, attrs: Mapping[str, Any]) -> None:
         from vitlens import __version__
@@ -392,10 +394,13 @@ class ExportWriter:
             self._file.swmr_mode = True
 
     def _rebuild(self) -> None:
-        """Copy the committed rows of a crashed file into a fresh one and put it in its place."""
+        """Copy the committed rows of a crashed file into a fresh one and put it in its place
+        (kept open across the rename, as in :meth:`_create`)."""
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        f: h5py.File | None = None
         try:
-            with read(self.path, locking=False) as old, h5py.File(tmp, "w", libver=LIBVER) as f:
+            with read(self.path, locking=False) as old:
+                f = h5py.File(tmp, "w", libver=LIBVER)
                 n = old.rows
                 self._build(f, {})
                 for k, v in old._f.attrs.items():  # created, command, model... as first written
@@ -409,16 +414,20 @@ class ExportWriter:
                     for a in range(0, n, step):  # bounded memory
                         b = min(n, a + step)
                         dst[a:b] = src.asstr()[a:b] if col.dtype == "str" else src[a:b]
-                f.attrs[COMMITTED_ATTR] = np.int64(n)
-                f.attrs["complete"] = np.bool_(n >= self.planned_rows)
-                f.attrs["open_for_writing"] = np.bool_(False)
+            f.attrs[COMMITTED_ATTR] = np.int64(n)
+            f.attrs["complete"] = np.bool_(n >= self.planned_rows)
+            f.attrs["open_for_writing"] = np.bool_(True)
+            self._file, f = f, None
+            self.committed = self.resumed_from = n
+            self._start_swmr()
             os.replace(tmp, self.path)
         except OSError as e:
+            if f is not None:
+                f.close()
             raise VitlensError(f"cannot resume '{self.path}': its committed rows could not be copied "
                                f"({' '.join(str(e).split())}); export again with --overwrite") from None
         finally:
             tmp.unlink(missing_ok=True)
-        self._truncate_in_place()
 
     # ----------------------------------------------------------------- append
     def append(self, rows: Mapping[str, Any]) -> int:
