@@ -1,11 +1,13 @@
 """Capture overhead as ratios against the plain timm forward, measured in the same run.
 
-    python benchmarks/capture_overhead.py [--batch 32] [--repeats 5] [--models vit_small_patch16_224 ...]
+    python benchmarks/capture_overhead.py [--batch 32] [--repeats 11] [--models vit_small_patch16_224 ...]
 
-Prints one line per case. Times are medians over --repeats rounds after one warm-up (the
-cases of a model take turns within each round, so drift hits them alike), with
-timm's fused attention on (its default), torch.no_grad, CPU, random-init weights (the
-weights do not change the cost).
+Prints one line per case. The cases of a model take turns within each of --repeats
+rounds (after one warm-up each, order rotated per round); the ratio printed is the
+median over rounds of the case's time over plain's time in the same round, with its
+quartiles and the best-of ratio (fastest over fastest), so a shared machine's slow
+spells do not decide the figure. Runs with timm's fused attention on (its default),
+torch.no_grad, CPU, random-init weights (the weights do not change the cost).
 
 Peak memory is what one forward adds on top of the model and input: each case runs in
 a fresh subprocess (so every case starts equal) with glibc's mmap threshold fixed at
@@ -29,31 +31,36 @@ import time
 import torch
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Times of each function over ``repeats`` rounds, every case once per round.
 
-
-def _interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
-    """Median time of each function, the cases taking turns in every round.
-
-    Round-robin instead of case after case, so a drift of the machine's speed (other
-    load, frequency, allocator warm-up) during the run falls on every case alike.
+    Round-robin instead of case after case, and the order rotated every round, so a
+    drift of the machine's speed (other load, frequency, a neighbour on the host) falls
+    on every case alike and no case always runs right after the same other one.
     """
     for fn in fns.values():
         fn()  # warm-up
-    times: dict[str, list[float]] = {case: [] for case in fns}
-    for _ in range(repeats):
-        for case, fn in fns.items():
+    cases = list(fns)
+    times: dict[str, list[float]] = {case: [] for case in cases}
+    for r in range(repeats):
+        for case in cases[r % len(cases):] + cases[:r % len(cases)]:
             t0 = time.perf_counter()
-            fn()
+            fns[case]()
             times[case].append(time.perf_counter() - t0)
-    return {case: statistics.median(ts) for case, ts in times.items()}
+    return times
+
+
+def _ratios(times: dict[str, list[float]], case: str, base: str = "plain") -> tuple[float, float, float, float]:
+    """``(median, q1, q3, best)`` of the case's cost relative to ``base``.
+
+    The median and quartiles are of the per-round ratios (each round's case time over
+    the same round's base time: pairs measured seconds apart, so a slow spell of a
+    shared machine cancels out); ``best`` is fastest case over fastest base, the figure
+    least touched by interference (interference only ever adds time).
+    """
+    r = sorted(c / b for c, b in zip(times[case], times[base]))
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    return statistics.median(r), q[0], q[2], min(times[case]) / min(times[base])
 
 
 def _build(name: str, batch: int):
@@ -114,10 +121,13 @@ def bench_model(name: str, batch: int, repeats: int, memory: bool) -> None:
     model, x = _build(name, batch)
     cases = ("full", "cls_rows") if getattr(model, "num_prefix_tokens", 0) else ("full",)
     with torch.no_grad():
-        t = _interleaved_medians({case: _case_fn(model, x, case) for case in ("plain", *cases)}, repeats)
+        t = _interleaved({case: _case_fn(model, x, case) for case in ("plain", *cases)}, repeats)
+    plain = statistics.median(t["plain"])
     for case in cases:
-        line = (f"{name} batch {batch} {case:>8}: {t[case] / t['plain']:.3f}x plain "
-                f"({t[case] * 1e3:.0f} ms vs {t['plain'] * 1e3:.0f} ms)")
+        med, q1, q3, best = _ratios(t, case)
+        line = (f"{name} batch {batch} {case:>8}: {med:.3f}x plain (median of {repeats} paired rounds, "
+                f"quartiles {q1:.3f}-{q3:.3f}; best-of {best:.3f}x; "
+                f"{statistics.median(t[case]) * 1e3:.0f} ms vs {plain * 1e3:.0f} ms)")
         if memory:
             plain_mem, case_mem = _peak(name, batch, "plain"), _peak(name, batch, case)
             line += f"; peak memory {case_mem / max(plain_mem, 1e-9):.2f}x plain ({case_mem:.0f} vs {plain_mem:.0f} MiB)"
@@ -147,10 +157,11 @@ def bench_rollout(images: int, repeats: int) -> None:
             maps.append((m / m.sum()).reshape(14, 14))
         return torch.stack(maps)
 
-    t_batched = _median_time(lambda: vitlens.rollout(cache), repeats)
-    t_loop = _median_time(loop, repeats)
-    print(f"rollout of {images} images: batched {t_batched * 1e3:.0f} ms vs per-image loop "
-          f"{t_loop * 1e3:.0f} ms = {t_loop / t_batched:.1f}x faster", flush=True)
+    t = _interleaved({"batched": lambda: vitlens.rollout(cache), "loop": loop}, repeats)
+    med, q1, q3, best = _ratios(t, "loop", base="batched")
+    print(f"rollout of {images} images: batched {statistics.median(t['batched']) * 1e3:.0f} ms vs per-image loop "
+          f"{statistics.median(t['loop']) * 1e3:.0f} ms = {med:.1f}x faster (median of {repeats} paired rounds, "
+          f"quartiles {q1:.1f}-{q3:.1f}; best-of {best:.1f}x)", flush=True)
 
 
 def main() -> None:
@@ -159,7 +170,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--models", nargs="+",
                     default=["vit_small_patch16_224", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"])
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
