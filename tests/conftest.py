@@ -41,6 +41,19 @@ def shared_data(*parts: str) -> Path | None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """vitlens' caches (``vitlens models`` verdicts) go to a fresh folder, not ~/.cache:
+    every run checks for real and leaves the user's cache alone."""
+    before = os.environ.get("VITLENS_CACHE_DIR")
+    os.environ["VITLENS_CACHE_DIR"] = str(tmp_path_factory.mktemp("vitlens-cache"))
+    yield
+    if before is None:
+        os.environ.pop("VITLENS_CACHE_DIR", None)
+    else:
+        os.environ["VITLENS_CACHE_DIR"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Run torch single-threaded in the tests (restored afterwards).
 

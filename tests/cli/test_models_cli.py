@@ -24,3 +24,50 @@ def test_unsupported_and_unknown():
     assert supported_models("xcit_nano*") == []  # channel attention: not token attention
     assert_one_line_error(run("attend", "x.jpg", "--model", "xcit_nano_12_p16_224", "--no-pretrained"),
                           "unsupported architecture", "VisionTransformer", "Swin")
+
+
+def test_verdicts_are_cached_per_version(monkeypatch, tmp_path):
+    """The second call builds nothing and answers the same; another timm version, a
+    corrupt cache file or --refresh build again; an unwritable cache still answers."""
+    import timm
+
+    from vitlens.capture import adapters
+
+    monkeypatch.setenv("VITLENS_CACHE_DIR", str(tmp_path / "cache"))
+    built: list[str] = []
+    real_create = timm.create_model
+
+    def counting_create(name, *a, **kw):
+        built.append(name)
+        return real_create(name, *a, **kw)
+
+    monkeypatch.setattr(timm, "create_model", counting_create)
+    first = supported_models("deit_tiny*")
+    assert dict(first) == {"deit_tiny_distilled_patch16_224": "VisionTransformer",
+                           "deit_tiny_patch16_224": "VisionTransformer"}
+    n_first = len(built)
+    assert n_first >= 2 and (tmp_path / "cache" / "supported-models.json").is_file()
+    assert supported_models("deit_tiny*") == first and len(built) == n_first      # from the cache
+    assert supported_models("deit_tiny*", family="Swin") == []                    # filtered, no build
+    assert len(built) == n_first
+    assert supported_models("deit_tiny*", refresh=True) == first and len(built) == 2 * n_first
+
+    monkeypatch.setattr(timm, "__version__", "0.0.0-other")                       # another timm: stale
+    assert supported_models("deit_tiny*") == first and len(built) == 3 * n_first
+    (tmp_path / "cache" / "supported-models.json").write_text("{not json")       # corrupt: rebuilt
+    assert supported_models("deit_tiny*") == first and len(built) == 4 * n_first
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("VITLENS_CACHE_DIR", str(blocker / "cache"))               # cannot be created
+    assert supported_models("deit_tiny*") == first
+
+
+def test_cli_announces_the_first_full_check(monkeypatch, tmp_path):
+    monkeypatch.setenv("VITLENS_CACHE_DIR", str(tmp_path))
+    res = run("models", "vit_tiny*")
+    assert res.exit_code == 0, res.stderr
+    assert "checking" in res.stderr and str(tmp_path) in res.stderr
+    again = run("models", "vit_tiny*")
+    assert again.stdout == res.stdout and "checking" not in again.stderr
+    assert run("models", "vit_tiny*", "--refresh").stdout == res.stdout

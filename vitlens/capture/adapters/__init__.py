@@ -11,6 +11,9 @@ Adding a family is one file in this package with one ``@register_adapter`` class
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -101,16 +104,68 @@ def supported_families() -> list[str]:
     return [a.family for a in registered_adapters()]
 
 
-def supported_models(pattern: str = "*", family: str | None = None) -> list[tuple[str, str]]:
+def cache_dir() -> Path:
+    """Where vitlens keeps small caches: ``$VITLENS_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/vitlens``, else ``~/.cache/vitlens``."""
+    if os.environ.get("VITLENS_CACHE_DIR"):
+        return Path(os.environ["VITLENS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vitlens"
+
+
+def _verdicts_key() -> str:
+    """What the per-model verdicts depend on: timm, vitlens and every registered adapter's code."""
+    import hashlib
+    import inspect
+
+    import timm
+
+    from ... import __version__
+
+    h = hashlib.sha256(f"timm {timm.__version__}; vitlens {__version__}".encode())
+    for cls in registered_adapters():
+        h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+        try:
+            h.update(Path(inspect.getsourcefile(cls) or "").read_bytes())
+        except (OSError, TypeError):
+            pass
+    return h.hexdigest()
+
+
+def _read_verdicts(path: Path, key: str) -> dict[str, str | None]:
+    try:
+        data = json.loads(path.read_text())
+        return dict(data["verdicts"]) if data.get("key") == key else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # missing, unreadable or from another version: rebuild
+
+
+def _write_verdicts(path: Path, key: str, verdicts: dict[str, str | None]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "verdicts": verdicts}, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the answer is right, only the next call is slower
+
+
+def supported_models(pattern: str = "*", family: str | None = None, *, refresh: bool = False,
+                     progress: Callable[[int], None] | None = None) -> list[tuple[str, str]]:
     """``[(timm model name, family)]`` of the timm architectures vitlens can record.
 
     Each candidate from the adapters' ``timm_modules`` is built on the meta device (no
     memory, no weights) and must be accepted by :func:`adapter_for`, so the list is what
-    capture really supports, not a guess from names.
+    capture really supports, not a guess from names. Building all ~300 candidates takes
+    about two minutes, so each verdict is kept in ``cache_dir()/supported-models.json``,
+    valid for the installed timm and vitlens and the registered adapters' source: later
+    calls build only candidates not seen before.
 
     Args:
         pattern: shell-style filter on the architecture name, as ``timm.list_models``.
         family: only candidates of this family's adapter (faster: fewer models built).
+        refresh: ignore the cached verdicts and build every candidate again.
+        progress: called with the number of candidates that must be built, before building.
     """
     import timm
 
@@ -120,18 +175,23 @@ def supported_models(pattern: str = "*", family: str | None = None) -> list[tupl
             continue
         for module in cls.timm_modules:
             names += [n for n in timm.list_models(pattern, module=module) if n not in names]
-    out = []
-    for name in sorted(names):
+    path, key = cache_dir() / "supported-models.json", _verdicts_key()
+    verdicts = {} if refresh else _read_verdicts(path, key)
+    todo = [n for n in sorted(names) if n not in verdicts]
+    if progress is not None:
+        progress(len(todo))
+    for name in todo:
         try:
             with torch.device("meta"):
                 model = timm.create_model(name, pretrained=False)
-            found = adapter_for(model).family
-            if family is None or found == family:
-                out.append((name, found))
+            verdicts[name] = adapter_for(model).family
         except (UnsupportedModelError, TypeError, ValueError, RuntimeError, AssertionError,
                 NotImplementedError, AttributeError):
-            continue  # not recordable (or not buildable without weights): not listed
-    return out
+            verdicts[name] = None  # not recordable (or not buildable without weights): not listed
+    if todo:
+        _write_verdicts(path, key, {**_read_verdicts(path, key), **verdicts})
+    return [(n, verdicts[n]) for n in sorted(names)  # type: ignore[misc]
+            if verdicts[n] is not None and (family is None or verdicts[n] == family)]
 
 
 def adapter_for(model: nn.Module) -> Adapter:
