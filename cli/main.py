@@ -34,14 +34,25 @@ cli.add_command(shape_bias)
 
 
 def main() -> None:
+    """Entry point: click's own handling, except that Ctrl-C anywhere (also while torch
+    imports or a DataLoader starts) ends with one line and exit status 130, the shell's
+    convention, instead of click's "Aborted!" and status 1."""
+    import sys
+
     try:
-        cli()
+        code = cli.main(standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("\nvitlens: interrupted", err=True)
+        raise SystemExit(130) from None
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(e.exit_code) from None
     except BrokenPipeError:  # e.g. `vitlens models | head`: the reader is gone, nothing to report
         import os
-        import sys
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
