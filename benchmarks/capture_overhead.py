@@ -157,11 +157,19 @@ def bench_rollout(images: int, repeats: int) -> None:
             maps.append((m / m.sum()).reshape(14, 14))
         return torch.stack(maps)
 
-    t = _interleaved({"batched": lambda: vitlens.rollout(cache), "loop": loop}, repeats)
+    def read_once():  # the floor: every attention entry read once, nothing else
+        return [a.sum() for a in attn]
+
+    t = _interleaved({"batched": lambda: vitlens.rollout(cache), "loop": loop, "read": read_once}, repeats)
     med, q1, q3, best = _ratios(t, "loop", base="batched")
     print(f"rollout of {images} images: batched {statistics.median(t['batched']) * 1e3:.0f} ms vs per-image loop "
           f"{statistics.median(t['loop']) * 1e3:.0f} ms = {med:.1f}x faster (median of {repeats} paired rounds, "
           f"quartiles {q1:.1f}-{q3:.1f}; best-of {best:.1f}x)", flush=True)
+    floor = statistics.median(t["read"])
+    gib = sum(a.numel() * a.element_size() for a in attn) / 2**30
+    print(f"  floor: reading the {gib:.2f} GiB of attention once takes {floor * 1e3:.0f} ms, so on this machine "
+          f"no rollout can beat the loop by more than {_ratios(t, 'loop', base='read')[0]:.1f}x; batched rollout "
+          f"is {_ratios(t, 'batched', base='read')[0]:.2f}x that floor", flush=True)
 
 
 def main() -> None:
