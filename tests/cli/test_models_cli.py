@@ -31,8 +31,6 @@ def test_verdicts_are_cached_per_version(monkeypatch, tmp_path):
     corrupt cache file or --refresh build again; an unwritable cache still answers."""
     import timm
 
-    from vitlens.capture import adapters
-
     monkeypatch.setenv("VITLENS_CACHE_DIR", str(tmp_path / "cache"))
     built: list[str] = []
     real_create = timm.create_model

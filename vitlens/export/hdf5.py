@@ -422,11 +422,11 @@ class ExportWriter:
             self._start_swmr()
             os.replace(tmp, self.path)
         except OSError as e:
-            if f is not None:
-                f.close()
             raise VitlensError(f"cannot resume '{self.path}': its committed rows could not be copied "
                                f"({' '.join(str(e).split())}); export again with --overwrite") from None
         finally:
+            if f is not None:  # an error before it became self._file
+                f.close()
             tmp.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- append
