@@ -294,18 +294,29 @@ class ExportWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.path.parent.glob(f".{self.path.name}.creating-*"):  # we hold the lock
             stale.unlink(missing_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
-        # The file stays open across the rename (POSIX renames the open inode): closing and
-        # reopening it by its final name let a reader that opened it in between (a progress
-        # poller, `vitlens inspect`) hold HDF5's shared lock, and the reopen for writing failed.
+        tmp = self._temp_path()
         try:
             self._file = h5py.File(tmp, "w", libver=LIBVER)
             self._build(self._file, attrs)
-            self._file.attrs["open_for_writing"] = np.bool_(True)
-            self._start_swmr()
-            os.replace(tmp, self.path)
+            self._put_in_place(tmp)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _temp_path(self) -> Path:
+        """Where a new file is built before it is renamed to OUTPUT."""
+        return self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+
+    def _put_in_place(self, tmp: Path) -> None:
+        """Start writing ``self._file`` (built at ``tmp``) and rename it to OUTPUT.
+
+        The file stays open across the rename (POSIX renames the open inode): closing and
+        reopening it by its final name let a reader that opened it in between (a progress
+        poller, `vitlens inspect`) hold HDF5's shared lock, and the reopen for writing failed.
+        """
+        assert self._file is not None
+        self._file.attrs["open_for_writing"] = np.bool_(True)
+        self._start_swmr()
+        os.replace(tmp, self.path)
 
     def _build(self, f: h5py.File, attrs: Mapping[str, Any]) -> None:
         from vitlens import __version__
@@ -394,9 +405,8 @@ class ExportWriter:
             self._file.swmr_mode = True
 
     def _rebuild(self) -> None:
-        """Copy the committed rows of a crashed file into a fresh one and put it in its place
-        (kept open across the rename, as in :meth:`_create`)."""
-        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        """Copy the committed rows of a crashed file into a fresh one and put it in its place."""
+        tmp = self._temp_path()
         f: h5py.File | None = None
         try:
             with read(self.path, locking=False) as old:
@@ -416,11 +426,9 @@ class ExportWriter:
                         dst[a:b] = src.asstr()[a:b] if col.dtype == "str" else src[a:b]
             f.attrs[COMMITTED_ATTR] = np.int64(n)
             f.attrs["complete"] = np.bool_(n >= self.planned_rows)
-            f.attrs["open_for_writing"] = np.bool_(True)
             self._file, f = f, None
             self.committed = self.resumed_from = n
-            self._start_swmr()
-            os.replace(tmp, self.path)
+            self._put_in_place(tmp)
         except OSError as e:
             raise VitlensError(f"cannot resume '{self.path}': its committed rows could not be copied "
                                f"({' '.join(str(e).split())}); export again with --overwrite") from None
