@@ -176,7 +176,8 @@ def supported_models(pattern: str = "*", family: str | None = None, *, refresh: 
         for module in cls.timm_modules:
             names += [n for n in timm.list_models(pattern, module=module) if n not in names]
     path, key = cache_dir() / "supported-models.json", _verdicts_key()
-    verdicts = {} if refresh else _read_verdicts(path, key)
+    cached = _read_verdicts(path, key)
+    verdicts = {} if refresh else dict(cached)
     todo = [n for n in sorted(names) if n not in verdicts]
     if progress is not None:
         progress(len(todo))
@@ -189,7 +190,7 @@ def supported_models(pattern: str = "*", family: str | None = None, *, refresh: 
                 NotImplementedError, AttributeError):
             verdicts[name] = None  # not recordable (or not buildable without weights): not listed
     if todo:
-        _write_verdicts(path, key, {**_read_verdicts(path, key), **verdicts})
+        _write_verdicts(path, key, {**cached, **verdicts})  # a refresh of some names keeps the rest
     return [(n, verdicts[n]) for n in sorted(names)  # type: ignore[misc]
             if verdicts[n] is not None and (family is None or verdicts[n] == family)]
 
