@@ -97,9 +97,10 @@ def test_sigkill_of_cli_export_then_resume_equals_uninterrupted(setup, demo, tmp
             "from vitlens.cli.main import main\n"
             "main()\n")
     env = dict(os.environ, VITLENS_TEST_BATCH_DELAY="1.0", OMP_NUM_THREADS="1")
+    # cwd: run from outside the checkout, where ./vitlens (which has no cli/) would shadow the installed package
     proc = subprocess.Popen([sys.executable, "-c", code, "export", str(inputs), str(out), "--model", "demo",
                              "--batch-size", "2", "--workers", "0", "--analyses", "logits,cls,rollout,distance",
-                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     try:
         wait_for_rows(out, 4, lambda: proc.poll() is None, describe=lambda: _ended(proc))
     finally:
@@ -233,7 +234,8 @@ def test_torchrun_launcher_two_processes(setup, tmp_path):
     cmd = [str(torchrun) if torchrun.exists() else "torchrun", "--nproc_per_node=2",
            f"--master_port={29500 + random.randrange(400)}", "-m", "vitlens.batch", str(inputs), str(out),
            "--model", "demo", "--batch-size", "2", "--workers", "0", "--analyses", "logits,cls,rollout,distance"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600,
+                       cwd=tmp_path)
     # one input is corrupt: rank 0 reports for every rank and exits 3 (torchrun then exits non-zero)
     assert "8 ok, 1 failed" in r.stderr, r.stderr[-3000:]
     assert_same_export(ref, out)

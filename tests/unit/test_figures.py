@@ -199,7 +199,7 @@ def test_save_figure_errors(tmp_path, maps) -> None:
         save_figure(fig, blocker / "g.png")
 
 
-def test_import_and_use_do_not_touch_pyplot() -> None:
+def test_import_and_use_do_not_touch_pyplot(tmp_path) -> None:
     code = (
         "import sys\n"
         "import vitlens.export.figures as f\n"
@@ -210,5 +210,5 @@ def test_import_and_use_do_not_touch_pyplot() -> None:
         "    f.save_figure(fig, os.path.join(d, 'x.png'), dpi=30)\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported by use'\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert res.returncode == 0, res.stderr

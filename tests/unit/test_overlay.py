@@ -306,13 +306,13 @@ def test_save_png_errors(tmp_path, image: np.ndarray) -> None:
         save_png(tmp_path / "gray.png", image[:, :, 0])
 
 
-def test_module_does_not_import_matplotlib() -> None:
+def test_module_does_not_import_matplotlib(tmp_path) -> None:
     # torch is loaded by the vitlens package itself; overlay only needs numpy + OpenCV
     code = (
         "import sys, vitlens.export.overlay\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
 
 
