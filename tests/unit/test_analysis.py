@@ -1,6 +1,8 @@
 """CLS maps and rollout against slow, direct per-image implementations of the formulas."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -123,9 +125,12 @@ def test_cls_attention_errors():
 # ------------------------------------------------------------------ rollout
 @pytest.mark.parametrize("prefix", [("cls",), ("cls", "dist"), ("cls", "reg", "reg"), ()])
 @pytest.mark.parametrize("discard", [0.0, 0.5, 0.9])
-def test_rollout_matches_reference(prefix, discard):
+@pytest.mark.parametrize("step", [None, 1, 2])
+def test_rollout_matches_reference(prefix, discard, step, monkeypatch):
     grid = (3, 4)
     T = len(prefix) + 12
+    if step is not None:  # CPU rollout takes images a chunk at a time: 1 + 1 + 1 and 2 + 1 images
+        monkeypatch.setattr(sys.modules["vitlens.analysis.rollout"], "_CHUNK_BYTES", step * T * T * 4)
     attn = random_attention(3, 2, T, 4, seed=7)
     cache = synthetic_cache(attn, prefix, grid)
     got = vitlens.rollout(cache, discard_ratio=discard)
@@ -138,9 +143,12 @@ def test_rollout_matches_reference(prefix, discard):
 
 
 @pytest.mark.parametrize("prefix", [("cls",), ("cls", "reg", "reg"), ()])
-def test_rollout_exclude_matches_reference(prefix):
+@pytest.mark.parametrize("step", [None, 1])
+def test_rollout_exclude_matches_reference(prefix, step, monkeypatch):
     grid = (3, 4)
     T = len(prefix) + 12
+    if step is not None:  # one image per chunk: each chunk must get its own image's mask
+        monkeypatch.setattr(sys.modules["vitlens.analysis.rollout"], "_CHUNK_BYTES", step * T * T * 4)
     attn = random_attention(2, 2, T, 3, seed=11)
     cache = synthetic_cache(attn, prefix, grid)
     exclude = torch.zeros(2, 3, 4, dtype=torch.bool)
@@ -157,6 +165,8 @@ def test_rollout_exclude_matches_reference(prefix):
         vitlens.rollout(cache, exclude=torch.zeros(2, 4, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="leaves no patch token"):
         vitlens.rollout(cache, exclude=torch.ones(2, 3, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="exclude has 3 images, the cache 2"):
+        vitlens.rollout(cache, exclude=torch.zeros(3, 3, 4, dtype=torch.bool))
 
 
 def test_rollout_single_layer_is_the_residual_formula():
