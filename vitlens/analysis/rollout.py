@@ -152,8 +152,7 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
     # Images are independent: on the CPU take them a few at a time, so each layer's
     # head-fused [chunk, T, T] matrix stays in the CPU cache between being made and being
     # used (64 ViT-B images, 2 cores: 1.45x faster than whole-batch tensors, median of 21
-    # paired rounds),
-    # and a float16 cache is widened to float32 one chunk at a time.
+    # paired rounds), and a float16 cache is widened to float32 one chunk at a time.
     step = max(1, _CHUNK_BYTES // (T * T * 4)) if attn[0].device.type == "cpu" else max(B, 1)
     m = torch.cat([_token_rollout([a[s:s + step] for a in attn], head_fusion, discard_ratio, P, cls,
                                   None if drop is None else drop[s:s + step])
