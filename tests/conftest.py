@@ -86,6 +86,14 @@ def family_model(request):
     return request.param, model, x
 
 
+@pytest.fixture(scope="module")
+def demo():
+    """``vitlens.load_model("demo", device="cpu")``, once per test module (tests must not modify it)."""
+    import vitlens
+
+    return vitlens.load_model("demo", device="cpu")
+
+
 @pytest.fixture(scope="session")
 def chelsea_path() -> Path:
     return EXAMPLES / "chelsea.jpg"

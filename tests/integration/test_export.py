@@ -42,11 +42,6 @@ def make_inputs(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return vitlens.load_model("demo", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def exported(tmp_path_factory, demo):
     """One export of every analysis plus float32 full maps of every layer."""
     tmp = tmp_path_factory.mktemp("export")

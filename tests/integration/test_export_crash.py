@@ -35,11 +35,6 @@ OPTS = dict(batch_size=2, workers=0, analyses=["logits", "cls", "rollout", "dist
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return vitlens.load_model("demo", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo):
     tmp = tmp_path_factory.mktemp("crash")
     inputs = make_inputs(tmp / "in")

@@ -64,12 +64,6 @@ class _MarkerPayload:
         return (open, (self.path, "w"))
 
 
-@pytest.fixture(scope="module")
-def demo():
-    """``load_model("demo")`` once for the module (tests must not modify it)."""
-    return vitlens.load_model("demo")
-
-
 # ------------------------------------------------------------------------------- demo
 def test_demo_returns_model_and_data_config(demo):
     result = demo

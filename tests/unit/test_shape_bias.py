@@ -94,11 +94,6 @@ def tiny_vit() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return vitlens.load_model("demo")
-
-
-@pytest.fixture(scope="module")
 def tiny_result(tiny_vit) -> ShapeBiasResult:
     return vitlens.shape_bias(tiny_vit, STIMULI, batch_size=7)
 
