@@ -485,6 +485,15 @@ def _attrs(model: nn.Module, name: str, data_config: dict[str, Any], layout: Any
 
 
 if __name__ == "__main__":  # python -m vitlens.batch INPUT OUTPUT.h5 [options]  (same as `vitlens export`)
-    from vitlens.cli.main import cli
+    try:
+        from vitlens.cli.main import cli
+    except ModuleNotFoundError as e:
+        if e.name not in ("vitlens.cli", "vitlens.cli.main"):
+            raise
+        # python -m puts the working directory first on sys.path: in a vitlens source
+        # checkout its ./vitlens (the CLI lives in ./cli, installed as vitlens.cli) shadows
+        # the installed package
+        sys.exit(f"vitlens: cannot import vitlens.cli from {Path(__file__).parent}: run from outside the "
+                 f"vitlens source checkout, or install it with `pip install -e .`")
 
     cli(["export", *sys.argv[1:]], prog_name="vitlens")

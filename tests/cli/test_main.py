@@ -49,3 +49,27 @@ def test_statuses_of_success_usage_errors_and_commands(monkeypatch, capsys, tmp_
     assert code == 0 and "deit_tiny_patch16_224" in out
     code, _, err = run_main(monkeypatch, capsys, "inspect", str(tmp_path / "missing.h5"))  # a user error
     assert code == 1 and err.startswith("vitlens: error: no such file")
+
+
+def test_python_m_vitlens_batch_runs_export(monkeypatch, capsys):
+    """``python -m vitlens.batch`` is ``vitlens export`` (the torchrun entry point)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["vitlens.batch", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("vitlens.batch", run_name="__main__")
+    assert e.value.code == 0
+    assert "Usage: vitlens export" in capsys.readouterr().out
+
+
+def test_python_m_vitlens_batch_in_a_source_checkout_says_what_to_do(monkeypatch):
+    """From a source checkout's root, ``python -m`` finds ./vitlens first, which has no
+    cli/ (that installs as vitlens.cli): a clear message, not a bare traceback."""
+    import runpy
+
+    monkeypatch.setitem(sys.modules, "vitlens.cli.main", None)  # import fails as it does there
+    monkeypatch.setattr(sys, "argv", ["vitlens.batch", "in/", "out.h5"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("vitlens.batch", run_name="__main__")
+    assert "cannot import vitlens.cli" in str(e.value.code)
+    assert "pip install -e ." in str(e.value.code)
