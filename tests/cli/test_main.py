@@ -51,6 +51,7 @@ def test_statuses_of_success_usage_errors_and_commands(monkeypatch, capsys, tmp_
     assert code == 1 and err.startswith("vitlens: error: no such file")
 
 
+@pytest.mark.filterwarnings("ignore:'vitlens.batch' found in sys.modules:RuntimeWarning")  # vitlens imports it
 def test_python_m_vitlens_batch_runs_export(monkeypatch, capsys):
     """``python -m vitlens.batch`` is ``vitlens export`` (the torchrun entry point)."""
     import runpy
@@ -62,6 +63,7 @@ def test_python_m_vitlens_batch_runs_export(monkeypatch, capsys):
     assert "Usage: vitlens export" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore:'vitlens.batch' found in sys.modules:RuntimeWarning")  # vitlens imports it
 def test_python_m_vitlens_batch_in_a_source_checkout_says_what_to_do(monkeypatch):
     """From a source checkout's root, ``python -m`` finds ./vitlens first, which has no
     cli/ (that installs as vitlens.cli): a clear message, not a bare traceback."""
