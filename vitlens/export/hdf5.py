@@ -238,6 +238,12 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
+def _temp_path(path: Path, pid: int | str | None = None) -> Path:
+    """Where a new file is built before it is renamed to ``path``: one name per process
+    (``pid`` defaults to this one's; ``"*"`` gives the glob of every process's)."""
+    return path.with_name(f".{path.name}.creating-{os.getpid() if pid is None else pid}")
+
+
 class ExportWriter:
     """Append batches of rows to a ``vitlens/1`` file and commit each one.
 
@@ -292,19 +298,15 @@ class ExportWriter:
         (and an ``--overwrite`` keeps the old file readable until then).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.creating-*"):  # we hold the lock
+        for stale in self.path.parent.glob(_temp_path(self.path, "*").name):  # we hold the lock
             stale.unlink(missing_ok=True)
-        tmp = self._temp_path()
+        tmp = _temp_path(self.path)
         try:
             self._file = h5py.File(tmp, "w", libver=LIBVER)
             self._build(self._file, attrs)
             self._put_in_place(tmp)
         finally:
             tmp.unlink(missing_ok=True)
-
-    def _temp_path(self) -> Path:
-        """Where a new file is built before it is renamed to OUTPUT."""
-        return self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
 
     def _put_in_place(self, tmp: Path) -> None:
         """Start writing ``self._file`` (built at ``tmp``) and rename it to OUTPUT.
@@ -406,7 +408,7 @@ class ExportWriter:
 
     def _rebuild(self) -> None:
         """Copy the committed rows of a crashed file into a fresh one and put it in its place."""
-        tmp = self._temp_path()
+        tmp = _temp_path(self.path)
         f: h5py.File | None = None
         try:
             with read(self.path, locking=False) as old:
@@ -774,7 +776,7 @@ def merge_shards(output: str | os.PathLike[str], shards: Sequence[str | os.PathL
             raise VitlensError(f"shard '{s}' was written with other settings than '{infos[0][0]}'; "
                                f"rerun every rank with the same options")
     total = sum(n for _, n, *_ in infos)
-    tmp = out.with_name(f".{out.name}.creating-{os.getpid()}")
+    tmp = _temp_path(out)
     with OutputLock(out):
         try:
             with h5py.File(tmp, "w") as f:
