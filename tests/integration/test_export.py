@@ -258,7 +258,7 @@ def test_reader_arriving_as_the_file_appears_does_not_break_the_writer(exported,
     """A reader (progress poller, `vitlens inspect`) that opens OUTPUT the moment the
     writer renames it into place, and stays open: the export still runs to the end.
     (The writer used to close the file and reopen it for writing after the rename; a
-    reader in between held HDF5's shared lock and the reopen failed; CI hit it.)"""
+    reader in between held HDF5's shared lock and the reopen failed.)"""
     inputs, full, _ = exported
     model, cfg = demo
     out = tmp_path / "watched.h5"
