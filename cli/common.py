@@ -48,7 +48,10 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    """The error as one line, with the library's `parameter` names written as this command's flags."""
+    from .flags import to_flags
+
+    text = to_flags(" ".join(str(e).split())) or type(e).__name__
     return text if isinstance(e, VitlensError) else f"{text} ({type(e).__name__})"
 
 

@@ -31,7 +31,7 @@ def _analyses(value: str | None) -> list[str] | None:
 def _command_line() -> str:
     """The command, rebuilt from what click parsed (arguments, then options that differ from
     their defaults), so it is right however the command was invoked: the console script,
-    ``python -m vitlens.batch``, torchrun, or in-process (CliRunner, notebooks)."""
+    ``python -m vitlens.cli``, torchrun, or in-process (CliRunner, notebooks)."""
     import shlex
 
     ctx = click.get_current_context()
@@ -94,7 +94,7 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
     Exit status: 0 all images exported; 3 some images could not be read (their rows
     have images/ok = false, the reason in images/error, NaN values); 130 interrupted;
     1 any other error. Under torchrun every rank writes OUTPUT.rankR.h5 and rank 0 joins
-    them into OUTPUT.h5 (`torchrun --nproc_per_node=N -m vitlens.batch INPUT OUTPUT.h5 ...`).
+    them into OUTPUT.h5 (`torchrun --nproc_per_node=N -m vitlens.cli export INPUT OUTPUT.h5 ...`).
     """
     from vitlens.batch import ExportOptions, dist_info, run_export
     from vitlens.data import resolve_inputs

@@ -131,26 +131,26 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
         unknown = [a for a in analyses if a not in ANALYSES]
         if unknown:
             raise VitlensError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(ANALYSES)} "
-                               f"(comma-separated), or leave --analyses out for all the model supports")
+                               f"(comma-separated), or leave `analyses` out (None) for all the model supports")
         if "cls" in analyses and (windowed or not has_cls):
             raise VitlensError(f"{type(model).__name__} has no CLS token, so it has no CLS attention maps; "
-                               f"drop 'cls' from --analyses (rollout works without CLS)")
+                               f"drop 'cls' from `analyses` (rollout works without CLS)")
     if not analyses and not options.full:
-        raise VitlensError("nothing to export: --analyses is empty and --full is off")
+        raise VitlensError("nothing to export: `analyses` is empty and `full` is off")
     if options.dtype not in DTYPES:
-        raise VitlensError(f"--dtype must be one of {DTYPES}, got {options.dtype!r}")
+        raise VitlensError(f"`dtype` must be one of {DTYPES}, got {options.dtype!r}")
     if options.compression not in COMPRESSIONS:
-        raise VitlensError(f"--compression must be one of {COMPRESSIONS}, got {options.compression!r}")
+        raise VitlensError(f"`compression` must be one of {COMPRESSIONS}, got {options.compression!r}")
     if options.precision not in PRECISIONS:
-        raise VitlensError(f"--precision must be one of {tuple(PRECISIONS)}, got {options.precision!r}")
+        raise VitlensError(f"`precision` must be one of {tuple(PRECISIONS)}, got {options.precision!r}")
     if options.batch_size < 1:
-        raise VitlensError(f"--batch-size must be at least 1, got {options.batch_size}")
+        raise VitlensError(f"`batch_size` must be at least 1, got {options.batch_size}")
     if options.workers < 0:
-        raise VitlensError(f"--workers must be 0 or more, got {options.workers}")
+        raise VitlensError(f"`workers` must be 0 or more, got {options.workers}")
     if options.limit is not None and options.limit < 1:
-        raise VitlensError(f"--limit must be at least 1, got {options.limit}")
+        raise VitlensError(f"`limit` must be at least 1, got {options.limit}")
     if (options.layers is not None or options.heads is not None) and not options.full:
-        raise VitlensError("--layers/--heads choose the full attention maps; add --full")
+        raise VitlensError("`layers` and `heads` choose the full attention maps; add `full=True`")
 
     def resolve(values: Sequence[int] | None, n: int, what: str) -> tuple[int, ...] | None:
         if values is None:
@@ -189,7 +189,7 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     if dtype is None:
         return contextlib.nullcontext()
     if device.type == "cpu" and dtype is torch.float16:
-        raise VitlensError("--precision fp16 autocast needs a GPU; on the CPU use bf16 or fp32")
+        raise VitlensError("`precision=fp16` autocast needs a GPU; on the CPU use bf16 or fp32")
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -368,7 +368,6 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
         resumed = writer.committed
         if total is not None:
             total(stop - start - resumed)
-        delay = float(os.environ.get("VITLENS_TEST_BATCH_DELAY", "0") or 0)
         try:
             batches = image_batches(paths, data_config, batch_size=options.batch_size, workers=options.workers,
                                     pin_memory=device.type == "cuda", start=start + resumed, stop=stop)
@@ -390,8 +389,6 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
                                     method, data_config)
                 if progress is not None:
                     progress(len(idx))
-                if delay:
-                    time.sleep(delay)
         except KeyboardInterrupt:
             interrupted = True
         okcol = np.asarray(writer._file["images/ok"][: writer.committed], dtype=bool)  # type: ignore[index]
@@ -472,7 +469,7 @@ def _attrs(model: nn.Module, name: str, data_config: dict[str, Any], layout: Any
     if not plan.has_cls:
         attrs["cls_attention_omitted"] = "the model has no CLS token"
     elif "cls" not in plan.analyses:
-        attrs["cls_attention_omitted"] = "not requested (--analyses)"
+        attrs["cls_attention_omitted"] = "not requested (the analyses did not include 'cls')"
     names = _models.class_names(model)
     if names:
         attrs["class_names"] = list(names)
@@ -484,16 +481,8 @@ def _attrs(model: nn.Module, name: str, data_config: dict[str, Any], layout: Any
     return attrs
 
 
-if __name__ == "__main__":  # python -m vitlens.batch INPUT OUTPUT.h5 [options]  (same as `vitlens export`)
-    try:
-        from vitlens.cli.main import cli
-    except ModuleNotFoundError as e:
-        if e.name not in ("vitlens.cli", "vitlens.cli.main"):
-            raise
-        # python -m puts the working directory first on sys.path: in a vitlens source
-        # checkout its ./vitlens (the CLI lives in ./cli, installed as vitlens.cli) shadows
-        # the installed package
-        sys.exit(f"vitlens: cannot import vitlens.cli from {Path(__file__).parent}: run from outside the "
-                 f"vitlens source checkout, or install it with `pip install -e .`")
-
-    cli(["export", *sys.argv[1:]], prog_name="vitlens")
+if __name__ == "__main__":  # the library has no command line of its own; the CLI does
+    sys.exit("vitlens: `python -m vitlens.batch` is gone: the export command line lives in the CLI. Run "
+             "`vitlens export INPUT OUTPUT.h5 ...`; under torchrun, launch the module vitlens.cli "
+             "(`torchrun ... -m vitlens.cli export INPUT OUTPUT.h5 ...`, from outside a vitlens source "
+             "checkout); from Python, call vitlens.batch.run_export")

@@ -5,7 +5,6 @@ mean/std, interpolation, crop) so preprocessing is always timm's own.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import os
@@ -16,7 +15,7 @@ import zipfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -173,7 +172,7 @@ def _load_checkpoint_into(model: nn.Module, path: str | os.PathLike, name: str) 
             parts.append("shape differs: " + show([f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k])}"
                                                    for k in shapes]))
         raise CheckpointError(f"checkpoint '{path}' does not fit model '{name}': " + "; ".join(parts)
-                              + ". Check that --model names the architecture the checkpoint was trained with")
+                              + ". Check that `name` names the architecture the checkpoint was trained with")
     if n_cls is not None and n_cls != getattr(model, "num_classes", n_cls):
         model.reset_classifier(n_cls)
     model.load_state_dict(sd)
@@ -207,21 +206,59 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _hub_offline_if_unreachable() -> Iterator[None]:
-    """Unreachable hub: use only the local cache instead of ~50 s of download retries."""
+def _hub_offline() -> bool:
     try:
         from huggingface_hub import constants
     except ImportError:  # pragma: no cover - timm depends on it
-        yield
-        return
-    old = constants.HF_HUB_OFFLINE
-    if not old and not _hub_reachable():
-        constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old
+        return True
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached_hub_weights(name: str) -> str | None:
+    """Path of ``name``'s pretrained weights in the local Hugging Face cache, or None. No network.
+
+    Looks for the files timm's Hub loader would download (``hf_hub_filename``, else
+    ``model.safetensors`` then ``pytorch_model.bin``) with ``try_to_load_from_cache``.
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["pytorch_model.bin"]
+    for f in list(files):                     # timm prefers a .safetensors twin when one exists
+        if f.endswith(".bin"):
+            files.insert(files.index(f), "model.safetensors" if f == "pytorch_model.bin" else f[:-4] + ".safetensors")
+    for f in files:
+        path = try_to_load_from_cache(repo, f, revision=revision or None)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def _offline_overlay(name: str) -> dict[str, Any] | None:
+    """When the Hub is unreachable, point timm at the cached weights file instead of ~50 s
+    of download retries (``pretrained_cfg_overlay``: this call only, no global switch).
+
+    Returns None when timm may go ahead as usual (Hub reachable, offline mode already on,
+    or weights that do not come from the Hub); raises WeightsUnavailableError when the
+    Hub is unreachable and the weights are not cached.
+    """
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id or cfg.custom_load == "hf" or _hub_offline() or _hub_reachable():
+        return None
+    path = _cached_hub_weights(name)
+    if path is None:
+        raise WeightsUnavailableError(
+            f"pretrained weights for '{name}' are not in the local Hugging Face cache and the Hub "
+            f"({cfg.hf_hub_id}) cannot be reached; connect to the Hugging Face Hub once to cache them, "
+            f"pass a local weights file as `checkpoint=PATH`, use `pretrained=False` (random weights), "
+            f"or use the bundled `name={DEMO_NAME}` model")
+    return {"file": path, "source": "", "custom_load": False}
 
 
 def _create_timm(name: str, pretrained: bool) -> nn.Module:
@@ -230,15 +267,17 @@ def _create_timm(name: str, pretrained: bool) -> nn.Module:
     _check_name(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False)
+    overlay = _offline_overlay(name)
     try:
-        with _hub_offline_if_unreachable():
-            return timm.create_model(name, pretrained=True)
+        if overlay is not None:
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+        return timm.create_model(name, pretrained=True)
     except (OSError, RuntimeError, ValueError, ConnectionError) as e:
         raise WeightsUnavailableError(
             f"pretrained weights for '{name}' could not be loaded ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:200]}); connect to the Hugging Face Hub once to cache "
-            f"them, pass a local file with --checkpoint, use --no-pretrained, or use "
-            f"--model {DEMO_NAME}") from e
+            f"them, pass a local weights file as `checkpoint=PATH`, use `pretrained=False` (random "
+            f"weights), or use the bundled `name={DEMO_NAME}` model") from e
 
 
 # ------------------------------------------------------------------------ public
@@ -251,7 +290,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError) as e:
         raise VitlensError(f"invalid device {device!r}: {e}; use e.g. 'cpu', 'cuda', 'cuda:1'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VitlensError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        raise VitlensError(f"device {device!r} requested but CUDA is not available here; use `device=cpu`")
     return dev
 
 

@@ -293,7 +293,7 @@ def test_existing_output_needs_resume_or_overwrite(exported, tmp_path, demo):
     out = tmp_path / "o.h5"
     opts = ExportOptions(batch_size=4, limit=3, analyses=["logits"])
     run_export(model, cfg, inputs, out, opts)
-    with pytest.raises(VitlensError, match="already exists.*--resume.*--overwrite"):
+    with pytest.raises(VitlensError, match="already exists.*`resume=True`.*`overwrite=True`"):
         run_export(model, cfg, inputs, out, opts)
     s = run_export(model, cfg, inputs, out, ExportOptions(batch_size=4, limit=3, analyses=["logits"], resume=True))
     assert (s.rows, s.new_rows, s.resumed_from) == (3, 0, 3)

@@ -3,14 +3,16 @@
 * ``kill -9`` of a ``vitlens export`` subprocess after some batches are committed: the file
   opens, the committed rows equal an uninterrupted export, ``--resume`` completes it to
   exactly the uninterrupted result (the stale lock file of the killed process is no obstacle).
-* a kill between writing a batch and committing it (test hook): the batch is invisible and
-  rewritten on resume.
+* a kill between writing a batch and committing it (``ExportWriter(before_commit=...)``,
+  injected by :func:`inject_faults`): the batch is invisible and rewritten on resume.
 * Ctrl-C (SIGINT): exit status 130, a valid file, resumable.
 * torch.distributed (gloo, 2 processes): the merged view equals a single-process export.
 * (slow) the real ``torchrun`` launcher, and kills at random moments in a loop.
 
 Processes that only need to be killed are forked from the test process (torch is already
 imported there, so they start in milliseconds); the CLI subprocess checks the real entry point.
+Slow batches and crashes are injected by :func:`inject_faults` in the child process (the
+shipped code reads no test switches from the environment).
 """
 from __future__ import annotations
 
@@ -42,6 +44,34 @@ def setup(tmp_path_factory, demo):
     model, cfg = demo
     run_export(model, cfg, inputs, ref, ExportOptions(**OPTS))
     return inputs, ref
+
+
+def inject_faults(delay: float = 0.0, crash_after: int | None = None) -> None:
+    """In a child process: sleep ``delay`` s after each exported batch; SIGKILL the process
+    after batch ``crash_after + 1``'s data is written but before it is committed."""
+    import vitlens.batch as batch
+    from vitlens.export import hdf5
+
+    if delay:
+        real_batches = batch.image_batches
+
+        def slow_batches(*args, **kwargs):
+            for b in real_batches(*args, **kwargs):
+                yield b
+                time.sleep(delay)          # the previous batch is committed by now
+        batch.image_batches = slow_batches
+    if crash_after is not None:
+        real_init = hdf5.ExportWriter.__init__
+        left = [crash_after]
+
+        def kill_before_commit(first: int, end: int) -> None:
+            if left[0] <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            left[0] -= 1
+
+        def init(self, *args, **kwargs):
+            real_init(self, *args, before_commit=kill_before_commit, **kwargs)
+        hdf5.ExportWriter.__init__ = init
 
 
 def committed(path: Path) -> int:
@@ -89,9 +119,16 @@ def test_sigkill_of_cli_export_then_resume_equals_uninterrupted(setup, demo, tmp
     code = ("import sys, vitlens\n"
             "assert 'h5py' not in sys.modules, 'import vitlens must not import h5py'\n"
             "assert 'read' in vitlens.export.__all__  # vitlens.export is there after import vitlens\n"
+            "import time, vitlens.batch\n"            # inject_faults(delay=1.0), in the subprocess
+            "real_batches = vitlens.batch.image_batches\n"
+            "def slow_batches(*args, **kwargs):\n"
+            "    for b in real_batches(*args, **kwargs):\n"
+            "        yield b\n"
+            "        time.sleep(1.0)\n"
+            "vitlens.batch.image_batches = slow_batches\n"
             "from vitlens.cli.main import main\n"
             "main()\n")
-    env = dict(os.environ, VITLENS_TEST_BATCH_DELAY="1.0", OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     # cwd: run from outside the checkout, where ./vitlens (which has no cli/) would shadow the installed package
     proc = subprocess.Popen([sys.executable, "-c", code, "export", str(inputs), str(out), "--model", "demo",
                              "--batch-size", "2", "--workers", "0", "--analyses", "logits,cls,rollout,distance",
@@ -113,8 +150,8 @@ def test_sigkill_of_cli_export_then_resume_equals_uninterrupted(setup, demo, tmp
     assert_same_export(ref, out)                         # no duplicate, no gap
 
 
-def _child_export(inputs, out, env, **opts):
-    os.environ.update(env)
+def _child_export(inputs, out, faults, **opts):
+    inject_faults(**faults)
     model, cfg = vitlens.load_model("demo", device="cpu")
     run_export(model, cfg, inputs, out, ExportOptions(**{**OPTS, **opts}))
     os._exit(0)
@@ -124,8 +161,7 @@ def test_kill_between_data_write_and_commit(setup, demo, tmp_path):
     """Killed after batch 2's data was flushed but before its commit: only batch 1 counts."""
     inputs, ref = setup
     out = tmp_path / "half.h5"
-    env = {"VITLENS_TEST_CRASH_AT": "after-data", "VITLENS_TEST_CRASH_AFTER": "1"}
-    p = mp.get_context("fork").Process(target=_child_export, args=(inputs, out, env))
+    p = mp.get_context("fork").Process(target=_child_export, args=(inputs, out, {"crash_after": 1}))
     p.start()
     p.join(120)
     assert p.exitcode == -signal.SIGKILL
@@ -144,8 +180,8 @@ def test_kill_between_data_write_and_commit(setup, demo, tmp_path):
     assert_same_export(ref, out)
 
 
-def _child_cli(args, env):
-    os.environ.update(env)
+def _child_cli(args, faults):
+    inject_faults(**faults)
     from vitlens.cli.main import cli
 
     try:
@@ -161,7 +197,7 @@ def test_interrupt_closes_the_file_cleanly(setup, demo, tmp_path, sig):
     out = tmp_path / "interrupted.h5"
     args = ["export", str(inputs), str(out), "--model", "demo", "--batch-size", "2", "--workers", "0",
             "--analyses", "logits,cls,rollout,distance", "--quiet"]
-    p = mp.get_context("fork").Process(target=_child_cli, args=(args, {"VITLENS_TEST_BATCH_DELAY": "1.0"}))
+    p = mp.get_context("fork").Process(target=_child_cli, args=(args, {"delay": 1.0}))
     p.start()
     try:
         wait_for_rows(out, 2, p.is_alive)
@@ -227,7 +263,7 @@ def test_torchrun_launcher_two_processes(setup, tmp_path):
     out = tmp_path / "tr.h5"
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun) if torchrun.exists() else "torchrun", "--nproc_per_node=2",
-           f"--master_port={29500 + random.randrange(400)}", "-m", "vitlens.batch", str(inputs), str(out),
+           f"--master_port={29500 + random.randrange(400)}", "-m", "vitlens.cli", "export", str(inputs), str(out),
            "--model", "demo", "--batch-size", "2", "--workers", "0", "--analyses", "logits,cls,rollout,distance"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600,
                        cwd=tmp_path)
@@ -294,7 +330,7 @@ def test_writer_uses_swmr_and_a_running_export_reads(setup, demo, tmp_path):
 
     inputs, ref = setup
     out = tmp_path / "swmr.h5"
-    p = mp.get_context("fork").Process(target=_child_export, args=(inputs, out, {"VITLENS_TEST_BATCH_DELAY": "0.5"}))
+    p = mp.get_context("fork").Process(target=_child_export, args=(inputs, out, {"delay": 0.5}))
     p.start()
     try:
         wait_for_rows(out, 2, p.is_alive)

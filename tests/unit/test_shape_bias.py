@@ -417,7 +417,7 @@ def test_default_mapping_selection(tiny_vit, demo):
     assert default_mapping_name(tiny_vit) == "imagenet16"
     assert default_mapping_name(demo.model) == "cifar10"
     seven = FixedLogits([[1] * 7])
-    with pytest.raises(VitlensError, match="pass mapping="):
+    with pytest.raises(VitlensError, match="pass `mapping=PATH`"):
         default_mapping_name(seven)
 
 
@@ -431,7 +431,7 @@ def test_mapping_errors(tmp_path, demo):
     del model.num_classes  # discovered from the logits instead
     with pytest.raises(VitlensError, match="class index 7, but the model has 6 classes"):
         fake_run(tmp_path, {"cat": [7]}, model=model)
-    with pytest.raises(VitlensError, match="pass mapping="):
+    with pytest.raises(VitlensError, match="pass `mapping=PATH`"):
         fake_run(tmp_path, None)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

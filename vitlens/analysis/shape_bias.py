@@ -342,7 +342,7 @@ def default_mapping_name(model: nn.Module) -> str:
     raise VitlensError(
         f"no built-in category mapping for this model ({type(model).__name__}, {what}): the "
         f"built-in ones are 'imagenet16' (ImageNet-1k, 1000 classes) and 'cifar10' (the demo "
-        f"model); pass mapping= (CLI: --mapping) with a JSON file {{\"category\": [class indices]}}")
+        f"model); pass `mapping=PATH`, a JSON file {{\"category\": [class indices]}}")
 
 
 # ------------------------------------------------------------------------ stimuli
@@ -466,7 +466,7 @@ def _check_range(mapping: CategoryMapping, n_classes: int) -> None:
             raise VitlensError(
                 f"mapping '{mapping.name}' does not fit this model: category '{cat}' uses class index "
                 f"{bad[0]}, but the model has {n_classes} classes (indices 0..{n_classes - 1}); pass the "
-                f"mapping for this model's label space (mapping=/--mapping)")
+                f"mapping for this model's label space as `mapping=PATH`")
 
 
 def _eval_transform(cfg: dict[str, Any]):

@@ -38,7 +38,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -260,14 +260,17 @@ class ExportWriter:
         resume: continue an existing file after its committed rows.
         overwrite: replace an existing file. Without ``resume`` or ``overwrite`` an
             existing file is an error.
+        before_commit: called as ``before_commit(first_row, end_row)`` after each batch's
+            data is flushed and before its commit counter moves (tests inject a crash there).
 
     Use as a context manager; :meth:`append` commits one batch.
     """
 
     def __init__(self, path: str | os.PathLike[str], columns: Sequence[Column], attrs: Mapping[str, Any],
                  config: Mapping[str, Any], planned_rows: int, *, resume: bool = False,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, before_commit: Callable[[int, int], None] | None = None) -> None:
         self.path = Path(path)
+        self.before_commit = before_commit
         self.columns = {c.name: c for c in columns}
         self.planned_rows = int(planned_rows)
         self.config = json.loads(json.dumps(_jsonable(dict(config)), sort_keys=True))
@@ -281,8 +284,8 @@ class ExportWriter:
             if exists and resume:
                 self._open_existing()
             elif exists and not overwrite:
-                raise VitlensError(f"'{self.path}' already exists; pass --resume to continue it after its "
-                                   f"committed rows, --overwrite to replace it, or choose another OUTPUT")
+                raise VitlensError(f"'{self.path}' already exists; pass `resume=True` to continue it after its "
+                                   f"committed rows, `overwrite=True` to replace it, or choose another output path")
             else:
                 self._create(attrs)
         except BaseException:
@@ -364,7 +367,7 @@ class ExportWriter:
                 crashed = bool(f.attrs.get("open_for_writing", False))
         except OSError as e:
             raise VitlensError(f"cannot resume '{self.path}': HDF5 cannot open it ({' '.join(str(e).split())}); "
-                               f"export again with --overwrite") from None
+                               f"export again with `overwrite=True`") from None
         try:
             old = json.loads(old_cfg)
         except (TypeError, ValueError):
@@ -373,9 +376,9 @@ class ExportWriter:
             keys = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
             diffs = "; ".join(f"{k}: file has {old.get(k)!r}, now {self.config.get(k)!r}" for k in keys[:6])
             raise VitlensError(f"cannot resume '{self.path}': it was written with different settings ({diffs}); "
-                               f"rerun with the same INPUT, model and options, or use --overwrite to start over")
+                               f"rerun with the same INPUT, model and options, or use `overwrite=True` to start over")
         if missing:
-            raise VitlensError(f"cannot resume '{self.path}': datasets {missing} are missing; use --overwrite")
+            raise VitlensError(f"cannot resume '{self.path}': datasets {missing} are missing; use `overwrite=True`")
         if not crashed:
             try:
                 self._truncate_in_place()
@@ -433,7 +436,7 @@ class ExportWriter:
             self._put_in_place(tmp)
         except OSError as e:
             raise VitlensError(f"cannot resume '{self.path}': its committed rows could not be copied "
-                               f"({' '.join(str(e).split())}); export again with --overwrite") from None
+                               f"({' '.join(str(e).split())}); export again with `overwrite=True`") from None
         finally:
             if f is not None:  # an error before it became self._file
                 f.close()
@@ -473,7 +476,8 @@ class ExportWriter:
                     raise ValueError(f"column {name}: rows of shape {col.shape} expected, got {value.shape[1:]}")
             ds[n0:n1] = value
         f.flush()                                   # data and metadata on disk ...
-        _crash_point("after-data")
+        if self.before_commit is not None:
+            self.before_commit(n0, n1)
         f.attrs[COMMITTED_ATTR] = np.int64(n1)      # ... before the commit counter moves
         if n1 >= self.planned_rows:
             f.attrs["complete"] = np.bool_(True)
@@ -504,17 +508,6 @@ class ExportWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: ``VITLENS_TEST_CRASH_AT=after-data`` SIGKILLs the process at that point."""
-    if os.environ.get("VITLENS_TEST_CRASH_AT") == name:
-        left = int(os.environ.get("VITLENS_TEST_CRASH_AFTER", "0"))
-        if left <= 0:
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
-        os.environ["VITLENS_TEST_CRASH_AFTER"] = str(left - 1)
 
 
 # -------------------------------------------------------------------------- reader
@@ -767,7 +760,7 @@ def merge_shards(output: str | os.PathLike[str], shards: Sequence[str | os.PathL
         with read(s) as f:
             if not f.complete:
                 raise VitlensError(f"shard '{s}' is incomplete ({f.rows} of {f.attrs.get('rows_planned')} rows); "
-                                   f"rerun the export with --resume before merging")
+                                   f"rerun the export with `resume=True` before merging")
             infos.append((Path(s), f.rows, {k: (f._f[k].shape[1:], f._f[k].dtype, dict(f._f[k].attrs))
                                             for k in f.keys()}, dict(f._f.attrs), f.config))
     first_cfg = {k: v for k, v in infos[0][4].items() if k != "shard"}
