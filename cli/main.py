@@ -8,6 +8,7 @@ from vitlens import __version__
 from .attend import attend
 from .distance import distance
 from .evaluate import evaluate
+from .explore import explore
 from .export import export
 from .figure import figure
 from .importance import importance
@@ -25,6 +26,7 @@ def cli() -> None:
 cli.add_command(attend)
 cli.add_command(distance)
 cli.add_command(evaluate)
+cli.add_command(explore)
 cli.add_command(export)
 cli.add_command(figure)
 cli.add_command(importance)

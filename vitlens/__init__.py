@@ -28,6 +28,7 @@ from .errors import (CheckpointError, ImageLoadError, UnsupportedModelError, Vit
                      WeightsUnavailableError)
 from .models import (DEFAULT_MODEL, DEMO_NAME, LoadedModel, class_names, load_model,
                      make_transform, preprocess)
+from .explore import Explorer, explore
 from . import export  # vitlens.export.read(...); lazy: h5py/cv2/matplotlib load on first use
 
 __version__ = "0.1.0"
@@ -45,4 +46,5 @@ __all__ = [
 __all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "head_statistics"]
 __all__ += ["high_norm_tokens", "HighNormTokens"]
 __all__ += ["explain", "explanation", "Explanation", "EXPLAIN_METHODS"]
+__all__ += ["explore", "Explorer"]
 __all__ += ["evaluate", "FaithfulnessResult", "token_importance", "keep_tokens", "keep_ratio_curve", "KeepRatioCurve"]

@@ -1,0 +1,398 @@
+"""Data for the interactive attention explorer: run the model once on one image and collect
+everything the page shows (``vitlens explore``, :func:`vitlens.explore`).
+
+The page itself (HTML, JavaScript, the compact encoding of the arrays) is written by
+:mod:`vitlens.export.explorer`; this module only runs the model and calls the analysis
+functions, like :mod:`vitlens.batch` does:
+
+- every recorded layer's attention probabilities (flat models: ``[H, T, T]``; windowed
+  models such as Swin: the recorded ``[num_windows, H, n, n]`` plus each window position's
+  stage token from :meth:`vitlens.WindowLayout.token_index`, so the page places a row in
+  stage coordinates with the cyclic shift undone, as :meth:`AttentionCache.dense_attention`
+  does);
+- :func:`vitlens.rollout`, :func:`vitlens.attention_received` per layer and head,
+  :func:`vitlens.mean_attention_distance` and :func:`vitlens.attention_entropy` per head;
+- any :func:`vitlens.explain` method, for each of the top predicted classes when the method
+  is class-specific;
+- the original image and the box the model's input covers in it
+  (:func:`vitlens.models.input_box`, the box :func:`vitlens.export.overlay.overlay` takes).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .analysis import attention_received, rollout
+from .analysis.distance import attention_entropy, mean_attention_distance
+from .analysis.explain import CLASS_AGNOSTIC, check_method, explanation
+from .capture import capture
+from .capture.cache import WindowLayout, from_windows
+
+__all__ = ["explore", "explore_folder", "explorer_data", "Explorer", "ExplorerData", "LayerData", "MapData"]
+
+
+@dataclass
+class LayerData:
+    """One layer's attention and geometry, as the page needs it (numpy, float32).
+
+    Attributes:
+        layer: model layer index.
+        grid: token grid ``(gh, gw)`` of this layer (the stage grid for Swin).
+        patch: input pixels per token ``(ph, pw)`` (Swin: the stage's effective stride).
+        heads: model head index of each row of ``attention`` (and of ``received``).
+        attention: flat models ``[H, T, T]`` (query rows, key columns, prefix tokens first);
+            windowed models ``[num_windows, H, n, n]`` as recorded.
+        received: ``[H, gh, gw]`` from :func:`vitlens.attention_received`.
+        window: the :class:`~vitlens.WindowLayout` (windowed models), else None.
+        token_index: windowed: ``[num_windows, n]`` stage token at each window position
+            (-1 = padding), from ``window.token_index()``.
+        window_id, region_id: windowed: ``[gh * gw]`` the window (and shift-mask region) of
+            every stage token in this block, for drawing the windows.
+    """
+
+    layer: int
+    grid: tuple[int, int]
+    patch: tuple[int, int]
+    heads: list[int]
+    attention: np.ndarray
+    received: np.ndarray
+    window: WindowLayout | None = None
+    token_index: np.ndarray | None = None
+    window_id: np.ndarray | None = None
+    region_id: np.ndarray | None = None
+
+
+@dataclass
+class MapData:
+    """A whole-image map tab: rollout, or an ``explain`` method.
+
+    Attributes:
+        name: method name (``"rollout"``, ``"chefer"``...).
+        label: what the tab says.
+        grid: ``(gh, gw)`` (the first stage's grid for Swin).
+        maps: ``[K, gh, gw]``: one map per entry of ``classes`` (``K = 1`` and
+            ``classes = None`` for class-agnostic maps).
+        classes: class index each map explains, or None.
+        patch: input pixels per cell.
+    """
+
+    name: str
+    label: str
+    grid: tuple[int, int]
+    patch: tuple[int, int]
+    maps: np.ndarray
+    classes: list[int] | None = None
+
+
+@dataclass
+class ExplorerData:
+    """Everything one explorer page shows, before encoding (see :mod:`vitlens.export.explorer`)."""
+
+    image: Any                      #: the original image (PIL, RGB)
+    name: str                       #: image name shown on the page
+    box: tuple[float, float, float, float]  #: model input ``(x0, y0, x1, y1)`` in original pixels
+    input_size: tuple[int, int]     #: model input ``(H, W)``
+    model_name: str
+    family: str
+    prefix_names: tuple[str, ...]
+    num_layers: int
+    windowed: bool
+    layers: list[LayerData]
+    classes: list[dict[str, Any]]   #: top predictions: ``{"index", "name", "prob"}``
+    maps: list[MapData]
+    stats: dict[str, np.ndarray]    #: ``{"distance": [L, H], "entropy": [L, H]}`` (NaN: no such head)
+    stat_units: dict[str, str] = field(default_factory=lambda: {"distance": "px", "entropy": "nats"})
+    notes: list[str] = field(default_factory=list)
+
+
+def _resolve_model(model: Any, data_config: dict[str, Any] | None) -> tuple[nn.Module, dict[str, Any]]:
+    from .models import data_config_of, load_model
+
+    if isinstance(model, str):
+        model, cfg = load_model(model)
+        data_config = data_config or cfg
+    elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+        model, cfg = model
+        data_config = data_config or cfg
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, a LoadedModel (model, data_config) or a model name, "
+                        f"got {type(model).__name__}")
+    return model, dict(data_config or data_config_of(model))
+
+
+def _resolve_image(image: Any) -> tuple[Any, str]:
+    from PIL import Image
+
+    from .data import load_image
+
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image), Path(image).name
+    if isinstance(image, Image.Image):
+        return image.convert("RGB"), "image"
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return Image.fromarray(image), "image"
+    raise TypeError(f"image must be a path, a PIL image or an HxWx3 uint8 array, got "
+                    f"{type(image).__name__}{getattr(image, 'shape', '')}; tensors are not accepted because "
+                    f"the page shows the original photo: pass the file or PIL image")
+
+
+def _select(values: Sequence[int] | int | None, n: int, what: str, arg: str) -> list[int] | None:
+    if values is None:
+        return None
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = [values]
+    out: list[int] = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{arg} must be ints, got {type(v).__name__} {v!r}")
+        if not -n <= v < n:
+            raise ValueError(f"{what} {v} is out of range: valid {arg} are 0..{n - 1} (or -{n}..-1)")
+        if int(v) % n not in out:
+            out.append(int(v) % n)
+    if not out:
+        raise ValueError(f"{arg} is empty; pass None to keep every {what}")
+    return sorted(out)
+
+
+def explorer_data(model: Any, image: Any, *, data_config: dict[str, Any] | None = None,
+                  layers: Sequence[int] | int | None = None, heads: Sequence[int] | int | None = None,
+                  methods: Sequence[str] = (), top_k: int = 5, name: str | None = None) -> ExplorerData:
+    """Run ``model`` once on ``image`` and collect what the explorer page shows.
+
+    Args:
+        model: an ``nn.Module`` (with timm's data config), a ``LoadedModel`` or a model name.
+        image: path, PIL image or HxWx3 uint8 array (the original photo).
+        data_config: timm data config; default the model's own.
+        layers: layers to put on the page (negative counts from the end); None = all.
+            Rollout and the head statistics always use every layer.
+        heads: heads to put on the page; None = all. Must exist in every chosen layer.
+        methods: :func:`vitlens.explain` methods to add as tabs; class-specific ones are
+            computed for each of the ``top_k`` predicted classes.
+        top_k: predicted classes listed (and explained by class-specific methods).
+        name: image name shown on the page (default the file name).
+
+    Returns:
+        :class:`ExplorerData`.
+    """
+    from .models import class_names, preprocess
+
+    model, cfg = _resolve_model(model, data_config)
+    img, default_name = _resolve_image(image)
+    methods = [check_method(m) for m in methods]
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    pre = preprocess(img, cfg)
+    dev = next(model.parameters()).device
+    x = pre.tensor[None].to(dev)
+    model.eval()
+    with torch.no_grad(), capture(model) as cache:
+        logits = model(x)
+    layout = cache.layout
+    assert layout is not None
+    n_layers = cache.num_layers
+    chosen_layers = _select(layers, n_layers, "layer", "layers") or list(range(n_layers))
+    layer_heads = [cache.layer_heads[i] if cache.layer_heads else cache.num_heads for i in range(n_layers)]
+    fewest = min(layer_heads[i] for i in chosen_layers)
+    chosen_heads = _select(heads, fewest, "head", "heads")
+
+    out_layers: list[LayerData] = []
+    for li in chosen_layers:
+        hs = chosen_heads if chosen_heads is not None else list(range(layer_heads[li]))
+        attn = cache.attention(li)[0].float()
+        rec = attention_received(cache, layer=li, head=None)[0].float()[hs]
+        if cache.windowed:
+            wl = cache.layout_of(li)
+            assert isinstance(wl, WindowLayout)
+            idx = wl.token_index()
+            nw, n = idx.shape
+            win = from_windows(torch.arange(nw)[:, None].expand(nw, n).float(), wl)
+            reg = from_windows(wl.region_labels().float(), wl)
+            out_layers.append(LayerData(li, wl.grid_size, wl.patch_size, hs, attn[:, hs].cpu().numpy(),
+                                        rec.cpu().numpy(), wl, idx.numpy().astype(np.int32),
+                                        win.numpy().astype(np.int32), reg.numpy().astype(np.int32)))
+        else:
+            out_layers.append(LayerData(li, layout.grid_size, layout.patch_size, hs, attn[hs].cpu().numpy(),
+                                        rec.cpu().numpy()))
+
+    stats = {"distance": mean_attention_distance(cache)[0].cpu().numpy(),
+             "entropy": attention_entropy(cache)[0].cpu().numpy()}
+    first_patch = layout.patch_size
+    maps = [MapData("rollout", "Rollout", layout.grid_size, first_patch, rollout(cache)[0:1].cpu().numpy())]
+    del cache
+
+    probs = logits.float().softmax(-1)[0].cpu()
+    k = min(top_k, probs.numel())
+    p, idx = probs.topk(k)
+    names = class_names(model)
+    classes = [{"index": int(i), "name": names[int(i)] if names and int(i) < len(names) else f"class {int(i)}",
+                "prob": float(q)} for q, i in zip(p.tolist(), idx.tolist())]
+    for m in methods:
+        if m in CLASS_AGNOSTIC:
+            res = explanation(model, x, m)
+            maps.append(MapData(m, m, tuple(res.layout.grid_size), res.layout.patch_size,
+                                res.maps.float().cpu().numpy()))
+        else:
+            targets = [c["index"] for c in classes]
+            res = explanation(model, x.expand(len(targets), *x.shape[1:]), m, target=targets)
+            maps.append(MapData(m, m, tuple(res.layout.grid_size), res.layout.patch_size,
+                                res.maps.float().cpu().numpy(), targets))
+    for md in maps:
+        if md.maps.ndim != 3 or tuple(md.maps.shape[1:]) != tuple(md.grid):
+            raise ValueError(f"method {md.name!r} gave maps of shape {tuple(md.maps.shape)}, not one "
+                             f"{tuple(md.grid)} patch map per class; the explorer shows patch-grid maps only")
+
+    model_name = str((getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__)
+    return ExplorerData(
+        image=img, name=name or default_name, box=tuple(float(v) for v in pre.box),
+        input_size=tuple(int(v) for v in layout.input_size), model_name=model_name,
+        family=str(getattr(getattr(model, "__class__", None), "__name__", "")), prefix_names=layout.prefix_names,
+        num_layers=n_layers, windowed=bool(out_layers and out_layers[0].window is not None),
+        layers=out_layers, classes=classes, maps=maps, stats=stats)
+
+
+class Explorer:
+    """An interactive attention explorer for one image (see :func:`explore`).
+
+    Shows itself inline in Jupyter (``_repr_html_``: no server, no widgets; each instance
+    is namespaced by its own id, so several coexist in one notebook), and writes a
+    self-contained page with :meth:`save`.
+
+    Attributes:
+        data: the :class:`ExplorerData` it shows.
+    """
+
+    def __init__(self, data: ExplorerData, *, precision: str = "uint8", colormap: str = "jet",
+                 max_image_side: int | None = None) -> None:
+        from .export.explorer import check_options
+
+        check_options(precision=precision, colormap=colormap, max_image_side=max_image_side)
+        self.data = data
+        self.precision, self.colormap, self.max_image_side = precision, colormap, max_image_side
+
+    def _opts(self) -> dict[str, Any]:
+        return {"precision": self.precision, "colormap": self.colormap, "max_image_side": self.max_image_side}
+
+    def html(self) -> str:
+        """The complete standalone page (``<!doctype html>`` ...)."""
+        from .export.explorer import render_page
+
+        return render_page(self.data, **self._opts())
+
+    def _repr_html_(self) -> str:
+        from .export.explorer import render_fragment
+
+        return render_fragment(self.data, **self._opts())
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the standalone page to ``path`` (``.html``); returns the path."""
+        from .export.explorer import write_page
+
+        return write_page(path, self.data, **self._opts())
+
+    def __repr__(self) -> str:
+        d = self.data
+        return (f"Explorer({d.name!r}, model={d.model_name!r}, layers={[ly.layer for ly in d.layers]}, "
+                f"maps={[m.name for m in d.maps]}, top={d.classes[0]['name'] if d.classes else None!r})")
+
+
+def explore(model: Any, image: Any, *, data_config: dict[str, Any] | None = None,
+            layers: Sequence[int] | int | None = None, heads: Sequence[int] | int | None = None,
+            methods: Sequence[str] = (), top_k: int = 5, precision: str = "uint8", colormap: str = "jet",
+            max_image_side: int | None = None, name: str | None = None) -> Explorer:
+    """An interactive attention explorer of ``model`` on ``image``.
+
+    Click or hover a patch to see its attention row (where it looks), the CLS row, or its
+    column (what attends to it); a layer slider, a head selector (one head, mean, max, or
+    every head side by side), tabs for rollout, attention received and any ``methods``,
+    the predicted classes, and a clickable chart of per-head statistics. In Jupyter the
+    returned object renders inline; ``.save("page.html")`` writes one self-contained file.
+
+    Example::
+
+        ex = vitlens.explore(model, "examples/chelsea.jpg", methods=["chefer"])
+        ex                   # in a notebook: the explorer
+        ex.save("chelsea.html")
+
+    Args:
+        model: an ``nn.Module``, a ``LoadedModel`` or a model name.
+        image: path, PIL image or HxWx3 uint8 array.
+        data_config: timm data config (default: the model's).
+        layers: layers to include (None = all); fewer layers make a smaller page.
+        heads: heads to include (None = all).
+        methods: extra :func:`vitlens.explain` methods as tabs (e.g. ``["chefer"]``).
+        top_k: predicted classes shown; class-specific methods explain each of them.
+        precision: how attention is stored: ``"uint8"`` (per-row scaled, error at most
+            1/510 of the row's largest value; a ViT-B/16 page at 224 px is ~8 MB) or
+            ``"float16"`` (twice the size).
+        colormap: OpenCV colormap name (:data:`vitlens.export.overlay.COLORMAPS`).
+        max_image_side: shrink the embedded photo so its longer side is at most this
+            (None: original resolution).
+        name: image name shown on the page.
+    """
+    data = explorer_data(model, image, data_config=data_config, layers=layers, heads=heads, methods=methods,
+                         top_k=top_k, name=name)
+    return Explorer(data, precision=precision, colormap=colormap, max_image_side=max_image_side)
+
+
+def explore_folder(model: Any, inputs: str | os.PathLike[str] | Sequence[Any], out_dir: str | os.PathLike[str], *,
+                   data_config: dict[str, Any] | None = None, progress: Callable[[int, int], None] | None = None,
+                   **options: Any) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """One explorer page per image of a folder (or list) plus an ``index.html`` gallery.
+
+    Args:
+        model: as for :func:`explore`.
+        inputs: a folder (searched recursively), a file list, or a sequence of paths.
+        out_dir: folder for the pages (created).
+        data_config: timm data config (default the model's).
+        progress: called as ``progress(done, total)`` after each image.
+        **options: :func:`explore`'s options (layers, heads, methods, top_k, precision,
+            colormap, max_image_side).
+
+    Returns:
+        ``(pages, failed)``: ``(input name, page path)`` per written page and
+        ``(input name, reason)`` per image that could not be read.
+    """
+    from .data import relative_name, resolve_inputs
+    from .errors import ImageLoadError
+    from .export.explorer import write_index
+
+    model, cfg = _resolve_model(model, data_config)
+    spec = resolve_inputs(inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    enc = {k: options.pop(k) for k in ("precision", "colormap", "max_image_side") if k in options}
+    pages: list[tuple[str, Path]] = []
+    failed: list[tuple[str, str]] = []
+    entries: list[tuple[str, str, ExplorerData]] = []
+    taken: set[str] = set()
+    for i, path in enumerate(spec.paths):
+        rel = relative_name(path, spec.root)
+        try:
+            data = explorer_data(model, path, data_config=cfg, name=rel, **options)
+        except ImageLoadError as e:
+            failed.append((rel, e.reason))
+        else:
+            page = Explorer(data, **enc).save(out / _page_name(rel, taken))
+            pages.append((rel, page))
+            entries.append((rel, page.name, data))
+        if progress is not None:
+            progress(i + 1, len(spec.paths))
+    write_index(out / "index.html", entries, failed)
+    return pages, failed
+
+
+def _page_name(rel: str, taken: set[str]) -> str:
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(rel).with_suffix(""))).strip("._") or "image"
+    name, n = f"{stem}.html", 2
+    while name in taken or name == "index.html":
+        name, n = f"{stem}-{n}.html", n + 1
+    taken.add(name)
+    return name
