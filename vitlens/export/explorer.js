@@ -398,7 +398,7 @@ function vitlensExplorer(root, data) {
     ["distance", "entropy"].forEach(function (key) {
       var rows = data.stats[key];
       if (!rows) return;
-      var W = 300, H = 130, ml = 34, mb = 18, mt = 14, vals = [];
+      var W = 300, H = 140, ml = 34, mb = 18, mt = 24, vals = [];
       rows.forEach(function (r) { r.forEach(function (v) { if (v !== null) vals.push(v); }); });
       if (!vals.length) return;
       var vmin = Math.min.apply(null, vals), vmax = Math.max.apply(null, vals);
