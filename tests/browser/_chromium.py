@@ -151,6 +151,18 @@ class Page:
         x1, y1 = self.to_canvas((c + 1) * patch[1], (r + 1) * patch[0])
         return (x0 + x1) / 2, (y0 + y1) / 2
 
+    def hover_canvas(self, cx: float, cy: float) -> None:
+        """Move the mouse over canvas pixel (cx, cy), no click."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(self.drv).move_to_element_with_offset(self.canvas, *self._offset(cx, cy)).perform()
+
+    def _offset(self, cx: float, cy: float) -> tuple[int, int]:
+        rect = self.js("var r = root.querySelector('canvas[data-role=main]').getBoundingClientRect();"
+                       "return [r.width, r.height];")
+        cw, ch = self.js("var c = root.querySelector('canvas[data-role=main]'); return [c.width, c.height];")
+        return int(round(cx * rect[0] / cw - rect[0] / 2)), int(round(cy * rect[1] / ch - rect[1] / 2))
+
     def click_canvas(self, cx: float, cy: float) -> None:
         """A real mouse click at canvas pixel (cx, cy)."""
         from selenium.webdriver.common.action_chains import ActionChains

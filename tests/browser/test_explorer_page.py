@@ -107,6 +107,23 @@ def test_two_clicked_patches_draw_their_own_attention_rows(driver, demo_page, de
     assert np.abs(emb - true).max() <= true.max(axis=-1, keepdims=True).max() / 510 + 1e-7
 
 
+def test_hovering_previews_a_patch_and_leaving_returns_to_the_clicked_one(driver, demo_page):
+    path, _ = demo_page
+    page, _ = _load(driver, path)
+    data = page.data
+    li = len(data["layers"]) - 1
+    grid, patch = data["layers"][li]["grid"], data["layers"][li]["patch"]
+    page.click_canvas(*page.cell_center(grid, patch, 6, 1))
+    page.hover_canvas(*page.cell_center(grid, patch, 2, 5))
+    q = 2 * grid[1] + 5
+    assert page.js("return root.vitlens.currentMap().cell") == q
+    page.assert_shows(_row(data, li, "mean", q), grid, patch, skip={q})
+    page.el(".vlx-title").click()                                             # leave the canvas
+    q = 6 * grid[1] + 1
+    assert page.js("return root.vitlens.currentMap().cell") == q
+    page.assert_shows(_row(data, li, "mean", q), grid, patch, skip={q})
+
+
 def test_column_and_cls_modes(driver, demo_page):
     path, _ = demo_page
     page, _ = _load(driver, path)

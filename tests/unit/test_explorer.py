@@ -14,6 +14,8 @@ import vitlens
 from vitlens.explore import Explorer, explore, explorer_data
 from vitlens.export.explorer import decode_array, encode_array, payload
 
+from ..conftest import make_model
+
 REPO = Path(__file__).resolve().parents[2]
 CHELSEA = REPO / "examples" / "chelsea.jpg"
 
@@ -168,3 +170,18 @@ def test_vit_b16_page_at_224_px_stays_under_10_mb(tmp_path):
     assert size < 10e6
     smaller = explore(model, CHELSEA, layers=[0, 5, 11]).save(tmp_path / "three.html").stat().st_size
     assert smaller < size / 3
+
+
+@pytest.mark.parametrize("case", ["gap_no_cls", "deit_distilled", "dinov2_reg4", "non_square"])
+def test_token_layouts_reach_the_page(case):
+    model, _ = make_model(case)
+    d = explorer_data(model, CHELSEA, top_k=2)
+    with torch.no_grad(), vitlens.capture(model) as cache:
+        model(vitlens.preprocess(d.image, vitlens.models.data_config_of(model)).tensor[None])
+    layout = cache.layout
+    assert d.prefix_names == layout.prefix_names and d.input_size == layout.input_size
+    ly = d.layers[-1]
+    assert ly.grid == layout.grid_size and ly.attention.shape[-1] == layout.num_tokens
+    assert np.allclose(ly.attention, cache.attention(-1)[0].numpy(), atol=1e-6)
+    p = payload(d)
+    assert p["prefix"] == list(layout.prefix_names) and p["layers"][-1]["grid"] == list(layout.grid_size)
