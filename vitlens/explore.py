@@ -121,7 +121,7 @@ def _resolve_model(model: Any, data_config: dict[str, Any] | None) -> tuple[nn.M
         model, cfg = model
         data_config = data_config or cfg
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, a LoadedModel (model, data_config) or a model name, "
+        raise TypeError(f"`model` must be an nn.Module, a LoadedModel (model, data_config) or a model name, "
                         f"got {type(model).__name__}")
     return model, dict(data_config or data_config_of(model))
 
@@ -137,7 +137,7 @@ def _resolve_image(image: Any) -> tuple[Any, str]:
         return image.convert("RGB"), "image"
     if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
         return Image.fromarray(image), "image"
-    raise TypeError(f"image must be a path, a PIL image or an HxWx3 uint8 array, got "
+    raise TypeError(f"`image` must be a path, a PIL image or an HxWx3 uint8 array, got "
                     f"{type(image).__name__}{getattr(image, 'shape', '')}; tensors are not accepted because "
                     f"the page shows the original photo: pass the file or PIL image")
 
@@ -150,13 +150,13 @@ def _select(values: Sequence[int] | int | None, n: int, what: str, arg: str) -> 
     out: list[int] = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{arg} must be ints, got {type(v).__name__} {v!r}")
+            raise TypeError(f"`{arg}` must be ints, got {type(v).__name__} {v!r}")
         if not -n <= v < n:
-            raise ValueError(f"{what} {v} is out of range: valid {arg} are 0..{n - 1} (or -{n}..-1)")
+            raise ValueError(f"{what} {v} is out of range: valid `{arg}` are 0..{n - 1} (or -{n}..-1)")
         if int(v) % n not in out:
             out.append(int(v) % n)
     if not out:
-        raise ValueError(f"{arg} is empty; pass None to keep every {what}")
+        raise ValueError(f"`{arg}` is empty; leave it out (`{arg}=None`) to keep every {what}")
     return sorted(out)
 
 
@@ -186,7 +186,7 @@ def explorer_data(model: Any, image: Any, *, data_config: dict[str, Any] | None 
     img, default_name = _resolve_image(image)
     methods = [check_method(m) for m in methods]
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        raise ValueError(f"`top_k` must be a positive int, got {top_k!r}")
     pre = preprocess(img, cfg)
     dev = next(model.parameters()).device
     x = pre.tensor[None].to(dev)

@@ -56,3 +56,9 @@ def test_flag_errors_are_one_line(tmp_path):
                           "layer 7 is out of range")
     assert_one_line_error(run("explore", tmp_path / "missing", "--model", "demo"), "no such file or folder")
     assert not list(tmp_path.glob("*.html"))
+
+
+def test_library_errors_name_this_commands_flags(tmp_path):
+    line = assert_one_line_error(run("explore", CHELSEA, "--model", "demo", "--heads", "9",
+                                     "--out", tmp_path / "a.html"), "head 9 is out of range")
+    assert "--heads" in line and "`" not in line

@@ -78,7 +78,7 @@ def test_layers_and_heads_choose_what_the_page_holds(demo):
     assert all(ly.heads == [1, 3] and ly.attention.shape[0] == 2 for ly in d.layers)
     p = payload(d)
     assert p["stats"]["distance"][1] == [round(float(d.stats["distance"][5, h]), 5) for h in (1, 3)]
-    with pytest.raises(ValueError, match=r"layer 9 is out of range: valid layers are 0\.\.5"):
+    with pytest.raises(ValueError, match=r"layer 9 is out of range: valid `layers` are 0\.\.5"):
         explorer_data(demo, CHELSEA, layers=[9])
     with pytest.raises(ValueError, match="head"):
         explorer_data(demo, CHELSEA, heads=[99])
@@ -110,7 +110,7 @@ def test_save_precision_and_options(demo_data, tmp_path):
     assert max(p["image"]["w"], p["image"]["h"]) == 100
     scale = 100 / max(demo_data.image.size)
     assert np.allclose(p["box"], np.array(demo_data.box) * scale)
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="`precision` must be one of"):
         Explorer(demo_data, precision="int4")
     with pytest.raises(ValueError, match="colormap"):
         Explorer(demo_data, colormap="jett")

@@ -51,12 +51,12 @@ _CSP = ("default-src 'none'; img-src data: blob:; style-src 'unsafe-inline'; scr
 def check_options(*, precision: str = "uint8", colormap: str = "jet", max_image_side: int | None = None) -> None:
     """Raise ValueError for an unknown precision or colormap, or a bad ``max_image_side``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ValueError(f"`precision` must be one of {PRECISIONS}, got {precision!r}")
     if not isinstance(colormap, str) or colormap.lower() not in COLORMAPS:
         colormap_lut(str(colormap))   # raises the error with the valid names and a close match
     if max_image_side is not None and (isinstance(max_image_side, bool) or not isinstance(max_image_side, int)
                                        or max_image_side < 16):
-        raise ValueError(f"max_image_side must be None or an int >= 16, got {max_image_side!r}")
+        raise ValueError(f"`max_image_side` must be None or an int >= 16, got {max_image_side!r}")
 
 
 # ----------------------------------------------------------------------- arrays
