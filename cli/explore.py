@@ -51,9 +51,12 @@ def _methods(value: str | None) -> list[str]:
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
 @click.option("--max-image-side", type=click.IntRange(16), default=None,
               help="Shrink the embedded photo to this longer side (default: original resolution).")
+@click.option("--global-view/--no-global-view", default=True, show_default=True,
+              help="For several images: also write global.html, a joint embedding (PCA) of every image's query "
+                   "and key vectors per layer and head whose points link to the pages (ViT family).")
 @handle_errors
 def explore(input_path, model_name, checkpoint, pretrained, device, debug, out, methods, layers, heads, top_k,
-            precision, colormap, max_image_side):
+            precision, colormap, max_image_side, global_view):
     """Write an interactive attention explorer for INPUT: click a patch to see where it looks,
     in every layer and head.
 
@@ -92,9 +95,12 @@ def explore(input_path, model_name, checkpoint, pretrained, device, debug, out, 
                                  f"per image and index.html), not '{dest}'", param_hint="--out")
     total = len(resolve_inputs(input_path).paths)
     with Progress(total=total, label="explore") as bar:
-        pages, failed = explore_folder((model, cfg), input_path, dest,
-                                       progress=lambda done, n: bar.update(done - bar.done), **options)
-    warn_failed(failed)
-    click.echo(f"wrote {len(pages)} page(s) and {dest / 'index.html'}")
-    if failed:
+        res = explore_folder((model, cfg), input_path, dest, global_view=global_view,
+                             progress=lambda done, n: bar.update(done - bar.done), **options)
+    warn_failed(res.failed)
+    click.echo(f"wrote {len(res.pages)} page(s) and {dest / 'index.html'}"
+               + (f" and {res.global_page}" if res.global_page else ""))
+    if res.global_note:
+        click.echo(f"vitlens: notice: no global view: {res.global_note}", err=True)
+    if res.failed:
         raise SystemExit(1)

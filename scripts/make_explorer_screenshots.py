@@ -4,7 +4,8 @@
 
 Needs Chromium and chromedriver (``apt-get install -y chromium chromium-driver``) and selenium.
 ViT: the bundled demo model on examples/chelsea.jpg, a patch on the cat's eye clicked, every
-head side by side. Swin: a random-init ``swin_tiny_patch4_window7_224`` (no pretrained weights
+head side by side. Global view: the four example images, layer 5, coloured by patch position,
+a key picked. Swin: a random-init ``swin_tiny_patch4_window7_224`` (no pretrained weights
 offline; q/k sharpened so attention has structure) at a shifted block of the first stage.
 """
 from __future__ import annotations
@@ -63,8 +64,20 @@ def main() -> None:
             for blk in stage.blocks:
                 blk.attn.qkv.weight.mul_(3.0)
     swin_page = vitlens.explore(swin, chelsea, layers=[0, 1, 2, 3, 11]).save(tmp / "swin.html")
+    from vitlens.explore import explore_folder
+
+    folder = explore_folder("demo", REPO / "examples", tmp / "folder", layers=[5])
     drv = driver(tmp)
     try:
+        drv.get(folder.global_page.as_uri())
+        time.sleep(1)
+        drv.execute_script("var r = document.querySelector('.vlx'); r.vitlens.state.color = 'position';"
+                           "r.querySelector('select[data-role=color]').value = 'position'; r.vitlens.render();"
+                           "r.vitlens.pick(1, 2 * 65 + 1 + 3 * 8 + 4);")
+        from selenium.webdriver.common.by import By
+
+        drv.find_element(By.CSS_SELECTOR, ".vlx").screenshot(str(images / "explorer_global.png"))
+        print("wrote", images / "explorer_global.png")
         # input 32 px, patch 4: the cat's left eye is near input (11, 13)
         shoot(drv, vit, images / "explorer_vit.png", "st.li = 3; st.head = 'all'; st.sel = [11, 13];")
         shoot(drv, swin_page, images / "explorer_swin.png", "st.li = 1; st.head = 'mean'; st.sel = [118, 104];")

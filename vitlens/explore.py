@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ from .analysis.explain import CLASS_AGNOSTIC, check_method, explanation
 from .capture import capture
 from .capture.cache import WindowLayout, from_windows
 
-__all__ = ["explore", "explore_folder", "explorer_data", "Explorer", "ExplorerData", "LayerData", "MapData"]
+__all__ = ["explore", "explore_folder", "explorer_data", "Explorer", "ExplorerData", "LayerData", "MapData",
+           "global_data", "GlobalData", "FolderResult"]
 
 
 @dataclass
@@ -340,10 +341,21 @@ def explore(model: Any, image: Any, *, data_config: dict[str, Any] | None = None
     return Explorer(data, precision=precision, colormap=colormap, max_image_side=max_image_side)
 
 
+class FolderResult(NamedTuple):
+    """What :func:`explore_folder` wrote."""
+
+    pages: list[tuple[str, Path]]       #: ``(input name, page path)`` per page
+    failed: list[tuple[str, str]]       #: ``(input name, reason)`` per image that could not be read
+    global_page: Path | None            #: the query/key view, or None
+    global_note: str | None             #: why there is no global view, when asked for and missing
+
+
 def explore_folder(model: Any, inputs: str | os.PathLike[str] | Sequence[Any], out_dir: str | os.PathLike[str], *,
                    data_config: dict[str, Any] | None = None, progress: Callable[[int, int], None] | None = None,
-                   **options: Any) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
-    """One explorer page per image of a folder (or list) plus an ``index.html`` gallery.
+                   global_view: bool = True, **options: Any) -> FolderResult:
+    """One explorer page per image of a folder (or list) plus an ``index.html`` gallery and,
+    with ``global_view``, ``global.html``: the joint query/key embedding of every image
+    (:func:`global_data`), whose points link to the pages.
 
     Args:
         model: as for :func:`explore`.
@@ -351,16 +363,17 @@ def explore_folder(model: Any, inputs: str | os.PathLike[str] | Sequence[Any], o
         out_dir: folder for the pages (created).
         data_config: timm data config (default the model's).
         progress: called as ``progress(done, total)`` after each image.
+        global_view: also write ``global.html`` (models whose family has token-level
+            queries and keys; otherwise ``global_note`` says why not).
         **options: :func:`explore`'s options (layers, heads, methods, top_k, precision,
             colormap, max_image_side).
 
     Returns:
-        ``(pages, failed)``: ``(input name, page path)`` per written page and
-        ``(input name, reason)`` per image that could not be read.
+        :class:`FolderResult`.
     """
     from .data import relative_name, resolve_inputs
-    from .errors import ImageLoadError
-    from .export.explorer import write_index
+    from .errors import ImageLoadError, UnsupportedModelError
+    from .export.explorer import write_global, write_index
 
     model, cfg = _resolve_model(model, data_config)
     spec = resolve_inputs(inputs)
@@ -370,7 +383,7 @@ def explore_folder(model: Any, inputs: str | os.PathLike[str] | Sequence[Any], o
     pages: list[tuple[str, Path]] = []
     failed: list[tuple[str, str]] = []
     entries: list[tuple[str, str, ExplorerData]] = []
-    taken: set[str] = set()
+    taken: set[str] = {"global.html"}
     for i, path in enumerate(spec.paths):
         rel = relative_name(path, spec.root)
         try:
@@ -383,8 +396,97 @@ def explore_folder(model: Any, inputs: str | os.PathLike[str] | Sequence[Any], o
             entries.append((rel, page.name, data))
         if progress is not None:
             progress(i + 1, len(spec.paths))
-    write_index(out / "index.html", entries, failed)
-    return pages, failed
+    global_page, note = None, None
+    if global_view and entries:
+        try:
+            gd = global_data(model, [d.image for _, _, d in entries], data_config=cfg,
+                             names=[n for n, _, _ in entries], hrefs=[h for _, h, _ in entries],
+                             layers=options.get("layers"), heads=options.get("heads"))
+        except UnsupportedModelError as e:
+            note = str(e)
+        else:
+            global_page = write_global(out / "global.html", gd)
+    write_index(out / "index.html", entries, failed, global_href=global_page.name if global_page else None)
+    return FolderResult(pages, failed, global_page, note)
+
+
+@dataclass
+class GlobalData:
+    """The query/key view of a set of images (see :func:`global_data`)."""
+
+    model_name: str
+    prefix_names: tuple[str, ...]
+    grid: tuple[int, int]
+    names: list[str]                 #: image names
+    hrefs: list[str]                 #: explorer page of each image ("" = none)
+    thumbs: list[Any]                #: the model's input region of each image (PIL, square)
+    layers: list[int]
+    heads: list[list[int]]           #: model heads kept, per layer
+    coords: list[np.ndarray]         #: per layer ``[H, 2, N * T, 2]``: head, query/key, image-major token, (x, y)
+    explained: list[np.ndarray]      #: per layer ``[H, 2]`` variance fraction of the two axes
+
+
+def global_data(model: Any, images: Sequence[Any], *, data_config: dict[str, Any] | None = None,
+                names: Sequence[str] | None = None, hrefs: Sequence[str] | None = None,
+                layers: Sequence[int] | int | None = None, heads: Sequence[int] | int | None = None,
+                batch_size: int = 16) -> GlobalData:
+    """Queries and keys of every token of ``images``, per layer and head, in one plane.
+
+    For each layer and head, the query and key vectors of all tokens of all images
+    (:func:`vitlens.capture.qk.queries_and_keys`) are embedded jointly by
+    :func:`vitlens.analysis.embedding.query_key_embedding` (AttentionViz's scaling and key
+    translation, then PCA).
+
+    Args:
+        model: as for :func:`explore` (a family with token-level queries and keys: ViT).
+        images: paths, PIL images or arrays; all take the model's input size.
+        data_config: timm data config (default the model's).
+        names, hrefs: per image, its name and the page to link to.
+        layers, heads: which to embed (None = all).
+        batch_size: images per forward.
+    """
+    from .analysis.embedding import query_key_embedding
+    from .capture.qk import queries_and_keys
+    from .models import preprocess
+
+    model, cfg = _resolve_model(model, data_config)
+    imgs = [_resolve_image(im)[0] for im in images]
+    if not imgs:
+        raise ValueError("`images` is empty; the global view needs at least one image")
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(imgs))]
+    hrefs = list(hrefs) if hrefs is not None else [""] * len(imgs)
+    pre = [preprocess(im, cfg) for im in imgs]
+    dev = next(model.parameters()).device
+    qs: dict[int, list[torch.Tensor]] = {}
+    ks: dict[int, list[torch.Tensor]] = {}
+    layout = None
+    model.eval()
+    for b0 in range(0, len(pre), batch_size):
+        x = torch.stack([p.tensor for p in pre[b0:b0 + batch_size]]).to(dev)
+        res = queries_and_keys(model, x, layers)
+        layout = res.layout
+        for layer in res.queries:
+            qs.setdefault(layer, []).append(res.queries[layer].float().cpu())
+            ks.setdefault(layer, []).append(res.keys[layer].float().cpu())
+    assert layout is not None
+    out_layers = sorted(qs)
+    coords, explained, head_lists = [], [], []
+    for layer in out_layers:
+        q, k = torch.cat(qs[layer]), torch.cat(ks[layer])            # [N, H, T, d]
+        hs = _select(heads, q.shape[1], "head", "heads") or list(range(q.shape[1]))
+        c = np.zeros((len(hs), 2, q.shape[0] * q.shape[2], 2), np.float32)
+        e = np.zeros((len(hs), 2), np.float32)
+        for i, h in enumerate(hs):
+            emb = query_key_embedding(q[:, h].reshape(-1, q.shape[-1]), k[:, h].reshape(-1, k.shape[-1]))
+            c[i, 0], c[i, 1] = emb.queries.numpy(), emb.keys.numpy()
+            e[i] = emb.explained.numpy()
+        coords.append(c)
+        explained.append(e)
+        head_lists.append(hs)
+    thumbs = [im.crop(tuple(round(v) for v in p.box)).resize((160, 160)) for im, p in zip(imgs, pre)]
+    model_name = str((getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__)
+    return GlobalData(model_name, layout.prefix_names, layout.grid_size, names, hrefs, thumbs, out_layers,
+                      head_lists, coords, explained)
 
 
 def _page_name(rel: str, taken: set[str]) -> str:

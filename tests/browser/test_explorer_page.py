@@ -305,3 +305,52 @@ def test_swin_page_shows_stage_coordinates_with_the_shift_undone(driver, tmp_pat
     changed = np.nonzero((before != after).any(axis=1))[0]
     assert 3 <= len(changed) <= 40, changed            # a few thin lines, not the whole map
     assert (before[changed] >= 200).all(axis=1).any()  # drawn in white
+
+
+def test_global_view_points_open_their_image_and_patch(driver, demo, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    from vitlens.explore import explore_folder
+
+    res = explore_folder(demo, [CHELSEA, REPO / "examples" / "coffee.jpg"], tmp_path / "out", layers=[2, 5])
+    info = open_page(driver, res.global_page.as_uri())
+    assert not [e for e in info["console"] if e["level"] in ("SEVERE", "WARNING")], info["console"]
+    assert all(u == res.global_page.as_uri() or u.startswith("data:") for u in info["requests"]), info["requests"]
+    text = res.global_page.read_text(encoding="utf-8")
+    data = page_payload(text)
+    uid = data["_uid"]
+    js = lambda body: driver.execute_script(f"var root = document.getElementById('{uid}');" + body)  # noqa: E731
+    Select(driver.find_element("css selector", f"#{uid} select[data-role=head]")).select_by_value("2")
+    T, M = data["tokens"], 2 * data["tokens"]
+    scr = np.array(js("return root.vitlens.screen();")).reshape(2 * M, 2)
+    # the embedded coordinates are drawn: screen positions are an affine image of the data
+    emb = decode(data["layers"][1]["emb"])[2].reshape(2 * M, 2)
+    for axis, flip in ((0, 1), (1, -1)):
+        slope, icpt = np.polyfit(emb[:, axis], scr[:, axis], 1)
+        assert np.sign(slope) == flip and np.allclose(emb[:, axis] * slope + icpt, scr[:, axis], atol=0.05)
+    # a key of the second image, patch (3, 4), isolated enough to be the nearest point to a click there
+    P = len(data["prefix"])
+    gw = data["grid"][1]
+    candidates = [1 * T + P + r * gw + c for r in range(8) for c in range(8)]
+    d = np.linalg.norm(scr[None, :, :] - scr[[M + i for i in candidates]][:, None, :], axis=-1)
+    d[np.arange(len(candidates)), [M + i for i in candidates]] = np.inf
+    pick = candidates[int(d.min(axis=1).argmax())]
+    r, c = divmod(pick - T - P, gw)
+    canvas = driver.find_element("css selector", f"#{uid} canvas[data-role=scatter]")
+    x, y = scr[M + pick]
+    ActionChains(driver).move_to_element_with_offset(canvas, int(round(x - 280)), int(round(y - 280))).click().perform()
+    picked = driver.find_element("css selector", f"#{uid} [data-role=picked]").text
+    assert f"key of patch ({r}, {c})" in picked and "coffee.jpg" in picked and "layer 5, head 2" in picked
+    href = driver.find_element("css selector", f"#{uid} a[data-role=open]").get_attribute("href")
+    assert href.endswith(f"coffee.html#layer=5&head=2&mode=col&patch={r},{c}"), href
+
+    # the link opens the image's explorer at that layer, head, mode and patch
+    page_path = tmp_path / "out" / "coffee.html"
+    open_page(driver, href)
+    page = Page(driver, page_payload(page_path.read_text(encoding="utf-8")))
+    state = page.state()
+    layer_pos = [ly["layer"] for ly in page.data["layers"]].index(5)
+    assert state["li"] == layer_pos and state["head"] == 2 and state["mode"] == "col"
+    grid = page.data["layers"][layer_pos]["grid"]
+    assert page.js("return root.vitlens.currentMap().cell") == r * grid[1] + c

@@ -39,9 +39,10 @@ def test_folder_writes_pages_and_an_index(tmp_path):
     assert res.exit_code == 1, res.output
     assert "skipped broken.jpg" in res.stderr
     pages = sorted(p.name for p in (tmp_path / "out").glob("*.html"))
-    assert pages == ["chelsea.html", "index.html", "sub_coffee.html"]
+    assert pages == ["chelsea.html", "global.html", "index.html", "sub_coffee.html"]
     index = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     assert 'href="chelsea.html"' in index and 'href="sub_coffee.html"' in index and "broken.jpg" in index
+    assert 'href="global.html"' in index and "global.html" in res.stdout
     assert _payload(tmp_path / "out" / "sub_coffee.html")["name"] == "sub/coffee.jpg"
 
 
@@ -62,3 +63,20 @@ def test_library_errors_name_this_commands_flags(tmp_path):
     line = assert_one_line_error(run("explore", CHELSEA, "--model", "demo", "--heads", "9",
                                      "--out", tmp_path / "a.html"), "head 9 is out of range")
     assert "--heads" in line and "`" not in line
+
+
+def test_no_global_view_for_swin_says_why(tmp_path):
+    import timm
+    import torch
+
+    from vitlens.explore import explore_folder
+
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4,
+                              embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), num_classes=10).eval()
+    res = explore_folder(model, [CHELSEA], tmp_path / "out", layers=[0])
+    assert res.global_page is None and "VisionTransformer family" in res.global_note
+    assert [p.name for _, p in res.pages] == ["chelsea.html"]
+    assert not (tmp_path / "out" / "global.html").exists()
+    res = run("explore", REPO / "examples", "--model", "demo", "--out", tmp_path / "o2", "--no-global-view")
+    assert res.exit_code == 0 and not (tmp_path / "o2" / "global.html").exists()

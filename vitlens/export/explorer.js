@@ -493,6 +493,22 @@ function vitlensExplorer(root, data) {
   if (mid.patch[1] * mid.grid[1] > inW) st.sel[0] = inW / 2;
   if (mid.patch[0] * mid.grid[0] > inH) st.sel[1] = inH / 2;
 
+  // a link from the global view: #layer=L&head=H&mode=row|col|cls&patch=r,c (model layer and head indices)
+  var hash = {};
+  String(window.location.hash || "").replace(/^#/, "").split("&").forEach(function (kv) {
+    var p = kv.split("="); if (p[0]) hash[p[0]] = decodeURIComponent(p[1] || "");
+  });
+  if (hash.layer !== undefined) {
+    L.forEach(function (ly, i) { if (ly.layer === parseInt(hash.layer, 10)) st.li = i; });
+    var hp = L[st.li].heads.indexOf(parseInt(hash.head, 10));
+    if (hp >= 0) st.head = hp;
+    if (hash.mode === "row" || hash.mode === "col" || (hash.mode === "cls" && clsIndex >= 0 && !data.windowed)) st.mode = hash.mode;
+    if (hash.patch) {
+      var rc = hash.patch.split(","), lyh = L[st.li];
+      st.sel = [(parseInt(rc[1], 10) + 0.5) * lyh.patch[1], (parseInt(rc[0], 10) + 0.5) * lyh.patch[0]];
+    }
+  }
+
   root.vitlens = {
     state: st, render: render, exportPNG: exportPNG, currentMap: function () { return currentMap(st.head === "all" ? "mean" : undefined); },
     canvasScale: S, setLayerHead: setLayerHead

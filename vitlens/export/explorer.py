@@ -36,10 +36,10 @@ import numpy as np
 from .overlay import COLORMAPS, colormap_lut
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..explore import ExplorerData
+    from ..explore import ExplorerData, GlobalData
 
 __all__ = ["PRECISIONS", "encode_array", "decode_array", "payload", "render_fragment", "render_page",
-           "write_page", "write_index", "check_options"]
+           "write_page", "write_index", "write_global", "check_options"]
 
 #: How attention is stored in the page.
 PRECISIONS = ("uint8", "float16")
@@ -217,13 +217,14 @@ def _thumbnail(image: Any, side: int = 160) -> str:
 
 
 def write_index(path: str | os.PathLike[str], entries: Sequence[tuple[str, str, "ExplorerData"]],
-                failed: Sequence[tuple[str, str]] = ()) -> Path:
+                failed: Sequence[tuple[str, str]] = (), global_href: str | None = None) -> Path:
     """An ``index.html`` gallery: a thumbnail and the top prediction per page, linking to it.
 
     Args:
         path: where to write it.
         entries: ``(image name, page file name relative to the index, data)`` per page.
         failed: ``(image name, reason)`` per image without a page.
+        global_href: the query/key view to link to, if written.
     """
     cards = []
     for name, href, data in entries:
@@ -241,9 +242,44 @@ def write_index(path: str | os.PathLike[str], entries: Sequence[tuple[str, str, 
             "border-radius:6px;padding:5px}.card img{width:160px;height:160px;object-fit:contain;background:#eee}"
             ".card span{overflow-wrap:anywhere}.card small{color:#555}</style>\n</head>\n<body>\n"
             f"<h1>vitlens explorer</h1><p>{len(entries)} page(s), model {model}. Click an image to explore its attention.</p>\n"
+            + (f'<p><a href="{html.escape(global_href, quote=True)}" data-role="global">Queries and keys of all '
+               f'images</a>: a joint embedding per layer and head.</p>\n' if global_href else "")
+            +
             f"<div class=\"grid\">{''.join(cards)}</div>\n"
             + (f"<h2>Could not be read</h2><ul>{fails}</ul>\n" if failed else "")
             + "</body>\n</html>\n")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def _jpeg_uri(image: Any) -> str:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def write_global(path: str | os.PathLike[str], data: "GlobalData") -> Path:
+    """The query/key view (``explorer_global.js``) as one self-contained page."""
+    body = {
+        "model": data.model_name, "prefix": list(data.prefix_names), "grid": list(data.grid),
+        "tokens": len(data.prefix_names) + data.grid[0] * data.grid[1],
+        "images": [{"name": n, "href": h, "thumb": _jpeg_uri(t)} for n, h, t in zip(data.names, data.hrefs, data.thumbs)],
+        "layers": [{"layer": layer, "heads": hs, "emb": encode_array(c, "f16"),
+                    "explained": [[round(float(v), 4) for v in row] for row in e]}
+                   for layer, hs, c, e in zip(data.layers, data.heads, data.coords, data.explained)],
+    }
+    uid = f"vlx-{uuid.uuid4().hex[:12]}"
+    text = ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n"
+            f"<title>{html.escape(data.model_name)}: queries and keys - vitlens</title>\n"
+            "<link rel=\"icon\" href=\"data:,\">\n</head>\n<body>\n"
+            f'<style>{_asset("explorer.css")}</style>\n<div class="vlx" id="{uid}"></div>\n'
+            f'<script type="application/json" id="{uid}-data">{_json_for_script(body)}</script>\n'
+            f'<script>(function () {{\n{_asset("explorer_global.js")}\n'
+            f'vitlensGlobal(document.getElementById("{uid}"), JSON.parse(document.getElementById("{uid}-data").textContent));\n'
+            "})();</script>\n</body>\n</html>\n")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text, encoding="utf-8")

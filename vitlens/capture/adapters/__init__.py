@@ -71,6 +71,18 @@ class Adapter:
         """Heads of one layer; override when the count varies by layer (Swin stages)."""
         return self.num_heads
 
+    def query_key_modules(self, layer: int) -> tuple[nn.Module, nn.Module]:
+        """Modules whose outputs are layer ``layer``'s query and key vectors ``[B, H, T, d]``,
+        whose scaled dot products alone are the attention logits (no position bias or rotation
+        after them); for query/key embeddings (:func:`vitlens.capture.qk.queries_and_keys`).
+        Families without such vectors refuse."""
+        from ...errors import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"{self.family} models have no token-level query and key vectors whose dot products alone make "
+            f"the attention logits (windows, position biases or rotary embeddings come in between), so vitlens "
+            f"does not embed them; the VisionTransformer family (vit_*, deit_*, dinov2, clip) has them")
+
     def install(self, layers: list[int], record: RecordFn, *, heads: list[int] | None,
                 rows: str, grad: bool, set_layout: Callable[[TokenLayout | WindowLayout], None]
                 ) -> tuple[list[torch.utils.hooks.RemovableHandle], list[Callable[[], None]]]:

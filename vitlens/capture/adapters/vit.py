@@ -78,6 +78,11 @@ class VitAdapter(BlocksAdapter):
             return False
         return all(_is_timm_attention(getattr(b, "attn", None) or nn.Module()) for b in model.blocks)
 
+    def query_key_modules(self, layer: int) -> tuple[nn.Module, nn.Module]:
+        """``blocks.{layer}.attn.q_norm`` and ``.k_norm``: q and k ``[B, H, T, d]``; logits = scale·q·kᵀ (+ mask)."""
+        attn = self.attention_modules()[layer][1]
+        return attn.q_norm, attn.k_norm
+
     def install(self, layers: list[int], record: RecordFn, *, heads: list[int] | None,
                 rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]):
         if grad:
