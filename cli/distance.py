@@ -62,7 +62,7 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
     batches = FailedItems(image_batches(paths, data_config, batch_size=batch_size, workers=workers), inputs.root)
     failures = batches.failed
     with Progress(total=len(paths), label="distance", quiet=quiet) as bar:
-        stats = head_statistics(model, batches, layers=layer_list, on_batch=bar.update)
+        stats = head_statistics(model, batches, layers=layer_list, progress=bar.update)
     dist, ent = stats["distance"], stats["entropy"]
 
     if dist.images == 0:

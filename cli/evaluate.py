@@ -81,7 +81,7 @@ def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with
     total = len(inputs.paths) if limit is None else min(limit, len(inputs.paths))
     with Progress(total=total, label="evaluate", quiet=quiet) as bar:
         result = run_evaluate(loaded.model, batches, labels, methods=method_list, metrics=metric_list,
-                              target=target, baseline=baseline, steps=steps, limit=limit, seed=seed,
+                              target_source=target, baseline=baseline, steps=steps, limit=limit, seed=seed,
                               progress=bar.update)
     warn_failed(batches.failed)
     if plot_path is not None:

@@ -406,7 +406,7 @@ def test_rollout_matches_stagewise_reference(case):
     allowed = {wl.layer: allowed_reference(blocks[wl.layer], wl.grid_size) for wl in layouts}
     settings = [("mean", np.mean, 0.0), ("max", np.max, 0.0), ("mean", np.mean, 0.6)]
     for fusion, fuse, discard in settings:
-        got = vitlens.rollout(cache, head_fusion=fusion, discard_ratio=discard)
+        got = vitlens.rollout(cache, head=fusion, discard_ratio=discard)
         assert got.shape == (2, *cache.layout.grid_size) and got.dtype == torch.float32
         torch.testing.assert_close(got.sum((-1, -2)), torch.ones(2))
         for b in range(2):

@@ -113,7 +113,7 @@ def test_cls_attention_errors():
     cache = synthetic_cache(random_attention(1, 4, 10, 2), ("cls",), (3, 3))
     with pytest.raises(ValueError, match=r"head 4 is out of range.*0..3"):
         vitlens.cls_attention(cache, head=4)
-    with pytest.raises(ValueError, match="head fusion must be one of"):
+    with pytest.raises(ValueError, match="head must be one of"):
         vitlens.cls_attention(cache, head="median")
     with pytest.raises(ValueError, match=r"layer 2 is out of range.*0..1"):
         vitlens.cls_attention(cache, layer=2)
@@ -182,7 +182,7 @@ def test_rollout_head_fusions_and_discard_keeps_cls_column():
     attn = random_attention(2, 3, 10, 2, seed=3)
     cache = synthetic_cache(attn, ("cls",), (3, 3))
     for fusion in ("max", "min"):
-        assert not torch.allclose(vitlens.rollout(cache, head_fusion=fusion), vitlens.rollout(cache))
+        assert not torch.allclose(vitlens.rollout(cache, head=fusion), vitlens.rollout(cache))
     from vitlens.analysis.rollout import discard_lowest
 
     fused = attn[0].mean(1)

@@ -43,7 +43,7 @@ def test_planted_outlier_is_the_only_flagged_token(case):
     expected = torch.zeros(x.shape[0], gh, gw, dtype=torch.bool)
     expected[:, gh // 2, 1] = True
     assert torch.equal(res.mask, expected)
-    assert res.block == len(model.blocks) - 1 and res.k == 5.0 and res.absolute is None
+    assert res.layer == len(model.blocks) - 1 and res.k == 5.0 and res.absolute is None
     assert res.prefix_norms.shape == (x.shape[0], model.num_prefix_tokens)
     np.testing.assert_allclose(res.fraction.numpy(), 1 / (gh * gw))
 
@@ -56,15 +56,15 @@ def test_planted_outlier_is_the_only_flagged_token(case):
 def test_block_choice_and_absolute_threshold():
     model, x = make_model("deit_distilled")
     outs = reference_block_outputs(model, x)
-    norms, prefix, layout, block = token_norms(model, x, block=0)
-    assert block == 0 and layout.prefix_names == ("cls", "dist")
+    norms, prefix, layout, layer = token_norms(model, x, layer=0)
+    assert layer == 0 and layout.prefix_names == ("cls", "dist")
     np.testing.assert_allclose(norms.numpy(), outs[0][:, 2:].norm(dim=-1).reshape(-1, 4, 4).numpy(), rtol=1e-5)
     np.testing.assert_allclose(prefix.numpy(), outs[0][:, :2].norm(dim=-1).numpy(), rtol=1e-5)
     thr = float(norms.median())
-    res = high_norm_tokens(model, x, block=0, threshold=thr)
+    res = high_norm_tokens(model, x, layer=0, threshold=thr)
     assert torch.equal(res.mask, norms > thr) and res.k is None and res.absolute == thr
-    with pytest.raises(ValueError, match="block 5 is out of range"):
-        high_norm_tokens(model, x, block=5)
+    with pytest.raises(ValueError, match="layer 5 is out of range"):
+        high_norm_tokens(model, x, layer=5)
 
 
 def test_robust_rule_against_numpy_median_and_mad():
@@ -83,7 +83,7 @@ def test_robust_rule_against_numpy_median_and_mad():
     assert mask[0, 2, 3] and mask[2, 0, 0]
     # norms given directly go through the same rule
     res = high_norm_tokens(norms, k=3.0)
-    assert torch.equal(res.mask, mask) and res.block is None and res.layout is None
+    assert torch.equal(res.mask, mask) and res.layer is None and res.layout is None
 
 
 def test_errors():

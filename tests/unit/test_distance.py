@@ -252,7 +252,7 @@ def test_head_statistics_over_batches_equals_one_capture():
     model, _ = make_model("deit_distilled")
     x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     seen = []
-    stats = vitlens.head_statistics(model, x, batch_size=2, layers=[0, 2], on_batch=seen.append)
+    stats = vitlens.head_statistics(model, x, batch_size=2, layers=[0, 2], progress=seen.append)
     assert seen == [2, 2, 1]
     with torch.no_grad(), vitlens.capture(model, layers=[0, 2]) as cache:
         model(x)

@@ -304,8 +304,8 @@ def test_bad_inputs_raise_clear_errors(vit):
         evaluate(model, x, methods="rollout", metrics=["deletion"], steps=17)
     with pytest.raises(ValueError, match="got 2 labels for 3 images"):
         evaluate(model, x, torch.tensor([0, 1]), methods="rollout", metrics=["positive"])
-    with pytest.raises(ValueError, match="target='label' needs labels"):
-        evaluate(model, x, methods="rollout", metrics=["deletion"], target="label")
+    with pytest.raises(ValueError, match="`target_source=label` needs labels"):
+        evaluate(model, x, methods="rollout", metrics=["deletion"], target_source="label")
     with pytest.raises(ValueError, match="unknown explanation method"):
         evaluate(model, x, methods=["rolout"], metrics=["deletion"])
     with pytest.raises(ValueError, match="NaN"):

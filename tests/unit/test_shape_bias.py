@@ -205,7 +205,7 @@ def test_result_dict_is_json_and_per_category_consistent(tiny_result):
 def test_texture_attention_aggregates(tiny_result):
     ta = tiny_result.texture_attention
     assert isinstance(ta, TextureAttention) and tiny_result.texture_attention_reason is None
-    assert ta.layer == 1 and ta.head_fusion == "mean"
+    assert ta.layer == 1 and ta.head == "mean"
     scored = [d for d in tiny_result.decisions if d.outcome in ("shape", "texture", "other")]
     assert ta.n_images == len(scored) == 30
     assert ta.share == pytest.approx(np.mean([d.texture_share for d in scored]))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._util import deprecated_alias, model_device, renamed, resolve_index
 from ..capture.cache import TokenLayout
 
 #: Scale that turns the median absolute deviation into a standard deviation for normal data.
@@ -25,8 +26,8 @@ class HighNormTokens:
         threshold: ``[B]`` float32, the norm above which a token is flagged, per image.
         prefix_norms: ``[B, P]`` float32, norms of the prefix tokens (CLS, registers...),
             for reference; they are never flagged.
-        block: block index whose output was measured (non-negative; None when the norms
-            were given directly).
+        layer: index of the block whose output was measured (non-negative; None when
+            the norms were given directly).
         k: robust z-score cut-off used (None when ``threshold`` was absolute).
         absolute: the absolute threshold used, or None for the per-image robust rule.
         layout: the token layout of the run (None when the norms were given directly).
@@ -36,10 +37,12 @@ class HighNormTokens:
     norms: torch.Tensor
     threshold: torch.Tensor
     prefix_norms: torch.Tensor
-    block: int | None
+    layer: int | None
     k: float | None
     absolute: float | None
     layout: TokenLayout | None
+
+    block = deprecated_alias("layer", "block", "HighNormTokens")
 
     @property
     def fraction(self) -> torch.Tensor:
@@ -81,22 +84,23 @@ def flag_outliers(norms: torch.Tensor, *, k: float = 5.0, threshold: float | Non
     return mask.reshape(norms.shape), thr
 
 
-def token_norms(model: nn.Module, images: torch.Tensor, block: int = -1
+@renamed(block="layer")
+def token_norms(model: nn.Module, images: torch.Tensor, layer: int = -1
                 ) -> tuple[torch.Tensor, torch.Tensor, TokenLayout, int]:
     """L2 norms of every token at the output of one transformer block.
 
-    The norm is taken on the block's output (the residual stream after block ``block``,
-    before the model's final norm), per token over the embedding dimension.
+    The norm is taken on the output of block ``layer`` (the residual stream after that
+    block, before the model's final norm), per token over the embedding dimension.
 
     Args:
         model: a flat timm ViT-like model (``patch_embed`` + ``blocks``; ViT, DeiT, DINOv2,
             BEiT, EVA...). Windowed models (Swin) have no prefix tokens to compare with and
             are not supported.
         images: ``[B, 3, H, W]`` preprocessed.
-        block: block index, negative counts from the end (default: the last block).
+        layer: block index, negative counts from the end (default: the last block).
 
     Returns:
-        ``(patch_norms [B, gh, gw], prefix_norms [B, P], layout, block)`` (float32, block
+        ``(patch_norms [B, gh, gw], prefix_norms [B, P], layout, layer)`` (float32, layer
         non-negative).
     """
     from ..capture.adapters import adapter_for
@@ -108,13 +112,7 @@ def token_norms(model: nn.Module, images: torch.Tensor, block: int = -1
     if layout_for is None or not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
         raise ValueError(f"high-norm tokens are measured on flat ViT-like models (patch_embed + blocks); "
                          f"{type(model).__name__} ({adapter.family}) is not one")
-    n = len(blocks)
-    if isinstance(block, bool) or not isinstance(block, int):
-        raise TypeError(f"block must be an int, got {type(block).__name__} {block!r}")
-    if not -n <= block < n:
-        raise ValueError(f"block {block} is out of range for this {n}-block model; "
-                         f"valid blocks are 0..{n - 1} (or -{n}..-1 counting from the end)")
-    block %= n
+    block = resolve_index(layer, len(blocks), "layer")
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a [B, 3, H, W] tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
@@ -127,22 +125,22 @@ def token_norms(model: nn.Module, images: torch.Tensor, block: int = -1
 
     handle = blocks[block].register_forward_hook(on_output)
     try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.no_grad():
-            model(images.to(device))
+            model(images.to(model_device(model)))
     finally:
         handle.remove()
     x = seen["x"]
     if x.dim() != 3 or x.shape[1] != layout.num_tokens:
-        raise ValueError(f"block {block} output has shape {tuple(x.shape)}; expected [B, {layout.num_tokens}, C] "
+        raise ValueError(f"layer {block} output has shape {tuple(x.shape)}; expected [B, {layout.num_tokens}, C] "
                          f"for the token layout {layout.prefix_names} + {layout.grid_size} patches")
     norms = x.float().norm(dim=-1)
     P = layout.num_prefix_tokens
     return norms[:, P:].reshape(-1, *layout.grid_size), norms[:, :P], layout, block
 
 
+@renamed(block="layer")
 def high_norm_tokens(model_or_norms: nn.Module | torch.Tensor, images: torch.Tensor | None = None, *,
-                     block: int = -1, k: float = 5.0, threshold: float | None = None) -> HighNormTokens:
+                     layer: int = -1, k: float = 5.0, threshold: float | None = None) -> HighNormTokens:
     """Flag patch tokens whose output norm is an outlier (Darcet et al. 2024's artefacts).
 
     Darcet et al. (https://arxiv.org/abs/2309.16588, Sec. 2) find that large, long-trained
@@ -154,8 +152,8 @@ def high_norm_tokens(model_or_norms: nn.Module | torch.Tensor, images: torch.Ten
     Rule, per image over its patch tokens (prefix tokens never flagged): flagged when
     ``norm > median + k · 1.4826 · MAD`` (robust z-score above ``k``; see
     :func:`flag_outliers`), or ``norm > threshold`` when an absolute threshold is given
-    (the paper's rule: 150 for DINOv2 ViT-g). The norm is measured at the output of block
-    ``block`` (the residual stream, before the final norm; default the last block).
+    (the paper's rule: 150 for DINOv2 ViT-g). The norm is measured at the output of
+    block ``layer`` (the residual stream, before the final norm; default the last block).
 
     A cache from :func:`vitlens.capture` holds attention, not token states, so this needs
     the model and images (or norms you measured yourself).
@@ -164,7 +162,8 @@ def high_norm_tokens(model_or_norms: nn.Module | torch.Tensor, images: torch.Ten
         model_or_norms: a flat timm ViT-like model (then ``images`` is required), or
             precomputed ``[B, gh, gw]`` norms to flag.
         images: ``[B, 3, H, W]`` preprocessed images for the model.
-        block: block whose output is measured (negative from the end).
+        layer: index of the block whose output is measured (negative from the end;
+            ``block=`` is the deprecated name of this argument).
         k: robust z-score cut-off (default 5: for normal data about 3 in 10 million tokens).
         threshold: absolute norm threshold instead of the robust rule.
 
@@ -184,11 +183,11 @@ def high_norm_tokens(model_or_norms: nn.Module | torch.Tensor, images: torch.Ten
     elif isinstance(model_or_norms, nn.Module):
         if images is None:
             raise ValueError("high_norm_tokens(model, images): the images are missing; pass a [B, 3, H, W] tensor")
-        norms, prefix, layout, used = token_norms(model_or_norms, images, block)
+        norms, prefix, layout, used = token_norms(model_or_norms, images, layer)
     else:
         raise TypeError(f"expected a timm model or a [B, gh, gw] tensor of norms, got "
                         f"{type(model_or_norms).__name__}; a capture cache holds no token states")
     mask, thr = flag_outliers(norms, k=k, threshold=threshold)
-    return HighNormTokens(mask=mask, norms=norms, threshold=thr, prefix_norms=prefix, block=used,
+    return HighNormTokens(mask=mask, norms=norms, threshold=thr, prefix_norms=prefix, layer=used,
                           k=None if threshold is not None else float(k),
                           absolute=None if threshold is None else float(threshold), layout=layout)

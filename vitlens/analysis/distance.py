@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .._util import model_device, renamed
 from ..capture.cache import AttentionCache, WindowLayout
 
 #: Statistics :func:`head_statistics` can compute, name -> (function of a cache, unit).
@@ -381,9 +382,10 @@ def _batches(images: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch
                             f"use vitlens.data.image_batches(paths, data_config) to read files")
 
 
+@renamed(on_batch="progress")
 def head_statistics(model: nn.Module, images: Any, *, statistics: Sequence[str] = ("distance", "entropy"),
                     layers: Sequence[int] | int | None = None, batch_size: int = 32,
-                    on_batch: Callable[[int], None] | None = None) -> dict[str, HeadStatistics]:
+                    progress: Callable[[int], None] | None = None) -> dict[str, HeadStatistics]:
     """Run a model over a dataset and aggregate per-head statistics (mean and std over images).
 
     Each batch is captured once (``rows="all"``, only the chosen layers) and reduced to
@@ -403,7 +405,8 @@ def head_statistics(model: nn.Module, images: Any, *, statistics: Sequence[str] 
         statistics: names in :data:`STATISTICS` (``"distance"``, ``"entropy"``).
         layers: layer indices to record (negative from the end); None = all.
         batch_size: split size for a tensor input.
-        on_batch: called with the batch size after each batch (e.g. a progress bar).
+        progress: called with the number of images done after each batch (e.g. a
+            progress bar's ``update``; ``on_batch=`` is the deprecated name).
 
     Returns:
         name -> :class:`HeadStatistics`, each with ``params`` naming the model, layers,
@@ -417,14 +420,14 @@ def head_statistics(model: nn.Module, images: Any, *, statistics: Sequence[str] 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     out = {s: HeadStatistics(statistic=s, unit=STATISTICS[s][1]) for s in statistics}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     for x, ok in _batches(images, batch_size):
         n = int(x.shape[0])
         if ok is not None and not bool(torch.as_tensor(ok).any()):
             for acc in out.values():
                 acc.failed += n
-            if on_batch is not None:
-                on_batch(n)
+            if progress is not None:
+                progress(n)
             continue
         with torch.no_grad(), capture(model, layers, rows="all") as cache:
             model(x.to(device))
@@ -435,8 +438,8 @@ def head_statistics(model: nn.Module, images: Any, *, statistics: Sequence[str] 
                 acc.params = _params(model, cache)
             acc.update(values, ok)
         del cache
-        if on_batch is not None:
-            on_batch(n)
+        if progress is not None:
+            progress(n)
     return out
 
 

@@ -116,7 +116,7 @@ def _rollout(model, images, target, head, discard_ratio):
                          f"per-head maps exist only for method 'cls'")
     with torch.no_grad(), capture(model) as cache:
         logits = model(images)
-    maps = rollout(cache, head_fusion=str(head), discard_ratio=discard_ratio)
+    maps = rollout(cache, head=str(head), discard_ratio=discard_ratio)
     assert cache.layout is not None
     return maps, logits, cache.layout, {"head": head, "discard_ratio": discard_ratio}
 

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import jsonable as _jsonable, model_device as _model_device, renamed
 from ..errors import VitlensError
 from .importance import as_batches, check_token_drop_model, count_for, forward_kept
 
@@ -379,7 +380,7 @@ class FaithfulnessResult(Mapping):
         curves: method -> metric -> :class:`Curve` (mean curve; its AUC equals the value).
         per_image: method -> metric -> ``[n_images]`` float64 AUC of each image, input order.
         n_images: images evaluated; n_skipped: inputs that failed to decode (skipped).
-        params: every parameter that made the result (target, baselines, steps, ...).
+        params: every parameter that made the result (target_source, baselines, steps, ...).
     """
 
     def __init__(self, values: dict[str, dict[str, float]], curves: dict[str, dict[str, Curve]],
@@ -439,24 +440,7 @@ class FaithfulnessResult(Mapping):
         return "\n".join(rows)
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    return str(v)
-
-
 # ------------------------------------------------------------------------ evaluate
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _check_names(given: Sequence[str] | str, known: Sequence[str], what: str) -> list[str]:
     import difflib
 
@@ -480,9 +464,10 @@ def default_metrics(model: nn.Module) -> list[str]:
     return list(METRICS)
 
 
+@renamed(target="target_source")
 def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int] | None = None,
              methods: Sequence[str] | str = ("rollout", "random"), metrics: Sequence[str] | str | None = None, *,
-             target: str = "predicted", baseline: str | None = None, steps: int | None = None,
+             target_source: str = "predicted", baseline: str | None = None, steps: int | None = None,
              fractions: Sequence[float] = PERTURBATION_FRACTIONS, blur_sigma: float | None = None,
              batch_size: int = 64, limit: int | None = None, seed: int = 0,
              options: Mapping[str, Mapping[str, Any]] | None = None, forward_batch: int = 512,
@@ -490,7 +475,7 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
     """Faithfulness of several map methods on many images: ``result[method][metric]`` -> AUC.
 
     For every batch: one clean forward gives the prediction; each method's maps come
-    from :func:`vitlens.explain` (``target`` class, ``options[method]``); each metric's
+    from :func:`vitlens.explain` (the class ``target_source`` names, ``options[method]``); each metric's
     per-image curve and AUC are computed (see the module docstring and the curve
     functions for the exact definitions) and averaged over all images.
 
@@ -505,9 +490,11 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
         methods: :func:`vitlens.explain` methods, e.g. ``["rollout", "random"]``.
         metrics: names from :data:`METRICS`; None = every metric that applies
             (token-drop only for timm VisionTransformer models).
-        target: ``"predicted"`` (the class the model predicts on the clean image) or
-            ``"label"``: the class each map explains and whose probability deletion and
-            insertion track.
+        target_source: where each image's explained class comes from: ``"predicted"``
+            (the class the model predicts on the clean image) or ``"label"`` (its true
+            label). That class is the ``target`` of every map and the one whose
+            probability deletion and insertion track. (``target=`` is the deprecated name
+            of this argument; ``target`` elsewhere is a class index.)
         baseline: one of :data:`BASELINES` for every pixel metric, or None for
             :data:`DEFAULT_BASELINES` (deletion/positive/negative ``"zero"``, insertion ``"blur"``).
         steps: deletion/insertion steps S (default N: one patch per step).
@@ -534,8 +521,8 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
     metrics = default_metrics(model) if metrics is None else _check_names(metrics, METRICS, "metrics")
     if any(m in TOKEN_DROP_METRICS for m in metrics):
         check_token_drop_model(model)
-    if target not in ("predicted", "label"):
-        raise ValueError(f"target must be 'predicted' or 'label', got {target!r}")
+    if target_source not in ("predicted", "label"):
+        raise ValueError(f"`target_source` must be 'predicted' or 'label', got {target_source!r}")
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)} (or None for the papers' defaults), "
                          f"got {baseline!r}")
@@ -570,11 +557,11 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
         x = x.to(device)
         with torch.no_grad():
             pred = model(x).argmax(-1)
-        if target == "label" and y is None:
-            raise ValueError("target='label' needs labels; pass labels=... or use target='predicted'")
+        if target_source == "label" and y is None:
+            raise ValueError("`target_source=label` needs labels; pass `labels` or use `target_source=predicted`")
         refs.append(y is not None)
         ref = pred if y is None else y.to(device)
-        tgt = ref if target == "label" else pred
+        tgt = ref if target_source == "label" else pred
         for method in methods:
             opts = dict(options.get(method, {}))
             if method == "random":
@@ -605,7 +592,7 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
         values[method] = {k: float(per[method][k].mean()) for k in metrics}
         curves[method] = {k: Curve(method, k, xs[k].tolist(), (sums[method][k] / n_images).tolist())
                           for k in metrics}
-    params = {"methods": methods, "metrics": metrics, "target": target,
+    params = {"methods": methods, "metrics": metrics, "target_source": target_source,
               "reference": "labels" if all(refs) else ("prediction" if not any(refs) else "mixed"),
               "baselines": {m: baselines[m] for m in metrics if m in baselines}, "steps": steps,
               "fractions": fr, "blur_sigma": blur_sigma, "seed": seed, "options": options, "limit": limit}

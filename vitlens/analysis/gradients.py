@@ -177,7 +177,7 @@ def grad_rollout(model: nn.Module, images: torch.Tensor,
         weighted._set_layout(cache.layout_of(layer))
         # [B, nW, heads, n, n] -> one fused "head": mean_h (∇A ⊙ A)⁺
         weighted._record(layer, (g.float() * a.float()).clamp_min(0).mean(dim=2, keepdim=True))
-    return rollout(weighted, head_fusion="mean"), logits, cache.layout
+    return rollout(weighted, head="mean"), logits, cache.layout
 
 
 def weighted_attention(attn: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..capture.cache import AttentionCache, WindowLayout, from_windows, to_windows
-from .cls_attention import fuse_heads
+from .._util import renamed
+from .cls_attention import HEAD_FUSIONS, fuse_heads
 
 
 def discard_lowest(fused: torch.Tensor, discard_ratio: float, keep_col: int | None) -> torch.Tensor:
@@ -62,7 +63,8 @@ def _token_rollout(attn: list[torch.Tensor], head_fusion: str, discard_ratio: fl
     return v[:, P:]
 
 
-def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: float = 0.0,
+@renamed(head_fusion="head")
+def rollout(cache: AttentionCache, head: str = "mean", discard_ratio: float = 0.0,
             exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Attention rollout map.
 
@@ -106,7 +108,8 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
     Args:
         cache: captured with ``rows="all"`` and every layer from 0 up to the last one
             to include (normally all layers; windowed models need every layer).
-        head_fusion: ``"mean"`` | ``"max"`` | ``"min"``.
+        head: how heads are fused, ``"mean"`` | ``"max"`` | ``"min"`` (rollout has no
+            per-head form; ``head_fusion=`` is the deprecated name of this argument).
         discard_ratio: in ``[0, 1)``.
         exclude: optional ``[B, gh, gw]`` bool, patch tokens to leave out (token-level
             models only).
@@ -115,6 +118,10 @@ def rollout(cache: AttentionCache, head_fusion: str = "mean", discard_ratio: flo
         ``[B, gh, gw]`` float32 maps, each summing to 1 (windowed models: the first
         stage's grid, ``cache.layout.grid_size``).
     """
+    if head not in HEAD_FUSIONS:
+        raise ValueError(f"rollout fuses the heads of every layer: head must be one of {HEAD_FUSIONS}, got {head!r}; "
+                         f"for per-head maps use vitlens.cls_attention(cache, head=None)")
+    head_fusion = head
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
     if cache.rows != "all":

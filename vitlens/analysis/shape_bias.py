@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..data import IMAGE_EXTENSIONS, load_image
+from .._util import deprecated_alias
 from ..errors import ImageLoadError, UnsupportedModelError, VitlensError
 
 __all__ = [
@@ -119,7 +120,7 @@ class TextureAttention:
             the share uniform attention would give (at least 0.5 by construction).
         n_images: images averaged in ``share``.
         layer: the (non-negative) layer index the attention comes from.
-        head_fusion: how heads were fused (``"mean"``).
+        head: how heads were fused (``"mean"``).
     """
 
     share: float | None
@@ -129,7 +130,9 @@ class TextureAttention:
     chance: float | None
     n_images: int
     layer: int
-    head_fusion: str = "mean"
+    head: str = "mean"
+
+    head_fusion = deprecated_alias("head", "head_fusion", "TextureAttention")
 
 
 @dataclass(frozen=True)
