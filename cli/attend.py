@@ -155,9 +155,10 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
             else:
                 tag = f"{method}_{t_name}"
             if head_sel is None:
-                from vitlens.export.figures import head_grid, save_figure
+                from vitlens import pl
+                from vitlens.export.figures import save_figure
 
-                fig = head_grid(res.maps[i].cpu(), image=img, box=pre.box, colormap=colormap, alpha=alpha,
+                fig = pl.heads(res.maps[i].cpu(), image=img, box=pre.box, colormap=colormap, alpha=alpha,
                                 fused=res.maps[i].mean(0).cpu(),
                                 title=f"{Path(path).name}: CLS attention, layer {res.options['layer']}")
                 dest = out / _output_name(path, f"{what}_heads", taken)

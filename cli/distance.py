@@ -73,9 +73,10 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
 
     name = model_name or dist.params.get("model", "")
     if plot_path is not None:
-        from vitlens.export.figures import distance_vs_depth, save_figure
+        from vitlens import pl
+        from vitlens.export.figures import save_figure
 
-        save_figure(distance_vs_depth(dist, title=f"{name}: {dist.images} image(s)"), plot_path)
+        save_figure(pl.head_statistics(dist, title=f"{name}: {dist.images} image(s)"), plot_path)
 
     if as_json:
         payload = {

@@ -85,10 +85,10 @@ def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with
                               progress=bar.update)
     warn_failed(batches.failed)
     if plot_path is not None:
-        from vitlens.export.curves import faithfulness_curves
+        from vitlens import pl
         from vitlens.export.figures import save_figure
 
-        save_figure(faithfulness_curves(result), plot_path)
+        save_figure(pl.faithfulness(result), plot_path)
     if as_json:
         payload = result.to_dict()
         payload.update({"model": model_name, "input": str(input_spec),

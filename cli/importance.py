@@ -62,10 +62,10 @@ def importance(input_spec, model_name, checkpoint, pretrained, device, debug, me
                                  progress=bar.update)
     warn_failed(batches.failed)
     if plot_path is not None:
-        from vitlens.export.curves import keep_ratio_plot
+        from vitlens import pl
         from vitlens.export.figures import save_figure
 
-        save_figure(keep_ratio_plot(curve), plot_path)
+        save_figure(pl.keep_ratio(curve), plot_path)
     if as_json:
         payload = curve.to_dict()
         scores = curve.scores.tolist() if curve.scores is not None else []

@@ -87,10 +87,10 @@ def shape_bias(stimuli_dir, model_names, checkpoints, pretrained, device, mappin
                     w.writerow([r.model, d.path, d.shape, d.texture, d.decision or "", d.outcome,
                                 "" if d.texture_share is None else f"{d.texture_share:.6f}"])
     if plot_path is not None:
+        from vitlens import pl
         from vitlens.export.figures import save_figure
-        from vitlens.export.shape_bias_plot import shape_bias_plot
 
-        save_figure(shape_bias_plot(results), plot_path)
+        save_figure(pl.shape_bias(results), plot_path)
 
     if as_json:
         payload = [r.to_dict() for r in results]

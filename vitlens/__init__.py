@@ -30,6 +30,7 @@ from .models import (DEFAULT_MODEL, DEMO_NAME, LoadedModel, class_names, load_mo
                      make_transform, preprocess)
 from .explore import Explorer, explore
 from . import export  # vitlens.export.read(...); lazy: h5py/cv2/matplotlib load on first use
+from . import pl  # vitlens.pl.faithfulness(result) ...: one plot per result; matplotlib loads on first use
 
 __version__ = "0.1.0"
 
@@ -47,4 +48,6 @@ __all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "h
 __all__ += ["high_norm_tokens", "HighNormTokens"]
 __all__ += ["explain", "explanation", "Explanation", "EXPLAIN_METHODS"]
 __all__ += ["explore", "Explorer"]
+
+__all__ += ["pl"]
 __all__ += ["evaluate", "FaithfulnessResult", "token_importance", "keep_tokens", "keep_ratio_curve", "KeepRatioCurve"]

@@ -159,3 +159,40 @@ def html_table(caption: str, header: Sequence[str], rows: Iterable[Sequence[Any]
         items = ", ".join(f"{esc(str(k))}={esc(describe(v))}" for k, v in params.items())
         out.append(f"<p style='font-size:smaller'>parameters: {items}</p>")
     return "\n".join(out)
+
+
+def maps_repr(name: str, res: Any) -> str:
+    """Repr of a batch of maps with logits (:class:`~vitlens.Explanation`, :class:`~vitlens.AttentionMaps`)."""
+    maps, logits = res.maps, res.logits
+    pred = logits.argmax(-1).tolist() if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
+    fields: list[tuple[str, Any]] = [("maps", maps), ("logits", logits)]
+    target = getattr(res, "target", None)
+    if isinstance(target, torch.Tensor):
+        fields.append(("target", target.tolist() if target.numel() <= 8 else target))
+    layout = res.layout
+    fields.append(("layout", f"{len(layout.prefix_names)} prefix tokens {tuple(layout.prefix_names)}, grid "
+                             f"{tuple(layout.grid_size)}, patch {tuple(layout.patch_size)}" if layout is not None
+                   else None))
+    fields += [(k, v) for k, v in res.params.items()]
+    summary = f"{maps.shape[0]} map(s) by {res.params.get('method')!r}"
+    if pred is not None:
+        summary += f"; predicted classes {pred if len(pred) <= 8 else str(pred[:8])[:-1] + ', ...]'}"
+    if isinstance(maps, torch.Tensor) and maps.numel():
+        summary += f"; values {float(maps.min()):.3g}..{float(maps.max()):.3g}"
+    return compact_repr(name, fields, summary)
+
+
+def maps_html(name: str, res: Any) -> str:
+    """HTML table of a batch of maps: one row per image (predicted class, target, value range)."""
+    maps, logits = res.maps, res.logits
+    target = getattr(res, "target", None)
+    rows = []
+    for i in range(min(int(maps.shape[0]), 32)):
+        m = maps[i]
+        row = [str(i), str(int(logits[i].argmax())) if logits.dim() == 2 else ""]
+        if isinstance(target, torch.Tensor):
+            row.append(str(int(target[i])))
+        row += [f"{float(m.min()):.3g}", f"{float(m.max()):.3g}", f"{float(m.sum()):.3g}"]
+        rows.append(row)
+    header = ["image", "predicted"] + (["target"] if isinstance(target, torch.Tensor) else []) + ["min", "max", "sum"]
+    return html_table(f"{name}: maps {describe(maps)}", header, rows, res.params)

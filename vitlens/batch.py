@@ -79,6 +79,34 @@ class ExportOptions:
     resume: bool = False
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        """Check every option that does not depend on the model (ValueError naming the option)."""
+        for name in ("batch_size", "workers", "limit"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise TypeError(f"`{name}` must be an int, got {type(v).__name__} {v!r}")
+        for name in ("analyses", "layers", "heads"):
+            v = getattr(self, name)
+            if isinstance(v, (str, bytes)):
+                raise TypeError(f"`{name}` must be a sequence (e.g. a list), not a single string {v!r}")
+        if self.dtype not in DTYPES:
+            raise VitlensError(f"`dtype` must be one of {DTYPES}, got {self.dtype!r}")
+        if self.compression not in COMPRESSIONS:
+            raise VitlensError(f"`compression` must be one of {COMPRESSIONS}, got {self.compression!r}")
+        if self.precision not in PRECISIONS:
+            raise VitlensError(f"`precision` must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
+        if self.batch_size < 1:
+            raise VitlensError(f"`batch_size` must be at least 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise VitlensError(f"`workers` must be 0 or more, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise VitlensError(f"`limit` must be at least 1, got {self.limit}")
+        if (self.layers is not None or self.heads is not None) and not self.full:
+            raise VitlensError("`layers` and `heads` choose the full attention maps; add `full=True`")
+        if self.resume and self.overwrite:
+            raise VitlensError("`resume=True` continues the existing output and `overwrite=True` replaces it; "
+                               "choose one")
+
 
 @dataclass
 class ExportSummary:
@@ -137,20 +165,6 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
                                f"drop 'cls' from `analyses` (rollout works without CLS)")
     if not analyses and not options.full:
         raise VitlensError("nothing to export: `analyses` is empty and `full` is off")
-    if options.dtype not in DTYPES:
-        raise VitlensError(f"`dtype` must be one of {DTYPES}, got {options.dtype!r}")
-    if options.compression not in COMPRESSIONS:
-        raise VitlensError(f"`compression` must be one of {COMPRESSIONS}, got {options.compression!r}")
-    if options.precision not in PRECISIONS:
-        raise VitlensError(f"`precision` must be one of {tuple(PRECISIONS)}, got {options.precision!r}")
-    if options.batch_size < 1:
-        raise VitlensError(f"`batch_size` must be at least 1, got {options.batch_size}")
-    if options.workers < 0:
-        raise VitlensError(f"`workers` must be 0 or more, got {options.workers}")
-    if options.limit is not None and options.limit < 1:
-        raise VitlensError(f"`limit` must be at least 1, got {options.limit}")
-    if (options.layers is not None or options.heads is not None) and not options.full:
-        raise VitlensError("`layers` and `heads` choose the full attention maps; add `full=True`")
 
     def resolve(values: Sequence[int] | None, n: int, what: str) -> tuple[int, ...] | None:
         if values is None:

@@ -36,6 +36,13 @@ class LoadedModel(NamedTuple):
     model: nn.Module
     data_config: dict[str, Any]
 
+    def __repr__(self) -> str:  # the model's own repr is one line per module
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        name = cfg.get("architecture") or type(self.model).__name__
+        n = sum(p.numel() for p in self.model.parameters())
+        return (f"LoadedModel(\n    model={type(self.model).__name__} {name!r} ({n / 1e6:.2f}M parameters, "
+                f"{'training' if self.model.training else 'eval'} mode),\n    data_config={self.data_config!r},\n)")
+
 
 class Preprocessed(NamedTuple):
     """A preprocessed image and where the model's input lies in the original image."""

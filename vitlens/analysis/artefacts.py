@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._util import deprecated_alias, model_device, renamed, resolve_index
+from .._util import compact_repr, deprecated_alias, model_device, renamed, resolve_index
 from ..capture.cache import TokenLayout
 
 #: Scale that turns the median absolute deviation into a standard deviation for normal data.
@@ -43,6 +43,21 @@ class HighNormTokens:
     layout: TokenLayout | None
 
     block = deprecated_alias("layer", "block", "HighNormTokens")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters that made the result: ``layer``, ``k`` and the absolute ``threshold``."""
+        return {"layer": self.layer, "k": self.k, "threshold": self.absolute}
+
+    def __repr__(self) -> str:
+        frac = self.fraction
+        rule = f"norm > {self.absolute:g}" if self.absolute is not None else f"robust z > {self.k:g}"
+        return compact_repr("HighNormTokens", [
+            ("mask", self.mask), ("norms", self.norms), ("threshold", self.threshold),
+            ("prefix_norms", self.prefix_norms), ("layer", self.layer), ("k", self.k), ("absolute", self.absolute),
+            ("layout", self.layout)],
+            summary=f"{int(self.mask.sum())} tokens flagged ({rule}); fraction per image "
+                    f"{float(frac.min()):.3f}..{float(frac.max()):.3f}" if frac.numel() else rule)
 
     @property
     def fraction(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .._util import model_device, renamed
+from .._util import describe, html_table, model_device, renamed
 from ..capture.cache import AttentionCache, WindowLayout
 
 #: Statistics :func:`head_statistics` can compute, name -> (function of a cache, unit).
@@ -301,6 +301,37 @@ class HeadStatistics:
         self.images += other.images
         self.failed += other.failed
         return self
+
+    def __repr__(self) -> str:
+        head = (f"HeadStatistics(  # {self.statistic} in {self.unit}, {self.images} images"
+                f" ({self.failed} failed)")
+        if self._mean is None:
+            return head + ", nothing accumulated yet\n)"
+        lmean, lstd = self.layer_summary()
+        L, H = self._mean.shape
+        lines = [head + f", [L, H] = [{L}, {H}]",
+                 f"    layers={describe(self.layers)},"]
+        if L <= 8:
+            per = ", ".join(f"{layer}: {float(m):.3g}" for layer, m in zip(self.layers, lmean))
+            lines.append(f"    mean over heads per layer: {per}")
+        else:
+            lines.append(f"    mean over heads per layer: {float(lmean[0]):.3g} (layer {self.layers[0]}) .. "
+                         f"{float(lmean[-1]):.3g} (layer {self.layers[-1]})")
+        shown = {k: v for k, v in self.params.items() if k in ("model", "family", "input_size", "patch_size",
+                                                               "prefix_tokens")}
+        lines.append(f"    params: {', '.join(f'{k}={describe(v)}' for k, v in shown.items())}")
+        return "\n".join(lines) + "\n)"
+
+    def _repr_html_(self) -> str:
+        if self._mean is None:
+            return f"<p>HeadStatistics ({self.statistic}): nothing accumulated yet</p>"
+        mean, std = self.mean, self.std()
+        lmean, lstd = self.layer_summary()
+        H = mean.shape[1]
+        rows = [[str(layer), f"{float(lmean[i]):.3g} ± {float(lstd[i]):.2g}"]
+                + [f"{float(v):.3g}" for v in mean[i]] for i, layer in enumerate(self.layers)]
+        return html_table(f"HeadStatistics: {self.statistic} ({self.unit}), mean over {self.images} images",
+                          ["layer", "all heads (mean ± std)"] + [f"head {h}" for h in range(H)], rows, self.params)
 
     def _require(self) -> None:
         if self._mean is None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .._util import maps_html, maps_repr
 from ..capture import TokenLayout, capture
 from .cls_attention import HEAD_FUSIONS, cls_attention
 from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout, gradcam, gradcam_modules,
@@ -60,6 +61,17 @@ class Explanation(NamedTuple):
     layout: TokenLayout       #: token geometry of the input
     method: str
     options: dict[str, Any]   #: every option of the method, defaults filled in
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters that made the maps: ``method`` and every option."""
+        return {"method": self.method, **self.options}
+
+    def __repr__(self) -> str:
+        return maps_repr("Explanation", self)
+
+    def _repr_html_(self) -> str:
+        return maps_html("Explanation", self)
 
 
 def check_method(method: str) -> str:

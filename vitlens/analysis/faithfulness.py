@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import jsonable as _jsonable, model_device as _model_device, renamed
+from .._util import describe, html_table, jsonable as _jsonable, model_device as _model_device, renamed
 from ..errors import VitlensError
 from .importance import as_batches, check_token_drop_model, count_for, forward_kept
 
@@ -355,6 +355,15 @@ class Curve:
     x: list[float]
     y: list[float]
 
+    def __repr__(self) -> str:
+        return (f"Curve(method={self.method!r}, metric={self.metric!r}, {len(self.x)} points, "
+                f"x={self.x[0]:.3g}..{self.x[-1]:.3g}, auc={self.auc:.4g})" if self.x else
+                f"Curve(method={self.method!r}, metric={self.metric!r}, empty)")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"method": self.method, "metric": self.metric}
+
     @property
     def xlabel(self) -> str:
         if self.metric == "insertion":
@@ -399,7 +408,25 @@ class FaithfulnessResult(Mapping):
         return len(self.values)
 
     def __repr__(self) -> str:
-        return f"FaithfulnessResult({self.values!r}, n_images={self.n_images})"
+        metrics = self.metrics or sorted({k for v in self.values.values() for k in v})
+        lines = [f"FaithfulnessResult(  # {len(self.values)} methods x {len(metrics)} metrics, AUC over "
+                 f"{self.n_images} images ({self.n_skipped} skipped), "
+                 f"target_source={self.params.get('target_source')!r}"]
+        for method, vals in self.values.items():
+            cells = ", ".join(f"{m}={vals[m]:.4g}" for m in metrics if m in vals)
+            lines.append(f"    {method}: {cells}")
+        shown = {k: v for k, v in self.params.items() if k not in ("methods", "metrics", "options", "fractions")}
+        lines.append(f"    params: {', '.join(f'{k}={describe(v)}' for k, v in shown.items())}")
+        return "\n".join(lines) + "\n)"
+
+    def _repr_html_(self) -> str:
+        metrics = self.metrics or sorted({k for v in self.values.values() for k in v})
+        rows = []
+        for method, vals in self.values.items():
+            rows.append([method] + [f"{vals[m]:.4g} ± {self.sem(method, m):.2g}" for m in metrics])
+        return html_table(f"FaithfulnessResult: AUC (mean ± s.e.m.) over {self.n_images} images",
+                          ["method"] + [f"{m} {'↓' if LOWER_IS_BETTER[m] else '↑'}" for m in metrics], rows,
+                          self.params)
 
     @property
     def methods(self) -> list[str]:

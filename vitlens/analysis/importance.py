@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .._util import describe, html_table
 from ..errors import UnsupportedModelError, VitlensError
 
 __all__ = ["token_importance", "keep_tokens", "forward_kept", "keep_ratio_curve", "KeepRatioCurve",
@@ -316,6 +317,21 @@ class KeepRatioCurve:
     reference: str = "labels"
     params: dict[str, Any] = field(default_factory=dict)
     scores: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        lines = [f"KeepRatioCurve(  # top-1 accuracy (%) vs keep ratio on {self.n_images} images "
+                 f"({self.n_skipped} skipped), reference={self.reference!r}",
+                 f"    ratios={describe(list(self.ratios))},"]
+        for name, acc in self.accuracy.items():
+            lines.append(f"    {name}: {acc[0]:.1f} (keep {self.ratios[0]:.2g}) .. {acc[-1]:.1f} (keep {self.ratios[-1]:.2g})")
+        lines.append(f"    scores={describe(self.scores)}, params={describe(self.params)}")
+        return "\n".join(lines) + "\n)"
+
+    def _repr_html_(self) -> str:
+        names = list(self.accuracy)
+        rows = [[f"{r:.2f}"] + [f"{self.accuracy[n][i]:.1f}" for n in names] for i, r in enumerate(self.ratios)]
+        return html_table(f"KeepRatioCurve: top-1 accuracy (%) on {self.n_images} images", ["keep ratio"] + names,
+                          rows, {**self.params, "reference": self.reference})
 
     def to_dict(self) -> dict[str, Any]:
         return {"ratios": list(self.ratios), "accuracy": {k: list(v) for k, v in self.accuracy.items()},

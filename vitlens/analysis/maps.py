@@ -5,11 +5,12 @@ methods, with the result named as before. New code should call :func:`vitlens.ex
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from .._util import maps_html, maps_repr
 from ..capture import TokenLayout
 from .explain import explanation
 
@@ -26,6 +27,17 @@ class AttentionMaps(NamedTuple):
     method: str
     layer: int | None         #: resolved layer (cls) or None (rollout uses every layer)
     head: str | int | None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters that made the maps."""
+        return {"method": self.method, "layer": self.layer, "head": self.head}
+
+    def __repr__(self) -> str:
+        return maps_repr("AttentionMaps", self)
+
+    def _repr_html_(self) -> str:
+        return maps_html("AttentionMaps", self)
 
 
 def attention_maps(model: nn.Module, images: torch.Tensor, *, method: str = "cls", layer: int = -1,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..data import IMAGE_EXTENSIONS, load_image
-from .._util import deprecated_alias
+from .._util import deprecated_alias, describe, html_table, jsonable as _jsonable
 from ..errors import ImageLoadError, UnsupportedModelError, VitlensError
 
 __all__ = [
@@ -135,7 +135,7 @@ class TextureAttention:
     head_fusion = deprecated_alias("head", "head_fusion", "TextureAttention")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CategoryMapping:
     """Categories of the cue-conflict test and the model classes that vote for each.
 
@@ -152,6 +152,10 @@ class CategoryMapping:
     def categories(self) -> tuple[str, ...]:
         """The covered categories, sorted (the argmax order; ties go to the first)."""
         return tuple(sorted(self.classes))
+
+    def __repr__(self) -> str:
+        return (f"CategoryMapping(name={self.name!r}, {len(self.classes)} categories, "
+                f"{sum(len(v) for v in self.classes.values())} classes: {', '.join(self.categories)})")
 
     @property
     def max_index(self) -> int:
@@ -228,6 +232,50 @@ class ShapeBiasResult:
         """A JSON-serialisable dict (no NaN: missing values are None)."""
         return _jsonable(dataclasses.asdict(self))
 
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters that made the result (model, mapping, stimuli, preprocessing)."""
+        return {"model": self.model, "mapping": self.mapping, "stimuli_dir": self.stimuli_dir,
+                "input_size": self.input_size, "interpolation": self.interpolation, "mean": self.mean,
+                "std": self.std, "texture_attention": self.texture_attention is not None}
+
+    def __repr__(self) -> str:
+        sb = "n/a" if self.shape_bias is None else f"{self.shape_bias:.3f}"
+        lines = [f"ShapeBiasResult(  # shape bias {sb} of {self.model!r} on {self.n_images} stimuli",
+                 f"    n_shape={self.n_shape}, n_texture={self.n_texture}, n_other={self.n_other}, "
+                 f"n_excluded={self.n_excluded}, n_uncovered={self.n_uncovered},",
+                 f"    per_category: " + ", ".join(f"{c} {'n/a' if v is None else f'{v:.2f}'}"
+                                                   for c, v in self.per_category.items()) + ","]
+        if len(lines[-1]) > 160:
+            lines[-1] = lines[-1][:150] + "...,"
+        ta = self.texture_attention
+        if ta is not None:
+            share = "n/a" if ta.share is None else f"{ta.share:.3f}"
+            chance = "n/a" if ta.chance is None else f"{ta.chance:.3f}"
+            lines.append(f"    texture_attention: CLS share on high-texture patches {share} (uniform {chance}), "
+                         f"layer {ta.layer},")
+        else:
+            lines.append(f"    texture_attention=None  # {self.texture_attention_reason},")
+        lines.append(f"    decisions=<{len(self.decisions)} ImageDecision>, skipped=<{len(self.skipped)} files>, "
+                     f"categories_skipped={describe(self.categories_skipped)}, "
+                     f"categories_missing={describe(self.categories_missing)},")
+        lines.append(f"    mapping={self.mapping!r} ({len(self.mapping_classes)} categories), "
+                     f"stimuli_dir={self.stimuli_dir!r}, input_size={self.input_size}, "
+                     f"interpolation={self.interpolation!r},")
+        return "\n".join(lines) + "\n)"
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for c in self.categories:
+            n = self.per_category_counts.get(c, {})
+            v = self.per_category.get(c)
+            rows.append([c, "n/a" if v is None else f"{v:.3f}", str(n.get("n_shape", 0)), str(n.get("n_texture", 0)),
+                         str(n.get("n_other", 0))])
+        sb = "n/a" if self.shape_bias is None else f"{self.shape_bias:.3f}"
+        rows.append(["all", sb, str(self.n_shape), str(self.n_texture), str(self.n_other)])
+        return html_table(f"ShapeBiasResult: {self.model}, shape bias {sb}",
+                          ["category", "shape bias", "shape", "texture", "other"], rows, self.params)
+
     def summary(self) -> str:
         """One line: shape bias, counts and (when measured) the CLS texture share."""
         sb = "n/a" if self.shape_bias is None else f"{self.shape_bias:.3f}"
@@ -241,19 +289,6 @@ class ShapeBiasResult:
             line += (f"; CLS attention on high-texture patches {f(ta.share)} (shape decisions "
                      f"{f(ta.share_shape)}, texture decisions {f(ta.share_texture)}, uniform {f(ta.chance)})")
         return line
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 # ------------------------------------------------------------------------ mappings

@@ -486,7 +486,8 @@ class ExportWriter:
         return n1
 
     def set_attrs(self, **attrs: Any) -> None:
-        assert self._file is not None
+        if self._file is None:
+            raise VitlensError("the export file is closed")
         for k, v in attrs.items():
             self._file.attrs[k] = _attr_value(v)
         self._file.flush()
