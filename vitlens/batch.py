@@ -33,6 +33,7 @@ from torch import nn
 from .analysis import cls_attention, rollout
 from .capture import capture
 from .data import Inputs, image_batches, relative_name, resolve_inputs
+from ._util import resolve_indices
 from .errors import VitlensError
 
 __all__ = ["ANALYSES", "ExportOptions", "ExportSummary", "run_export", "plan_analyses", "dist_info"]
@@ -169,14 +170,10 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     def resolve(values: Sequence[int] | None, n: int, what: str) -> tuple[int, ...] | None:
         if values is None:
             return None
-        out: list[int] = []
-        for v in values:
-            if not -n <= int(v) < n:
-                raise VitlensError(f"{what} {v} is out of range: the model has {n} {what}s "
-                                   f"(0..{n - 1}, or -{n}..-1 from the end)")
-            if int(v) % n not in out:
-                out.append(int(v) % n)
-        return tuple(sorted(out))
+        try:
+            return resolve_indices(values, n, what)
+        except (TypeError, ValueError) as e:
+            raise VitlensError(str(e)) from None
 
     full_layers: tuple[int, ...] = ()
     full_heads = None

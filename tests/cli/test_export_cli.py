@@ -112,7 +112,7 @@ def test_resume_continues_and_counts_the_whole_file(good, tmp_path):
 @pytest.mark.parametrize("args, reasons", [
     (["--analyses", "logits,attn"], ["unknown analysis 'attn'", "logits, cls, rollout, distance"]),
     (["--layers", "0"], ["--layers and --heads", "add --full"]),
-    (["--full", "--layers", "9"], ["layer 9 is out of range", "6 layers"]),
+    (["--full", "--layers", "9"], ["layer 9 is out of range", "6-layer model"]),
     (["--precision", "fp16"], ["fp16 autocast needs a GPU", "bf16"]),
     (["--model", "resnet18", "--no-pretrained"], ["ResNet"]),
 ])

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .._util import resolve_index
 from ..capture import AttentionCache, TokenLayout, capture
 from ..errors import UnsupportedModelError
 from .rollout import rollout
@@ -449,11 +450,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layout
     view = _TokenGrid()
     P, (gh, gw) = layout.num_prefix_tokens, layout.grid_size
     modules, windowed = gradcam_modules(model)
-    what = "stages" if windowed else "blocks"
     n = len(modules)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-        raise ValueError(f"gradcam layer {layer!r} is out of range: the model has {n} {what}; "
-                         f"valid layers are 0..{n - 1} (or -{n}..-1)")
+    layer = resolve_index(layer, n, "stage" if windowed else "layer")   # on Swin, gradcam's layer is a stage
 
     def route_tokens(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
         B, T, D = out.shape

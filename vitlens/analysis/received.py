@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .._util import resolve_index
 from ..capture.cache import AttentionCache, from_windows
 from .cls_attention import fuse_heads
 
@@ -64,10 +65,7 @@ def attention_received(cache: AttentionCache, layer: int = -1, head: str | int |
     else:
         if cache.layer_heads:
             n = cache.layer_heads[cache.resolve_layer(layer)]
-            if isinstance(head, bool) or not isinstance(head, int) or not -n <= head < n:
-                raise ValueError(f"head {head!r} is out of range: layer {cache.resolve_layer(layer)} "
-                                 f"has {n} heads; valid heads are 0..{n - 1}")
-            h = head % n
+            h = resolve_index(head, n, "head", owner=f"layer {cache.resolve_layer(layer)}")
             if h not in cache.heads:
                 raise ValueError(f"head {h} was not recorded (recorded heads: {list(cache.heads)})")
             out = per_head[:, cache.heads.index(h)]

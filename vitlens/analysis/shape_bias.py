@@ -6,9 +6,17 @@ https://arxiv.org/abs/1811.12231. The protocol is the one of bethgelab/model-vs-
 (@79ed7cd), written down step by step in ``shared/data/cue-conflict/SOURCE.md``; the
 step numbers below refer to that file.
 
-Stimuli folder layout: ``<shape category>/<shape><i>-<texture><j>.png``. The folder name
-is the shape label; the texture label is the part of the file name after the last ``_``,
-without its extension, then after the last ``-``, with digits removed (step 4).
+Three parts, each in its own place:
+
+- the stimuli (folder layout, labels from the file names, decoding):
+  :mod:`vitlens.data.cue_conflict`;
+- the protocol, a pure function of the softmax probabilities and the stimulus labels:
+  :func:`decide` and :func:`tally` here;
+- where the CLS attention falls (high- or low-texture patches):
+  :mod:`vitlens.analysis.texture_attention`.
+
+:func:`shape_bias` puts them together: it reads the stimuli, runs the model once per
+batch (recording the CLS attention in the same forward pass), and applies the protocol.
 """
 from __future__ import annotations
 
@@ -16,31 +24,29 @@ import dataclasses
 import difflib
 import json
 import os
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..data import IMAGE_EXTENSIONS, load_image
-from .._util import deprecated_alias, describe, html_table, jsonable as _jsonable
-from ..errors import ImageLoadError, UnsupportedModelError, VitlensError
+from .._util import describe, html_table, jsonable as _jsonable, model_device
+from ..data.cue_conflict import (CUE_CONFLICT_CATEGORIES, SkippedFile, Stimulus, scan_stimuli, stimulus_batches,
+                                 texture_label, unreadable)
+from ..errors import VitlensError
+from .gradients import preserved_model_state
+from .texture_attention import (TextureAttention, summarise_texture_attention, texture_attention_unavailable,
+                                texture_shares)
 
 __all__ = [
     "ShapeBiasResult", "ImageDecision", "SkippedFile", "TextureAttention", "CategoryMapping",
-    "shape_bias", "load_mapping", "default_mapping_name", "texture_label",
+    "shape_bias", "decide", "tally", "load_mapping", "default_mapping_name", "texture_label",
     "CUE_CONFLICT_CATEGORIES", "BUILTIN_MAPPINGS", "CIFAR10_LABELS", "HUMAN_SHAPE_BIAS",
 ]
 
-#: The 16 categories of the cue-conflict stimuli, sorted (the order model-vs-human uses).
-CUE_CONFLICT_CATEGORIES: tuple[str, ...] = (
-    "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat", "chair", "clock",
-    "dog", "elephant", "keyboard", "knife", "oven", "truck",
-)
 #: Built-in mapping name -> JSON file in ``vitlens/assets`` (attribution in ``MAPPINGS.md``).
 BUILTIN_MAPPINGS: dict[str, str] = {
     "imagenet16": "imagenet16_categories.json",
@@ -84,55 +90,6 @@ class ImageDecision:
     outcome: str
     scores: dict[str, float] | None = None
     texture_share: float | None = None
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file or folder inside the stimuli folder that was not evaluated, and why."""
-
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class TextureAttention:
-    """Where the last layer's CLS attention falls on cue-conflict images.
-
-    Definition, per image: the input is the stimulus after the same resize the model sees
-    (before normalisation), converted to grey with ITU-R 601 weights
-    ``0.299 R + 0.587 G + 0.114 B`` (values in [0, 1]). For each patch of the model's patch
-    grid, the local variance is the population variance of the grey values inside that
-    patch. Patches whose variance is at or above the image's median patch variance
-    (``np.median``, the mean of the two middle values for an even count) are
-    *high-texture*, the rest *low-texture*. With ``a`` the last layer's CLS attention over
-    the patch keys, mean over heads (:func:`vitlens.cls_attention`, recorded in the same
-    forward pass that makes the decision), the share is
-    ``sum(a[high]) / sum(a[all patches])`` — renormalised over patches, so attention the
-    CLS query puts on prefix tokens does not count.
-
-    Attributes:
-        share: mean share over the cue-conflict images that were scored (outcomes
-            ``shape``, ``texture`` and ``other``); None if there are none.
-        share_shape: mean share over images decided by shape; None if none.
-        share_texture: mean share over images decided by texture; None if none.
-        share_other: mean share over images decided as neither; None if none.
-        chance: mean fraction of patches that are high-texture on the same images, i.e.
-            the share uniform attention would give (at least 0.5 by construction).
-        n_images: images averaged in ``share``.
-        layer: the (non-negative) layer index the attention comes from.
-        head: how heads were fused (``"mean"``).
-    """
-
-    share: float | None
-    share_shape: float | None
-    share_texture: float | None
-    share_other: float | None
-    chance: float | None
-    n_images: int
-    layer: int
-    head: str = "mean"
-
-    head_fusion = deprecated_alias("head", "head_fusion", "TextureAttention")
 
 
 @dataclass(frozen=True, repr=False)
@@ -383,87 +340,6 @@ def default_mapping_name(model: nn.Module) -> str:
         f"model); pass `mapping=PATH`, a JSON file {{\"category\": [class indices]}}")
 
 
-# ------------------------------------------------------------------------ stimuli
-def texture_label(file_name: str) -> str | None:
-    """The texture label in a cue-conflict file name (SOURCE.md step 4), or None.
-
-    The part after the last ``_``, without its extension, then the part after the last
-    ``-``, with digits removed: ``"cat7-elephant1.png"`` -> ``"elephant"``. None when the
-    name has no ``-`` there (e.g. ``"cat1.png"``) or nothing is left.
-    """
-    part = os.path.splitext(file_name.rsplit("_", 1)[-1])[0]
-    if "-" not in part:
-        return None
-    tex = re.sub(r"\d", "", part.rsplit("-", 1)[-1])
-    return tex or None
-
-
-@dataclass(frozen=True)
-class _Stimulus:
-    rel: str
-    path: Path
-    shape: str
-    texture: str
-
-
-def _not_a_category(name: str, known: Iterable[str], mapping: CategoryMapping) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return (f"is not a category of mapping '{mapping.name}' nor one of the 16 cue-conflict categories"
-            f"{hint}; known categories: {', '.join(sorted(known))}")
-
-
-def _scan(root: Path, known: set[str], mapping: CategoryMapping) -> tuple[list[_Stimulus], list[SkippedFile], set[str]]:
-    """Validate the folder layout and list the stimuli; raise on anything ambiguous."""
-    if not root.exists():
-        raise VitlensError(f"stimuli folder '{root}' does not exist; check the path "
-                           f"(relative paths are resolved from {os.getcwd()})")
-    if not root.is_dir():
-        raise VitlensError(f"stimuli folder '{root}' is a file, not a folder; pass the folder holding "
-                           f"the <category>/ subfolders")
-    stimuli: list[_Stimulus] = []
-    skipped: list[SkippedFile] = []
-    folders: set[str] = set()
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        name = entry.name
-        if name.startswith("."):
-            skipped.append(SkippedFile(name, "hidden file or folder"))
-            continue
-        if entry.is_dir():
-            if name not in known:
-                raise VitlensError(f"stimuli folder '{entry}': '{name}' {_not_a_category(name, known, mapping)}; "
-                                   f"rename or remove that folder")
-            folders.add(name)
-            for f in sorted(entry.iterdir(), key=lambda p: p.name):
-                rel = f"{name}/{f.name}"
-                if f.name.startswith("."):
-                    skipped.append(SkippedFile(rel, "hidden file or folder"))
-                elif f.is_dir():
-                    skipped.append(SkippedFile(rel, "folder inside a category folder (not searched)"))
-                elif f.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append(SkippedFile(rel, f"not an image file (extension not one of "
-                                                    f"{', '.join(IMAGE_EXTENSIONS)})"))
-                else:
-                    tex = texture_label(f.name)
-                    if tex is None:
-                        raise VitlensError(
-                            f"stimulus '{f}' has no texture label in its name: cue-conflict file names "
-                            f"are <shape><i>-<texture><j>.png (e.g. cat7-elephant1.png); rename it or "
-                            f"move it out of the folder")
-                    if tex not in known:
-                        raise VitlensError(f"stimulus '{f}': texture label '{tex}' {_not_a_category(tex, known, mapping)}")
-                    stimuli.append(_Stimulus(rel, f, name, tex))
-        elif entry.suffix.lower() in IMAGE_EXTENSIONS:
-            raise VitlensError(f"image '{entry}' is not inside a category folder, so it has no shape label; "
-                               f"put stimuli in <shape category>/ subfolders (e.g. cat/cat7-elephant1.png)")
-        else:
-            skipped.append(SkippedFile(name, "not an image file (outside the category folders)"))
-    if not stimuli:
-        raise VitlensError(f"no stimuli found in '{root}': expected <category>/<shape><i>-<texture><j>.png "
-                           f"images (e.g. cat/cat7-elephant1.png) in folders named after the categories")
-    return stimuli, skipped, folders
-
-
 # ------------------------------------------------------------------------ the measure
 def _resolve_model(model: Any, data_config: dict[str, Any] | None) -> tuple[nn.Module, dict[str, Any], str | None]:
     from ..models import data_config_of, load_model
@@ -514,28 +390,62 @@ def _eval_transform(cfg: dict[str, Any]):
     return make_transform({"interpolation": "bicubic", **cfg, "crop_pct": 1.0, "crop_mode": "squash"})
 
 
-def _texture_shares(x: torch.Tensor, cache: Any, mean: Sequence[float], std: Sequence[float]
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: CLS attention share on high-texture patches, and the high-texture fraction."""
-    from .cls_attention import cls_attention
+# ------------------------------------------------------------------------ the protocol
+def decide(probabilities: np.ndarray | torch.Tensor, shapes: Sequence[str], textures: Sequence[str],
+           mapping: CategoryMapping) -> list[tuple[str, str, dict[str, float]]]:
+    """Steps 3, 5 and 6 of the protocol for each image: ``(decision, outcome, scores)``.
 
-    layout = cache.layout
-    (gh, gw), (ph, pw) = layout.grid_size, layout.patch_size
-    m = torch.tensor(mean, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
-    rgb = x.double() * s + m                                          # [B, 3, H, W], the resized image in [0, 1]
-    grey = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]  # [B, H, W]
-    b = grey.shape[0]
-    patches = grey[:, :gh * ph, :gw * pw].reshape(b, gh, ph, gw, pw)
-    var = patches.var(dim=(2, 4), correction=0).reshape(b, gh * gw)  # [B, N]
-    high = var >= var.quantile(0.5, dim=1, keepdim=True)              # linear interpolation = np.median
-    amap = cls_attention(cache, layer=-1, head="mean").reshape(b, -1).double().to(x.device)  # [B, N]
-    share = (amap * high).sum(1) / amap.sum(1).clamp_min(torch.finfo(torch.float64).tiny)
-    return share.cpu().numpy(), high.double().mean(1).cpu().numpy()
+    A pure function of the softmax probabilities and the stimulus labels (no model,
+    no files): per category the **mean** probability of its classes (``scores``); the
+    decision is the argmax over ``mapping.categories`` (sorted; a tie goes to the
+    first); the outcome is ``"excluded"`` when shape == texture, else ``"shape"`` or
+    ``"texture"`` when the decision equals that label, else ``"other"``.
+
+    Args:
+        probabilities: ``[N, C]`` softmax probabilities over all the model's classes.
+        shapes: ``N`` shape labels; textures: ``N`` texture labels.
+        mapping: the categories and the class indices that vote for each.
+    """
+    probs = probabilities.double().cpu().numpy() if isinstance(probabilities, torch.Tensor) \
+        else np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != len(shapes) or len(shapes) != len(textures):
+        raise ValueError(f"probabilities must be [N, classes] with one shape and one texture label per row; got "
+                         f"{tuple(probs.shape)}, {len(shapes)} shapes, {len(textures)} textures")
+    cats = mapping.categories
+    scores = np.stack([probs[:, np.asarray(mapping.classes[c])].mean(axis=1) for c in cats], 1)  # np.mean
+    choice = scores.argmax(axis=1)
+    out = []
+    for j, (shape, texture) in enumerate(zip(shapes, textures)):
+        dec = cats[int(choice[j])]
+        if shape == texture:
+            outcome = "excluded"
+        elif dec == shape:
+            outcome = "shape"
+        elif dec == texture:
+            outcome = "texture"
+        else:
+            outcome = "other"
+        out.append((dec, outcome, {c: float(scores[j, k]) for k, c in enumerate(cats)}))
+    return out
 
 
-def _mean_or_none(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
+def tally(decisions: Sequence[ImageDecision], categories: Sequence[str]
+          ) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, float | None]]:
+    """Steps 6 and 7: counts per outcome, per shape category, and the per-category shape bias.
+
+    Returns:
+        ``(counts, per_category_counts, per_category)``: outcome -> images;
+        category -> ``{"n_shape", "n_texture", "n_other"}``; category ->
+        ``n_shape / (n_shape + n_texture)`` or None when that is 0/0.
+    """
+    counts = {o: sum(r.outcome == o for r in decisions) for o in OUTCOMES}
+    per_counts = {c: {"n_shape": 0, "n_texture": 0, "n_other": 0} for c in categories}
+    for r in decisions:
+        if r.outcome in ("shape", "texture", "other"):
+            per_counts[r.shape][f"n_{r.outcome}"] += 1
+    per_cat = {c: (v["n_shape"] / (v["n_shape"] + v["n_texture"]) if v["n_shape"] + v["n_texture"] else None)
+               for c, v in per_counts.items()}
+    return counts, per_counts, per_cat
 
 
 @torch.no_grad()
@@ -612,65 +522,34 @@ def shape_bias(model: nn.Module | Any, stimuli_dir: str | os.PathLike[str],
     covered = set(cmap.classes)
     known = set(CUE_CONFLICT_CATEGORIES) | covered
     root = Path(stimuli_dir)
-    stimuli, skipped, folders = _scan(root, known, cmap)
+    stimuli, skipped, folders = scan_stimuli(root, known, cmap.name)
 
     transform = _eval_transform(cfg)
     input_size = tuple(int(v) for v in cfg["input_size"][-2:])
     cats = cmap.categories
-    cat_idx = [np.asarray(cmap.classes[c]) for c in cats]
 
-    # which texture-attention path is available
-    ta_reason: str | None = None
-    if not texture_attention:
-        ta_reason = "not requested (texture_attention=False)"
-    else:
-        from ..capture import adapter_for
-
-        try:
-            adapter_for(module)
-        except UnsupportedModelError as e:
-            ta_reason = f"vitlens.capture does not support this model: {str(e).split(':', 1)[0]}"
-        else:
-            if not getattr(module, "num_prefix_tokens", 0) or not getattr(module, "has_class_token", True):
-                ta_reason = "the model has no CLS token (global-pool model)"
+    ta_reason = "not requested (texture_attention=False)" if not texture_attention \
+        else texture_attention_unavailable(module)
     measure_ta = ta_reason is None
-
-    try:
-        device = next(module.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
+    device = model_device(module)
 
     decisions: dict[str, ImageDecision] = {}
-    to_run: list[_Stimulus] = []
+    to_run: list[Stimulus] = []
     for s in stimuli:
         if s.shape in covered and s.texture in covered:
             to_run.append(s)
         else:  # not run, but still decoded so an unreadable file is reported, never hidden
-            try:
-                load_image(s.path)
-            except ImageLoadError as e:
-                skipped.append(SkippedFile(s.rel, e.reason))
+            bad = unreadable(s)
+            if bad is not None:
+                skipped.append(bad)
                 continue
             decisions[s.rel] = ImageDecision(s.rel, s.shape, s.texture, None, "uncovered")
 
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
     ta_layer = -1
     high_fraction: dict[str, float] = {}  # path -> fraction of high-texture patches
-    try:
-        for start in range(0, len(to_run), batch_size):
-            batch, tensors = [], []
-            for s in to_run[start:start + batch_size]:
-                try:
-                    img = load_image(s.path)
-                except ImageLoadError as e:
-                    skipped.append(SkippedFile(s.rel, e.reason))
-                    continue
-                batch.append(s)
-                tensors.append(transform(img))
-            if not batch:
-                continue
-            x = torch.stack(tensors).to(device)
+    with preserved_model_state(module):   # eval mode for the run; every submodule's own mode restored after
+        for batch, x in stimulus_batches(to_run, transform, batch_size, skipped):
+            x = x.to(device)
             shares: np.ndarray | None = None
             if measure_ta:
                 from ..capture import capture
@@ -681,7 +560,7 @@ def shape_bias(model: nn.Module | Any, stimuli_dir: str | os.PathLike[str],
                     measure_ta, ta_reason = False, "the model has no CLS token"
                 else:
                     ta_layer = cache.layers[0]
-                    shares, fractions = _texture_shares(x, cache, cfg["mean"], cfg["std"])
+                    shares, fractions = texture_shares(x, cache, cfg["mean"], cfg["std"])
             else:
                 logits = module(x)
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(batch):
@@ -689,41 +568,20 @@ def shape_bias(model: nn.Module | Any, stimuli_dir: str | os.PathLike[str],
                                 f"{type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}")
             _check_range(cmap, int(logits.shape[1]))
             probs = logits.double().softmax(dim=-1).cpu().numpy()            # step 2
-            scores = np.stack([probs[:, i].mean(axis=1) for i in cat_idx], 1)  # step 3: np.mean
-            choice = scores.argmax(axis=1)
-            for j, s in enumerate(batch):
-                dec = cats[int(choice[j])]
-                if s.shape == s.texture:
-                    outcome = "excluded"
-                elif dec == s.shape:
-                    outcome = "shape"
-                elif dec == s.texture:
-                    outcome = "texture"
-                else:
-                    outcome = "other"
-                decisions[s.rel] = ImageDecision(
-                    s.rel, s.shape, s.texture, dec, outcome,
-                    scores={c: float(scores[j, k]) for k, c in enumerate(cats)},
-                    texture_share=None if shares is None else float(shares[j]))
+            for j, (s, (dec, outcome, scores)) in enumerate(zip(batch, decide(probs, [b.shape for b in batch],
+                                                                                [b.texture for b in batch], cmap))):
+                decisions[s.rel] = ImageDecision(s.rel, s.shape, s.texture, dec, outcome, scores=scores,
+                                                 texture_share=None if shares is None else float(shares[j]))
                 if shares is not None:
                     high_fraction[s.rel] = float(fractions[j])
-    finally:
-        for m, mode in modes:  # restore every submodule's own train/eval state
-            m.training = mode
 
     records = tuple(decisions[k] for k in sorted(decisions))
     if not records:
         first = skipped[-1].reason if skipped else "no reason recorded"
         raise VitlensError(f"none of the {len(stimuli)} stimuli in '{root}' could be read (e.g. {first})")
 
-    counts = {o: sum(r.outcome == o for r in records) for o in OUTCOMES}
+    counts, per_counts, per_cat = tally(records, cats)
     n_s, n_t = counts["shape"], counts["texture"]
-    per_counts = {c: {"n_shape": 0, "n_texture": 0, "n_other": 0} for c in cats}
-    for r in records:
-        if r.outcome in ("shape", "texture", "other"):
-            per_counts[r.shape][f"n_{r.outcome}"] += 1
-    per_cat = {c: (v["n_shape"] / (v["n_shape"] + v["n_texture"]) if v["n_shape"] + v["n_texture"] else None)
-               for c, v in per_counts.items()}
     present = {s.shape for s in stimuli} | {s.texture for s in stimuli}
     with_images = {r.shape for r in records}
 
@@ -731,14 +589,7 @@ def shape_bias(model: nn.Module | Any, stimuli_dir: str | os.PathLike[str],
     if measure_ta and not high_fraction:
         measure_ta, ta_reason = False, "no stimulus was run through the model (none covered by the mapping)"
     if measure_ta:
-        scored = [r for r in records if r.outcome in ("shape", "texture", "other") and r.texture_share is not None]
-        ta = TextureAttention(
-            share=_mean_or_none([r.texture_share for r in scored]),
-            share_shape=_mean_or_none([r.texture_share for r in scored if r.outcome == "shape"]),
-            share_texture=_mean_or_none([r.texture_share for r in scored if r.outcome == "texture"]),
-            share_other=_mean_or_none([r.texture_share for r in scored if r.outcome == "other"]),
-            chance=_mean_or_none([high_fraction[r.path] for r in scored]),
-            n_images=len(scored), layer=ta_layer)
+        ta = summarise_texture_attention(records, high_fraction, ta_layer)
 
     return ShapeBiasResult(
         shape_bias=n_s / (n_s + n_t) if n_s + n_t else None,

@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
+from vitlens._util import jsonable as _jsonable
 from vitlens.errors import VitlensError
 
 __all__ = ["SCHEMA", "SCHEMA_MAJOR", "Column", "ExportWriter", "ExportFile", "Rows", "read", "merge_shards",
@@ -209,20 +210,6 @@ class OutputLock:
 
 
 # -------------------------------------------------------------------------- writer
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _attr_value(value: Any) -> Any:
     """Python value -> something h5py stores as a plain attribute (None -> "")."""
     if value is None:

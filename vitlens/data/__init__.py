@@ -269,7 +269,7 @@ class ImageDataset:
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], data_config: dict[str, Any]) -> None:
-        from .models import make_transform
+        from ..models import make_transform
 
         self.paths = [Path(p) for p in paths]
         self.data_config = data_config
