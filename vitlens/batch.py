@@ -150,9 +150,9 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     from .capture.adapters import adapter_for
 
     adapter = adapter_for(model)  # unsupported family: clear error before any image is read
-    n_layers = len(adapter.attention_modules())
-    has_cls = bool(getattr(model, "has_class_token", False) or getattr(model, "cls_token", None) is not None)
-    windowed = getattr(adapter, "family", "").lower().startswith("swin")
+    desc = adapter.describe()
+    n_layers = len(desc.layers)
+    has_cls, windowed = desc.has_cls, desc.windowed
     if options.analyses is None:
         analyses = tuple(a for a in ANALYSES if a != "cls" or (has_cls and not windowed))
     else:
@@ -189,7 +189,7 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     else:
         capture_layers = None
     rows = "all" if needs_all else "prefix"
-    if rows == "prefix" and not getattr(model, "num_prefix_tokens", 0):
+    if rows == "prefix" and not desc.num_prefix_tokens:
         rows = "all"
     return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed)
 
@@ -467,15 +467,13 @@ def _attrs(model: nn.Module, name: str, data_config: dict[str, Any], layout: Any
     if layout is not None:
         attrs.update(patch_size=list(layout.patch_size), grid_size=list(layout.grid_size),
                      num_prefix_tokens=layout.num_prefix_tokens, prefix_names=list(layout.prefix_names))
-    else:  # logits only: geometry from the model
-        pe = getattr(model, "patch_embed", None)
-        ps = getattr(pe, "patch_size", None) or (0, 0)
-        gs = getattr(pe, "grid_size", None) or (0, 0)
-        attrs.update(patch_size=list(ps), grid_size=list(gs),
-                     num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)), prefix_names=[])
     from .capture.adapters import adapter_for
 
     adapter = adapter_for(model)
+    if layout is None:  # logits only: geometry from the adapter's description of the model
+        desc = adapter.describe()
+        attrs.update(patch_size=list(desc.layout.patch_size), grid_size=list(desc.layout.grid_size),
+                     num_prefix_tokens=desc.num_prefix_tokens, prefix_names=[])
     attrs["num_heads"] = int(max(int(adapter.heads_of(i)) for i in range(plan.num_layers)))
     if not plan.has_cls:
         attrs["cls_attention_omitted"] = "the model has no CLS token"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._util import compact_repr, deprecated_alias, model_device, renamed, resolve_index
+from ..errors import UnsupportedModelError
 from ..capture.cache import TokenLayout
 
 #: Scale that turns the median absolute deviation into a standard deviation for normal data.
@@ -119,20 +120,18 @@ def token_norms(model: nn.Module, images: torch.Tensor, layer: int = -1
         non-negative).
     """
     from ..capture.adapters import adapter_for
-    from ..capture.cache import WindowLayout
 
     adapter = adapter_for(model)
-    layout_for = getattr(adapter, "layout_for", None)
-    blocks = getattr(model, "blocks", None)
-    if layout_for is None or not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+    try:
+        blocks = [m for _path, m in adapter.block_points()]
+    except UnsupportedModelError:
         raise ValueError(f"high-norm tokens are measured on flat ViT-like models (patch_embed + blocks); "
-                         f"{type(model).__name__} ({adapter.family}) is not one")
+                         f"{type(model).__name__} ({adapter.family}) is not one") from None
     block = resolve_index(layer, len(blocks), "layer")
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a [B, 3, H, W] tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-    layout = layout_for(tuple(images.shape[-2:]))
-    assert not isinstance(layout, WindowLayout)
+    layout = adapter.layout_for(tuple(images.shape[-2:]))
     seen: dict[str, torch.Tensor] = {}
 
     def on_output(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._util import maps_html, maps_repr
-from ..capture import TokenLayout, capture
+from ..capture import TokenLayout, adapter_for, capture
 from .cls_attention import HEAD_FUSIONS, cls_attention
 from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout, gradcam, gradcam_modules,
                         input_x_gradient, integrated_gradients, pool_to_patches, preserved_model_state,
@@ -106,7 +106,7 @@ def _check_images(images: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------- methods
 def _light_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, TokenLayout]:
     """Logits and token layout from one forward that records as little as possible."""
-    rows = "prefix" if getattr(model, "num_prefix_tokens", 0) else "all"
+    rows = "prefix" if adapter_for(model).num_prefix_tokens else "all"
     with torch.no_grad(), capture(model, layers=[-1], rows=rows) as cache:
         logits = model(images)
     assert cache.layout is not None
@@ -114,7 +114,7 @@ def _light_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor
 
 
 def _cls(model, images, target, layer, head):
-    rows = "prefix" if getattr(model, "num_prefix_tokens", 0) else "all"
+    rows = "prefix" if adapter_for(model).num_prefix_tokens else "all"
     with torch.no_grad(), capture(model, layers=[layer], rows=rows) as cache:
         logits = model(images)
     maps = cls_attention(cache, layer=layer, head=head)

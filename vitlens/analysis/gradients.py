@@ -388,20 +388,15 @@ def input_x_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tenso
 
 
 def gradcam_modules(model: nn.Module) -> tuple[list[nn.Module], bool]:
-    """The modules whose outputs :func:`gradcam` can use, one per ``layer``, and whether the model is windowed.
+    """The modules whose outputs :func:`gradcam` can use, one per ``layer``, and whether they are NHWC stages.
 
-    Flat ViTs: ``blocks[i].norm1`` (``[B, T, D]``); Swin / SwinV2: ``layers[s]`` (``[B, H, W, C]``).
+    Asked of the model's adapter (``adapter.gradcam_points()``): flat ViTs
+    ``blocks[i].norm1`` (``[B, T, D]``); Swin / SwinV2 the stages ``layers[s]`` (``[B, H, W, C]``).
     """
     from ..capture import adapter_for
 
-    if adapter_for(model).family in ("Swin", "SwinV2"):
-        return list(model.layers), True
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not all(hasattr(b, "norm1") for b in blocks):
-        raise UnsupportedModelError(
-            f"gradcam reads the patch tokens of blocks[i].norm1 of a flat, token-level ViT (or a Swin "
-            f"stage's output); {type(model).__name__} has neither. Use method 'ig' or 'input-x-gradient'")
-    return [b.norm1 for b in blocks], False
+    modules, kind = adapter_for(model).gradcam_modules()
+    return modules, kind == "nhwc"
 
 
 class _TokenGrid(nn.Module):

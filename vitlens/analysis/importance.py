@@ -55,16 +55,17 @@ def count_for(fraction: float, n: int) -> int:
 
 # ------------------------------------------------------------------------ model checks
 def check_token_drop_model(model: nn.Module) -> None:
-    """Raise :class:`UnsupportedModelError` unless ``model`` is a timm ``VisionTransformer``.
+    """Raise :class:`UnsupportedModelError` unless the model's adapter supports token dropping.
 
     See the module docstring for the supported families and why others are refused.
     """
+    from ..capture import adapter_for
+
     try:
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:  # pragma: no cover - timm is a dependency
-        VisionTransformer = ()  # type: ignore[assignment]
-    if not isinstance(model, VisionTransformer) or not all(
-            hasattr(model, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head")):
+        ok = adapter_for(model).token_drop
+    except UnsupportedModelError:
+        ok = False
+    if not ok:
         raise UnsupportedModelError(
             f"token dropping runs a ViT on a subset of its patch tokens and supports timm VisionTransformer "
             f"models (vit_*, deit_*, deit3_*, DeiT distilled, DINOv2 incl. registers, CLIP, FlexiViT, the "
@@ -73,34 +74,19 @@ def check_token_drop_model(model: nn.Module) -> None:
             f"metrics (deletion, insertion, positive, negative) for this model")
 
 
-def _embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Patch embedding plus position embedding, exactly as ``forward_features`` does: ``[B, P+N, D]``."""
-    x = model.patch_embed(images)
-    x = model._pos_embed(x)
-    return x
-
-
-def _run_blocks(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The rest of timm's ``forward_features`` and ``forward_head`` (eval mode) on a token sequence."""
-    x = model.patch_drop(x)
-    x = model.norm_pre(x)
-    x = model.blocks(x)
-    x = model.norm(x)
-    return model.forward_head(x)
-
-
 def forward_kept(model: nn.Module, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Run a timm ViT on its prefix tokens and the patch tokens ``keep`` only.
+    """Run a ViT on its prefix tokens and the patch tokens ``keep`` only.
 
-    The image is patch-embedded and the position embeddings are added (timm's
-    ``_pos_embed``, prefix tokens included) *before* any token is dropped; the sequence
-    is then ``[prefix tokens, x[keep[b, 0]], x[keep[b, 1]], ...]`` (patch tokens in the
-    order given; pass sorted indices to keep the original order), and the blocks, final
-    norm and head run on it unchanged. With every index in order, the result is
-    bit-identical to ``model(images)``.
+    The image is patch-embedded and the position embeddings are added (prefix tokens
+    included) *before* any token is dropped; the sequence is then
+    ``[prefix tokens, x[keep[b, 0]], x[keep[b, 1]], ...]`` (patch tokens in the order
+    given; pass sorted indices to keep the original order), and the blocks, final norm
+    and head run on it unchanged. With every index in order, the result is bit-identical
+    to ``model(images)``. The model-specific steps are the adapter's
+    (``adapter_for(model).forward_kept``).
 
     Args:
-        model: a timm ``VisionTransformer`` in eval mode (see :func:`check_token_drop_model`).
+        model: a model whose adapter supports token dropping (see :func:`check_token_drop_model`), in eval mode.
         images: ``[B, 3, H, W]`` preprocessed batch.
         keep: ``[B, k]`` long, patch indices (row-major, ``0..N-1``) to keep per image;
             the same ``k`` for every image of the batch.
@@ -108,17 +94,10 @@ def forward_kept(model: nn.Module, images: torch.Tensor, keep: torch.Tensor) -> 
     Returns:
         ``[B, num_classes]`` logits.
     """
+    from ..capture import adapter_for
+
     check_token_drop_model(model)
-    x = _embed(model, images)
-    P = int(model.num_prefix_tokens)
-    n = x.shape[1] - P
-    if keep.dim() != 2 or keep.shape[0] != x.shape[0]:
-        raise ValueError(f"keep must be [B, k] patch indices for B={x.shape[0]} images, got shape {tuple(keep.shape)}")
-    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= n):
-        raise ValueError(f"keep holds patch indices outside 0..{n - 1} (this input has {n} patches)")
-    idx = keep.to(device=x.device, dtype=torch.long)[:, :, None].expand(-1, -1, x.shape[-1])
-    x = torch.cat([x[:, :P], x[:, P:].gather(1, idx)], dim=1)
-    return _run_blocks(model, x)
+    return adapter_for(model).forward_kept(images, keep)
 
 
 def _flat_scores(scores: torch.Tensor, batch: int) -> torch.Tensor:

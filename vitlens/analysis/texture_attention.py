@@ -64,11 +64,11 @@ def texture_attention_unavailable(model: nn.Module) -> str | None:
     from ..errors import UnsupportedModelError
 
     try:
-        adapter_for(model)
+        desc = adapter_for(model).describe()
     except UnsupportedModelError as e:
         return f"vitlens.capture does not support this model: {str(e).split(':', 1)[0]}"
-    if not getattr(model, "num_prefix_tokens", 0) or not getattr(model, "has_class_token", True):
-        return "the model has no CLS token (global-pool model)"
+    if not desc.has_cls or desc.windowed:
+        return "the model has no CLS token (global-pool or windowed model)"
     return None
 
 

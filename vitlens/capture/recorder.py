@@ -1,7 +1,7 @@
 """``vitlens.capture``: the context manager that records attention with hooks."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator, Sequence
 
 import torch
@@ -69,7 +69,7 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         raise ValueError(f"rows must be one of {_ROWS}, got {rows!r}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float16, got {dtype!r}")
-    if rows == "prefix" and not getattr(model, "num_prefix_tokens", 0):
+    if rows == "prefix" and not adapter.num_prefix_tokens:
         raise ValueError(f"rows='prefix' records the prefix-token rows, but "
                          f"{type(model).__name__} has no prefix tokens; use rows='all'")
     target = torch.device(to) if to is not None else None
@@ -81,24 +81,51 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         rows=rows, hook_points={i: modules[i][0] for i in layer_list},
         layer_heads=layer_heads if varies else ())
 
+    checked: set[int] = set()
+
     def record(layer: int, probs: torch.Tensor) -> None:
+        if layer not in checked:
+            _check_first_record(adapter, layer, probs, head_list)
+            checked.add(layer)
         if not grad:
             probs = probs.detach()
         if dtype is not None or target is not None:
             probs = probs.to(device=target, dtype=dtype)
         cache._record(layer, probs)
 
-    handles: list = []
-    restores: list = []
-    try:
-        handles, restores = adapter.install(layer_list, record, heads=head_list, rows=rows,
-                                            grad=grad, set_layout=cache._set_layout)
+    # Every hook and flag is registered on the stack as it is installed, so an install
+    # that fails half-way, a forward that raises and a normal exit all undo everything.
+    with ExitStack() as stack:
+        if grad:
+            adapter.grad_context(stack)
+        adapter.install(stack, layer_list, record, heads=head_list, rows=rows, grad=grad,
+                        set_layout=cache._set_layout)
         yield cache
-    finally:
-        for h in handles:
-            h.remove()
-        for restore in reversed(restores):
-            restore()
+
+
+def _check_first_record(adapter, layer: int, probs: torch.Tensor, head_list: list[int] | None) -> None:
+    """Refuse a recording that is not what the adapter promised (checked once per layer and capture).
+
+    Head count: the recorded heads must be the requested ones (all heads of the layer by
+    default); rows of softmax attention must sum to 1 (checked on the first image).
+    """
+    from ..errors import UnsupportedModelError
+
+    windowed = probs.dim() == 5
+    n_heads = probs.shape[2] if windowed else probs.shape[1]
+    want = len(head_list) if head_list is not None else int(adapter.heads_of(layer))
+    path = adapter.attention_modules()[layer][0]
+    if n_heads != want:
+        raise UnsupportedModelError(
+            f"{path} produced {n_heads} attention heads but the model declares {want}; vitlens "
+            f"refuses to record weights it cannot map to heads exactly")
+    with torch.no_grad():
+        sums = probs[:1].detach().float().sum(-1)
+        worst = float((sums - 1).abs().max()) if sums.numel() else 0.0
+    if not worst <= 1e-3:  # also catches NaN
+        raise UnsupportedModelError(
+            f"{path} produced attention rows that do not sum to 1 (largest deviation {worst:.3g}); "
+            f"they are not softmax probabilities over the keys, so vitlens refuses to record them")
 
 
 def _resolve_indices(values: Sequence[int] | int | None, n: int, what: str, arg: str,

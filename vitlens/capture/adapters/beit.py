@@ -15,5 +15,7 @@ class BeitAdapter(BlocksAdapter):
     family = "BEiT"
     examples = ("beit_base_patch16_224", "beitv2_base_patch16_224")
     order = 10
-    model_class = "timm.models.beit:Beit"
+    model_classes = ("timm.models.beit:Beit",)
+    attention_classes = ("timm.models.beit:Attention",)
+    test_models = (("beit_base_patch16_224", dict(img_size=64, depth=2)), ("beitv2_base_patch16_224", dict(img_size=48, depth=2, embed_dim=64, num_heads=4)))
     timm_modules = ("beit",)

@@ -16,5 +16,7 @@ class EvaAdapter(BlocksAdapter):
     family = "EVA"
     examples = ("eva02_tiny_patch14_224", "eva02_base_patch14_224")
     order = 10
-    model_class = "timm.models.eva:Eva"
+    model_classes = ("timm.models.eva:Eva",)
+    attention_classes = ("timm.models.eva:EvaAttention",)
+    test_models = (("eva02_tiny_patch14_224", dict(img_size=56, depth=2)), ("vit_betwixt_patch16_rope_reg4_gap_256", dict(img_size=64, depth=2)))
     timm_modules = ("eva",)

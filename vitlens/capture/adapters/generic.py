@@ -1,28 +1,104 @@
-"""Generic path: any timm model whose blocks follow the ``fused_attn`` + ``attn_drop`` pattern.
+"""Shared machinery for flat timm ViT-like models (``patch_embed`` + ``blocks[i].attn``) whose
+attention modules have timm's unfused path (``fused_attn`` flag + ``attn_drop``).
 
 Hook points, per recorded layer ``i`` (B batch, H heads, T tokens):
 
 - ``patch_embed`` (pre-hook): input image ``[B, C, H_in, W_in]`` -> token layout.
-- ``blocks.{i}.attn.fused_attn`` is set to False for the duration of the ``with`` block
-  (restored on exit) so timm materialises the probabilities, and
+- default path (SDPA tap): ``blocks.{i}.attn`` (pre- and forward hook) marks the module
+  as running; a ``TorchFunctionMode``, active for the ``with`` block, sees the module's
+  own call of ``F.scaled_dot_product_attention(q, k, v, attn_mask, ...)`` -- q and k after
+  every transformation the module applies (q/k norm, RoPE), the mask with the relative
+  position bias added -- passes it on unchanged (the model keeps its fused kernel, outputs
+  bit-identical) and computes ``softmax(q·kᵀ·scale + mask)`` beside it ``[B, H, T, T]``.
+  A module the user already switched to the unfused path is read at ``attn_drop`` instead.
+- gradient path (``grad=True``): ``blocks.{i}.attn.fused_attn`` is set to False for the
+  ``with`` block (restored on exit) so timm materialises the probabilities, and
   ``blocks.{i}.attn.attn_drop`` (forward hook) -> ``[B, H, T, T]``: the very tensor the
-  model multiplies with v (relative position bias, RoPE, masks all included). It stays
-  attached to the autograd graph, which gradient methods need.
+  model multiplies with v (relative position bias, RoPE, masks all included), attached
+  to the autograd graph, which gradient methods need.
 
-Families built on this: BEiT/BEiTv2 (``beit.py``), EVA/EVA02 (``eva.py``), the
-VisionTransformer gradient path (``vit.py``), and a fallback for other timm models with
-the same structure (``order`` 100: tried after every specific adapter).
+Families built on this: BEiT/BEiTv2 (``beit.py``), EVA/EVA02 (``eva.py``) and the
+VisionTransformer gradient path (``vit.py``). :class:`BlocksAdapter` is not registered
+itself: every family claims its exact model and attention classes (fail closed).
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from . import Adapter, RecordFn, register_adapter
+from . import Adapter, RecordFn
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
+                    attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                    rows: slice = slice(None)) -> torch.Tensor:
+    """``softmax(q[rows]·kᵀ·scale + mask)`` in float32, as timm's unfused path computes it.
+
+    Args:
+        q, k: ``[B, H, T, d]`` after q/k normalisation (and RoPE).
+        scale: the module's ``scale`` (``d ** -0.5``).
+        attn_mask: additive float mask or boolean keep-mask broadcastable to ``[B, H, T, T]``.
+        is_causal: apply a causal mask.
+        rows: which query rows to compute (``slice(0, P)`` for the prefix rows only).
+    """
+    # q and k are strided views of timm's qkv output; one contiguous copy of each (small:
+    # T x d per head) lets the T x T product run ~25% faster than on the views.
+    qf = (q[:, :, rows].float() * scale).contiguous()
+    scores = qf @ k.float().contiguous().transpose(-2, -1)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    if is_causal:
+        causal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril()
+        scores.masked_fill_(~causal[rows], float("-inf"))
+    if attn_mask is not None:
+        mask = attn_mask[..., rows, :] if attn_mask.shape[-2] == n_q else attn_mask
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, float("-inf"))
+        else:
+            scores.add_(mask.float())
+    # in place: the probabilities are the one B x H x T x T tensor this writes (no second
+    # one for the scores), which halves the memory traffic of recording a layer
+    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+
+
+class SdpaTap(TorchFunctionMode):
+    """Sees ``F.scaled_dot_product_attention`` calls made while a tapped module runs.
+
+    Active for a whole ``with vitlens.capture(...)`` block; every other call passes
+    straight through. ``running`` names the tapped module currently in its forward.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: int | None = None
+        self.seen = False
+        self.handlers: dict[int, Callable[[tuple, dict], None]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and self.running is not None:
+            self.handlers[self.running](args, kwargs)
+            self.seen = True
+        return func(*args, **kwargs)
+
+
+def _sdpa_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, Any, bool, float]:
+    """``(q, k, attn_mask, is_causal, scale)`` of a ``scaled_dot_product_attention`` call."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    if bound.get("enable_gqa"):
+        raise UnsupportedModelError("grouped-query attention (enable_gqa) is not recorded by vitlens")
+    q, k = bound["query"], bound["key"]
+    scale = bound.get("scale")
+    return q, k, bound.get("attn_mask"), bool(bound.get("is_causal", False)), \
+        float(scale) if scale is not None else q.shape[-1] ** -0.5
 
 
 def _to_pair(v: Any) -> tuple[int, int]:
@@ -58,48 +134,40 @@ def token_layout(model: nn.Module, image_hw: tuple[int, int]) -> TokenLayout:
                        patch_size=_to_pair(pe.patch_size), input_size=tuple(image_hw))
 
 
-def _has_unfused_path(m: Any) -> bool:
-    return isinstance(m, nn.Module) and hasattr(m, "fused_attn") and isinstance(
-        getattr(m, "attn_drop", None), nn.Module) and hasattr(m, "num_heads")
-
-
-@register_adapter
 class BlocksAdapter(Adapter):
-    """Plain timm ViT-like models: ``patch_embed`` + ``blocks[i].attn`` with the unfused path."""
-
-    family = "timm ViT-like (fused_attn + attn_drop)"
-    examples = ("any timm model with patch_embed and blocks[i].attn.fused_attn/attn_drop",)
-    order = 100
-    timm_modules = ()  # a fallback for models passed in; none listed as supported by name
+    """Flat timm ViT-like models: ``patch_embed`` + ``blocks[i].attn`` with the unfused path."""
 
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        pe, blocks = getattr(model, "patch_embed", None), getattr(model, "blocks", None)
-        return (cls.is_model_class(model) and pe is not None and hasattr(pe, "grid_size") and hasattr(pe, "patch_size")
-                and isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0
-                and hasattr(model, "num_prefix_tokens")
-                and all(_has_unfused_path(getattr(b, "attn", None)) for b in blocks))
-
-    def attention_modules(self) -> list[tuple[str, nn.Module]]:
-        return [(f"blocks.{i}.attn", b.attn) for i, b in enumerate(self.model.blocks)]
+    def attention_modules_of(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(f"blocks.{i}.attn", b.attn) for i, b in enumerate(model.blocks)]
 
     @property
     def num_heads(self) -> int:
         return int(self.model.blocks[0].attn.num_heads)
 
+    def heads_of(self, layer: int) -> int:
+        return self.num_heads
+
     def layout_for(self, image_hw: tuple[int, int]) -> TokenLayout:
         """Token layout for an input of ``image_hw`` pixels."""
         return token_layout(self.model, image_hw)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        return len(prefix_names_of(self.model))
+
+    def block_points(self) -> list[tuple[str, nn.Module]]:
+        return [(f"blocks.{i}", b) for i, b in enumerate(self.model.blocks)]
+
     # ------------------------------------------------------------------ helpers
-    def _install_layout_hook(self, set_layout: Callable[[TokenLayout], None],
-                             current: dict[str, TokenLayout]) -> torch.utils.hooks.RemovableHandle:
+    def _install_layout_hook(self, stack: ExitStack, set_layout: Callable[[TokenLayout], None],
+                             current: dict[str, TokenLayout]) -> None:
         def on_image(_module: nn.Module, args: tuple) -> None:
             layout = self.layout_for(tuple(args[0].shape[-2:]))
             current["layout"] = layout
             set_layout(layout)
 
-        return self.model.patch_embed.register_forward_pre_hook(on_image)
+        stack.callback(self.model.patch_embed.register_forward_pre_hook(on_image).remove)
 
     @staticmethod
     def _n_prefix(current: dict[str, TokenLayout], n_tokens: int, path: str) -> int:
@@ -112,9 +180,8 @@ class BlocksAdapter(Adapter):
                 f"this model's forward differs from what vitlens expects")
         return layout.num_prefix_tokens
 
-    def _install_unfused(self, layers: list[int], record: RecordFn, heads: list[int] | None, rows: str,
-                         current: dict[str, TokenLayout]):
-        handles, restores = [], []
+    def _install_unfused(self, stack: ExitStack, layers: list[int], record: RecordFn,
+                         heads: list[int] | None, rows: str, current: dict[str, TokenLayout]) -> None:
         head_index = None if heads is None else torch.tensor(heads)
         modules = self.attention_modules()
         for layer in layers:
@@ -126,15 +193,63 @@ class BlocksAdapter(Adapter):
                 p = out if head_index is None else out.index_select(1, head_index.to(out.device))
                 record(layer, p[:, :, :n_prefix] if rows == "prefix" else p)
 
-            old = attn.fused_attn
-            attn.fused_attn = False
-            restores.append(lambda attn=attn, old=old: setattr(attn, "fused_attn", old))
-            handles.append(attn.attn_drop.register_forward_hook(on_probs))
-        return handles, restores
+            set_unfused(stack, attn)
+            stack.callback(attn.attn_drop.register_forward_hook(on_probs).remove)
 
-    def install(self, layers: list[int], record: RecordFn, *, heads: list[int] | None,
-                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]):
+    def _install_sdpa(self, stack: ExitStack, layers: list[int], record: RecordFn,
+                      heads: list[int] | None, rows: str, current: dict[str, TokenLayout]) -> list[int]:
+        """Tap the fused layers' SDPA calls; return the layers that run unfused (read at attn_drop)."""
+        head_index = None if heads is None else torch.tensor(heads)
+        modules = self.attention_modules()
+        tap = SdpaTap()
+        unfused = []
+        for layer in layers:
+            path, attn = modules[layer]
+            if not getattr(attn, "fused_attn", False):
+                unfused.append(layer)
+                continue
+
+            def on_sdpa(args: tuple, kwargs: dict, layer: int = layer, path: str = path) -> None:
+                q, k, mask, causal, scale = _sdpa_args(args, kwargs)
+                n_prefix = self._n_prefix(current, k.shape[-2], path)
+                with torch.no_grad():
+                    if head_index is not None:
+                        idx = head_index.to(q.device)
+                        q, k = q.index_select(1, idx), k.index_select(1, idx)
+                        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] > 1:
+                            mask = mask.index_select(1, idx)
+                    p = attention_probs(q, k, scale, mask, causal,
+                                        slice(0, n_prefix) if rows == "prefix" else slice(None))
+                record(layer, p.to(q.dtype) if q.dtype != p.dtype else p)
+
+            def enter(_m: nn.Module, _args: tuple, layer: int = layer) -> None:
+                tap.running, tap.seen = layer, False
+
+            def leave(_m: nn.Module, _args: tuple, _out: Any, path: str = path) -> None:
+                tap.running = None
+                if not tap.seen:
+                    raise UnsupportedModelError(
+                        f"{path} ran without calling scaled_dot_product_attention, so vitlens saw no "
+                        f"attention to record; this module's forward differs from what vitlens expects")
+
+            tap.handlers[layer] = on_sdpa
+            stack.callback(attn.register_forward_pre_hook(enter).remove)
+            stack.callback(attn.register_forward_hook(leave).remove)
+        if tap.handlers:
+            stack.enter_context(tap)
+        return unfused
+
+    def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
         current: dict[str, TokenLayout] = {}
-        handles = [self._install_layout_hook(set_layout, current)]
-        more, restores = self._install_unfused(layers, record, heads, rows, current)
-        return handles + more, restores
+        self._install_layout_hook(stack, set_layout, current)
+        if not grad:
+            layers = self._install_sdpa(stack, layers, record, heads, rows, current)
+        self._install_unfused(stack, layers, record, heads, rows, current)
+
+
+def set_unfused(stack: ExitStack, attn: nn.Module) -> None:
+    """Switch one attention module to timm's unfused path for the block; restored by ``stack``."""
+    old = attn.fused_attn
+    attn.fused_attn = False
+    stack.callback(setattr, attn, "fused_attn", old)

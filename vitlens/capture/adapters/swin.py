@@ -35,12 +35,14 @@ tiny values there, and the hook hands the model a view of the recorded
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from . import Adapter, RecordFn, register_adapter
+from .generic import set_unfused
 from ..cache import TokenLayout, WindowLayout
 from ...errors import UnsupportedModelError
 
@@ -53,28 +55,36 @@ class _SwinBase(Adapter):
     """Shared by Swin and SwinV2: same stage/block structure, different attention maths."""
 
     order = 10
+
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        if not cls.is_model_class(model):
-            return False
-        blocks = [b for st in model.layers for b in st.blocks]
-        return bool(blocks) and all(
-            isinstance(getattr(getattr(b, "attn", None), "attn_drop", None), nn.Module)
-            and hasattr(b, "window_size") and hasattr(b, "shift_size") for b in blocks)
+    def attention_modules_of(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(f"layers.{s}.blocks.{j}.attn", b.attn)
+                for s, st in enumerate(model.layers) for j, b in enumerate(st.blocks)]
 
     def _blocks(self) -> list[tuple[int, str, nn.Module]]:
         return [(s, f"layers.{s}.blocks.{j}", b)
                 for s, st in enumerate(self.model.layers) for j, b in enumerate(st.blocks)]
 
-    def attention_modules(self) -> list[tuple[str, nn.Module]]:
-        return [(f"{path}.attn", b.attn) for _, path, b in self._blocks()]
-
-    @property
-    def num_heads(self) -> int:
-        return max(self.heads_of(i) for i in range(len(self._blocks())))
-
     def heads_of(self, layer: int) -> int:
         return int(self._blocks()[layer][2].attn.num_heads)
+
+    def layer_kind(self, layer: int) -> str:
+        return "window"
+
+    def layout_for(self, image_hw: tuple[int, int]) -> TokenLayout:
+        return self.layouts_for(image_hw, self._grid(image_hw))[0]
+
+    def window_layouts(self, image_hw: tuple[int, int]) -> list[WindowLayout]:
+        return self.layouts_for(image_hw, self._grid(image_hw))[1]
+
+    def _grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """First-stage patch grid for an input size (timm's PatchEmbed: floor division, strict size)."""
+        (ph, pw) = _pair(self.model.patch_embed.patch_size)
+        return image_hw[0] // ph, image_hw[1] // pw
+
+    def gradcam_points(self) -> tuple[tuple[str, ...], str]:
+        """Stage outputs ``layers.{s}`` (``[B, H_s, W_s, C]``, NHWC): Grad-CAM's ``layer`` is a stage."""
+        return tuple(f"layers.{s}" for s in range(len(self.model.layers))), "nhwc"
 
     def layouts_for(self, image_hw: tuple[int, int], grid: tuple[int, int]
                     ) -> tuple[TokenLayout, list[WindowLayout]]:
@@ -96,10 +106,8 @@ class _SwinBase(Adapter):
                 layer += 1
         return token, windows
 
-    def install(self, layers: list[int], record: RecordFn, *, heads: list[int] | None,
-                rows: str, grad: bool, set_layout: Callable[[TokenLayout | WindowLayout], None]):
-        handles: list[torch.utils.hooks.RemovableHandle] = []
-        restores: list[Callable[[], None]] = []
+    def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout | WindowLayout], None]) -> None:
         current: dict[int, WindowLayout] = {}
 
         def on_patches(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -113,7 +121,7 @@ class _SwinBase(Adapter):
                 current[wl.layer] = wl
                 set_layout(wl)
 
-        handles.append(self.model.patch_embed.register_forward_hook(on_patches))
+        stack.callback(self.model.patch_embed.register_forward_hook(on_patches).remove)
         head_index = None if heads is None else torch.tensor(heads)
         blocks = self._blocks()
 
@@ -159,13 +167,10 @@ class _SwinBase(Adapter):
                 return None
 
             if hasattr(attn, "fused_attn"):  # Swin V1; SwinV2 always computes the probabilities
-                old = attn.fused_attn
-                attn.fused_attn = False
-                restores.append(lambda attn=attn, old=old: setattr(attn, "fused_attn", old))
-            handles.append(blk.register_forward_pre_hook(on_block))
-            handles.append(attn.register_forward_pre_hook(on_call, with_kwargs=True))
-            handles.append(attn.attn_drop.register_forward_hook(on_probs))
-        return handles, restores
+                set_unfused(stack, attn)
+            stack.callback(blk.register_forward_pre_hook(on_block).remove)
+            stack.callback(attn.register_forward_pre_hook(on_call, with_kwargs=True).remove)
+            stack.callback(attn.attn_drop.register_forward_hook(on_probs).remove)
 
 
 @register_adapter
@@ -173,7 +178,12 @@ class SwinAdapter(_SwinBase):
     family = "Swin"
     timm_modules = ("swin_transformer",)
     examples = ("swin_tiny_patch4_window7_224", "swin_base_patch4_window12_384")
-    model_class = "timm.models.swin_transformer:SwinTransformer"
+    model_classes = ("timm.models.swin_transformer:SwinTransformer",)
+    attention_classes = ("timm.models.swin_transformer:WindowAttention",)
+    test_models = (("swin_tiny_patch4_window7_224", dict(img_size=112, depths=(2, 2), num_heads=(2, 4),
+                                                          embed_dim=32)),
+                   ("swin_tiny_patch4_window7_224", dict(img_size=(96, 128), window_size=4, depths=(2, 2, 2),
+                                                          num_heads=(2, 2, 4), embed_dim=16)))
 
 
 @register_adapter
@@ -181,4 +191,7 @@ class SwinV2Adapter(_SwinBase):
     family = "SwinV2"
     timm_modules = ("swin_transformer_v2",)
     examples = ("swinv2_tiny_window8_256", "swinv2_base_window12to24_192to384")
-    model_class = "timm.models.swin_transformer_v2:SwinTransformerV2"
+    model_classes = ("timm.models.swin_transformer_v2:SwinTransformerV2",)
+    attention_classes = ("timm.models.swin_transformer_v2:WindowAttention",)
+    test_models = (("swinv2_tiny_window8_256", dict(img_size=128, depths=(2, 2), num_heads=(2, 4),
+                                                     embed_dim=32)),)

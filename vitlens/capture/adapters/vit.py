@@ -21,46 +21,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from contextlib import ExitStack
+
 from . import RecordFn, register_adapter
 from ..cache import TokenLayout
-from .generic import BlocksAdapter, prefix_names_of  # noqa: F401  (re-exported)
-
-_ATTN_ATTRS = ("qkv", "q_norm", "k_norm", "attn_drop", "fused_attn", "num_heads", "scale")
-
-
-def _is_timm_attention(m: nn.Module) -> bool:
-    return all(hasattr(m, a) for a in _ATTN_ATTRS)
-
-
-def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
-                    attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                    rows: slice = slice(None)) -> torch.Tensor:
-    """``softmax(q[rows]·kᵀ·scale + mask)`` in float32, as timm's unfused path computes it.
-
-    Args:
-        q, k: ``[B, H, T, d]`` after q/k normalisation.
-        scale: the module's ``scale`` (``d ** -0.5``).
-        attn_mask: additive float mask or boolean keep-mask broadcastable to ``[B, H, T, T]``.
-        is_causal: apply a causal mask.
-        rows: which query rows to compute (``slice(0, P)`` for the prefix rows only).
-    """
-    # q and k are strided views of timm's qkv output; one contiguous copy of each (small:
-    # T x d per head) lets the T x T product run ~25% faster than on the views.
-    qf = (q[:, :, rows].float() * scale).contiguous()
-    scores = qf @ k.float().contiguous().transpose(-2, -1)
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    if is_causal:
-        causal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril()
-        scores.masked_fill_(~causal[rows], float("-inf"))
-    if attn_mask is not None:
-        mask = attn_mask[..., rows, :] if attn_mask.shape[-2] == n_q else attn_mask
-        if mask.dtype == torch.bool:
-            scores.masked_fill_(~mask, float("-inf"))
-        else:
-            scores.add_(mask.float())
-    # in place: the probabilities are the one B x H x T x T tensor this writes (no second
-    # one for the scores), which halves the memory traffic of recording a layer
-    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+from .generic import BlocksAdapter, attention_probs, prefix_names_of  # noqa: F401  (re-exported)
 
 
 @register_adapter
@@ -70,25 +35,49 @@ class VitAdapter(BlocksAdapter):
                 "vit_small_patch14_reg4_dinov2", "vit_medium_patch16_gap_256")
     order = 0
     timm_modules = ("vision_transformer", "deit")
+    model_classes = ("timm.models.vision_transformer:VisionTransformer",
+                     "timm.models.deit:VisionTransformerDistilled")
+    attention_classes = ("timm.layers.attention:Attention",)
+    token_drop = True
+    test_models = (("vit_tiny_patch16_224", dict(img_size=64)),
+                   ("deit_tiny_distilled_patch16_224", dict(img_size=64)),
+                   ("vit_small_patch14_reg4_dinov2", dict(img_size=56, depth=2)),
+                   ("vit_medium_patch16_gap_256", dict(img_size=64, depth=2)),
+                   ("vit_base_patch16_224", dict(img_size=(48, 80), depth=2, qk_norm=True)))
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        from timm.models.vision_transformer import VisionTransformer
-        if not isinstance(model, VisionTransformer):
-            return False
-        return all(_is_timm_attention(getattr(b, "attn", None) or nn.Module()) for b in model.blocks)
+    def forward_kept(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Run the ViT on its prefix tokens and the patch tokens ``keep`` (``[B, k]``) only.
+
+        The image is patch-embedded and the position embeddings are added (timm's
+        ``_pos_embed``, prefix tokens included) *before* any token is dropped; the blocks,
+        final norm and head then run unchanged on ``[prefix, x[keep[b, 0]], ...]``. With
+        every index in order the result is bit-identical to ``model(images)``.
+        """
+        m = self.model
+        x = m._pos_embed(m.patch_embed(images))
+        P = self.num_prefix_tokens
+        n = x.shape[1] - P
+        if keep.dim() != 2 or keep.shape[0] != x.shape[0]:
+            raise ValueError(f"keep must be [B, k] patch indices for B={x.shape[0]} images, "
+                             f"got shape {tuple(keep.shape)}")
+        if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= n):
+            raise ValueError(f"keep holds patch indices outside 0..{n - 1} (this input has {n} patches)")
+        idx = keep.to(device=x.device, dtype=torch.long)[:, :, None].expand(-1, -1, x.shape[-1])
+        x = torch.cat([x[:, :P], x[:, P:].gather(1, idx)], dim=1)
+        x = m.norm(m.blocks(m.norm_pre(m.patch_drop(x))))
+        return m.forward_head(x)
 
     def query_key_modules(self, layer: int) -> tuple[nn.Module, nn.Module]:
         """``blocks.{layer}.attn.q_norm`` and ``.k_norm``: q and k ``[B, H, T, d]``; logits = scale·q·kᵀ (+ mask)."""
         attn = self.attention_modules()[layer][1]
         return attn.q_norm, attn.k_norm
 
-    def install(self, layers: list[int], record: RecordFn, *, heads: list[int] | None,
-                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]):
+    def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
         if grad:
-            return super().install(layers, record, heads=heads, rows=rows, grad=grad, set_layout=set_layout)
+            return super().install(stack, layers, record, heads=heads, rows=rows, grad=grad, set_layout=set_layout)
         current: dict[str, TokenLayout] = {}
-        handles = [self._install_layout_hook(set_layout, current)]
+        self._install_layout_hook(stack, set_layout, current)
         head_index = None if heads is None else torch.tensor(heads)
         modules = self.attention_modules()
 
@@ -117,7 +106,7 @@ class VitAdapter(BlocksAdapter):
                                         slice(0, n_prefix) if rows == "prefix" else slice(None))
                 record(layer, p.to(q.dtype) if q.dtype != p.dtype else p)
 
-            handles.append(attn.register_forward_pre_hook(on_call, with_kwargs=True))
-            handles.append(attn.q_norm.register_forward_hook(on_q))
-            handles.append(attn.k_norm.register_forward_hook(on_k))
-        return handles, []
+            stack.callback(attn.register_forward_pre_hook(on_call, with_kwargs=True).remove)
+            stack.callback(attn.q_norm.register_forward_hook(on_q).remove)
+            stack.callback(attn.k_norm.register_forward_hook(on_k).remove)
+        return None

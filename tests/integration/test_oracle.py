@@ -1,0 +1,153 @@
+"""Oracle tests generated from every registered adapter's ``test_models``.
+
+The reference is independent of the adapters' hooks: the model runs its own unfused path
+(every ``fused_attn`` flag off) while a ``TorchFunctionMode`` records each softmax the
+model computes inside each attention module. The recorded attention must equal those
+probabilities to 1e-5, and on the default path the model's outputs must be bit-identical
+inside and outside ``capture``.
+"""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+import vitlens
+from vitlens.capture.adapters import adapter_for, registered_adapters
+
+CASES = [pytest.param(cls, name, kwargs, id=f"{cls.family}-{name}-{i}")
+         for cls in registered_adapters() for i, (name, kwargs) in enumerate(cls.test_models)]
+_SOFTMAX = {torch.Tensor.softmax, torch.softmax, torch.nn.functional.softmax}
+
+
+def build(name: str, kwargs: dict) -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, num_classes=5, **kwargs).eval()
+
+
+def input_for(model: nn.Module) -> torch.Tensor:
+    h, w = adapter_for(model).default_input_size()
+    return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(1))
+
+
+class _SoftmaxRecorder(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: list[str] = []
+        self.seen: dict[str, list[torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _SOFTMAX and self.current:
+            self.seen.setdefault(self.current[-1], []).append(out.detach().clone())
+        return out
+
+
+def oracle(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{attention module path: the last softmax it computed}`` with the model's unfused path."""
+    paths = [p for p, _ in adapter_for(model).attention_modules()]
+    flags = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    rec = _SoftmaxRecorder()
+    handles = []
+    for p in paths:
+        mod = model.get_submodule(p)
+        handles.append(mod.register_forward_pre_hook(lambda _m, _a, p=p: rec.current.append(p)))
+        handles.append(mod.register_forward_hook(lambda _m, _a, _o: rec.current.pop() and None))
+    try:
+        for m, _ in flags:
+            m.fused_attn = False
+        with torch.no_grad(), rec:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, old in flags:
+            m.fused_attn = old
+    missing = [p for p in paths if p not in rec.seen]
+    assert not missing, f"no softmax seen in {missing}"
+    return {p: rec.seen[p][-1] for p in paths}
+
+
+def test_every_adapter_has_test_models():
+    for cls in registered_adapters():
+        assert cls.test_models, f"{cls.__name__} ({cls.family}) lists no test_models for the oracle tests"
+
+
+@pytest.mark.parametrize("cls,name,kwargs", CASES)
+def test_recorded_attention_equals_the_models_own_softmax(cls, name, kwargs):
+    model = build(name, kwargs)
+    assert type(adapter_for(model)) is cls, f"{name} is claimed by {adapter_for(model).family}, not {cls.family}"
+    x = input_for(model)
+    with torch.no_grad():
+        plain = model(x)
+    with torch.no_grad(), vitlens.capture(model) as cache:
+        inside = model(x)
+    assert torch.equal(plain, inside), "outputs differ inside capture on the default path"
+    ref = oracle(model, x)
+    desc = adapter_for(model).describe(tuple(x.shape[-2:]))
+    assert len(desc.layers) == cache.num_layers == len(ref)
+    for spec in desc.layers:
+        got = cache.attention(spec.index).float()
+        want = ref[spec.hook_point].float()
+        if spec.kind == "window":
+            want = want.reshape(got.shape)
+        assert got.shape == want.shape, (spec, got.shape, want.shape)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=f"{name} {spec.hook_point}")
+
+
+@pytest.mark.parametrize("cls,name,kwargs", CASES)
+def test_grad_path_records_the_same_probabilities(cls, name, kwargs):
+    model = build(name, kwargs)
+    x = input_for(model)
+    with torch.no_grad(), vitlens.capture(model) as fast:
+        model(x)
+    with vitlens.capture(model, grad=True) as slow:
+        model(x)
+    for layer in fast.layers:
+        torch.testing.assert_close(slow.attention(layer).detach().float(), fast.attention(layer).float(),
+                                   atol=1e-5, rtol=0)
+
+
+def _hook_state(model: nn.Module):
+    return ([(n, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+             for n, m in model.named_modules()],
+            [(n, getattr(m, "fused_attn", None), getattr(m, "grad_checkpointing", None))
+             for n, m in model.named_modules()])
+
+
+@pytest.mark.parametrize("cls,name,kwargs", CASES)
+@pytest.mark.parametrize("grad", [False, True])
+def test_hooks_and_flags_restored_after_success_and_after_an_error(cls, name, kwargs, grad):
+    model = build(name, kwargs)
+    x = input_for(model)
+    before = _hook_state(model)
+    with vitlens.capture(model, grad=grad):
+        model(x)
+    assert _hook_state(model) == before
+    with pytest.raises(RuntimeError, match="injected"):
+        with vitlens.capture(model, grad=grad):
+            raise RuntimeError("injected")
+    assert _hook_state(model) == before
+
+
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_an_install_that_fails_half_way_leaks_nothing(monkeypatch, fail_at):
+    model = build("vit_tiny_patch16_224", dict(img_size=32, depth=3))
+    before = _hook_state(model)
+    real = nn.Module.register_forward_hook
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise RuntimeError("hook install failed")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(nn.Module, "register_forward_hook", flaky)
+    with pytest.raises(RuntimeError, match="hook install failed"):
+        with vitlens.capture(model, grad=True):
+            pass
+    monkeypatch.undo()
+    assert _hook_state(model) == before

@@ -1,0 +1,96 @@
+"""What an adapter says about a model before any forward: :class:`ModelDescription`.
+
+The adapter is the one place that knows a model (timm or Hugging Face). Everything else in
+vitlens -- analyses, batch export, shape bias, the CLI -- asks the adapter
+(:func:`vitlens.capture.adapter_for`) or the cache for these facts instead of reading model
+attributes or matching family names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cache import TokenLayout, WindowLayout
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One recordable attention layer.
+
+    Attributes:
+        index: layer index in forward order (across stages for hierarchical models).
+        hook_point: module path it is recorded from, e.g. ``"blocks.3.attn"``.
+        kind: ``"self"`` (token self-attention over the whole sequence), ``"window"``
+            (self-attention inside windows, Swin), ``"class"`` (class-attention: only the
+            class token queries, CaiT), ``"pool"`` (an attention-pool head whose queries
+            are learned latents, SigLIP/MAP).
+        heads: heads of this layer.
+        stage: stage index (0 for flat models).
+        shape: the recorded tensor's shape, in symbols (``"[B, H, T, T]"``).
+        num_queries: query tokens per image (per window for ``"window"``).
+        num_keys: key tokens per image (per window for ``"window"``); differs from
+            ``num_queries`` for class-attention, pooling and spatial-reduction attention.
+        softmax: the recorded weights are softmax probabilities (rows sum to 1).
+    """
+
+    index: int
+    hook_point: str
+    kind: str
+    heads: int
+    stage: int
+    shape: str
+    num_queries: int
+    num_keys: int
+    softmax: bool = True
+
+    @property
+    def square(self) -> bool:
+        """Queries and keys are the same token set (what rollout needs)."""
+        return self.kind in ("self", "window") and self.num_queries == self.num_keys
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """Everything vitlens needs to know about a model for one input size.
+
+    Attributes:
+        family: adapter family name, e.g. ``"VisionTransformer"``.
+        input_size: ``(H, W)`` in pixels this description is for.
+        layout: token layout of the input sequence (first stage for hierarchical models).
+        windows: one :class:`WindowLayout` per layer for windowed models, else ``()``.
+        layers: every recordable attention layer, in forward order.
+        gradcam_points: module paths :func:`vitlens.gradcam` reads, one per ``layer`` it
+            accepts (blocks of a flat ViT, stages of a Swin).
+        gradcam_kind: ``"tokens"`` (``[B, T, D]``) or ``"nhwc"`` (``[B, H, W, C]``).
+    """
+
+    family: str
+    input_size: tuple[int, int]
+    layout: TokenLayout
+    windows: tuple[WindowLayout, ...]
+    layers: tuple[LayerSpec, ...]
+    gradcam_points: tuple[str, ...]
+    gradcam_kind: str
+
+    @property
+    def has_cls(self) -> bool:
+        """The sequence has a class token (CLS maps are defined)."""
+        return self.layout.has_cls
+
+    @property
+    def windowed(self) -> bool:
+        """Attention runs inside windows (Swin): per-layer geometry in :attr:`windows`."""
+        return bool(self.windows)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.layout.num_prefix_tokens
+
+    def hook_points(self) -> dict[str, str]:
+        """``{hook point: recorded shape}``, e.g. ``{"blocks.0.attn": "[B, H, T, T]"}``."""
+        return {spec.hook_point: spec.shape for spec in self.layers}
+
+    def __repr__(self) -> str:
+        kinds = sorted({s.kind for s in self.layers})
+        return (f"ModelDescription(family={self.family!r}, input_size={self.input_size}, "
+                f"prefix={self.layout.prefix_names}, grid={self.layout.grid_size}, "
+                f"layers={len(self.layers)} ({', '.join(kinds)}), windowed={self.windowed})")
