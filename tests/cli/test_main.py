@@ -27,7 +27,7 @@ def test_ctrl_c_anywhere_exits_130_with_one_line(monkeypatch, capsys):
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sys.modules["vitlens.capture"], "supported_models", interrupted)
+    monkeypatch.setattr(sys.modules["vitlens.capture.adapters"], "model_verdicts", interrupted)
     code, out, err = run_main(monkeypatch, capsys, "models", "deit_tiny*")
     assert code == 130
     assert [line for line in err.splitlines() if line.strip()] == ["vitlens: interrupted"]
@@ -43,7 +43,7 @@ def test_statuses_of_success_usage_errors_and_commands(monkeypatch, capsys, tmp_
     assert code == 2 and "Missing argument" in err
     code, _, err = run_main(monkeypatch, capsys, "no-such-command")
     assert code == 2 and "No such command" in err
-    code, _, err = run_main(monkeypatch, capsys, "models", "resnet*")   # the command's own status
+    code, _, err = run_main(monkeypatch, capsys, "models", "resnet*", "--supported")   # the command's own status
     assert code == 1 and "no supported model" in err
     code, out, _ = run_main(monkeypatch, capsys, "models", "deit_tiny_patch16*")
     assert code == 0 and "deit_tiny_patch16_224" in out

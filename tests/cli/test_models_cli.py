@@ -9,16 +9,22 @@ from .helpers import assert_one_line_error, run
 def test_lists_families_by_name():
     res = run("models", "deit_tiny*")
     assert res.exit_code == 0, res.stderr
-    rows = dict(line.split() for line in res.stdout.splitlines())
+    *lines, count = res.stdout.splitlines()
+    rows = dict(line.split() for line in lines)
     assert rows["deit_tiny_distilled_patch16_224"] == "VisionTransformer"
     assert rows["deit_tiny_patch16_224"] == "VisionTransformer"
+    assert count == "2 architectures match 'deit_tiny*': 2 supported, 0 refused"
     assert dict(supported_models("swin_tiny*", family="Swin")) == {"swin_tiny_patch4_window7_224": "Swin"}
     assert dict(supported_models("beitv2_base*"))["beitv2_base_patch16_224"] == "BEiT"
 
 
 def test_unsupported_and_unknown():
-    res = run("models", "resnet*")
+    res = run("models", "resnet*", "--supported")
     assert res.exit_code == 1 and "no supported model" in res.stderr
+    res = run("models", "resnet18")
+    assert res.exit_code == 0 and "resnet18  refused: unsupported architecture ResNet: no registered adapter" in res.stdout
+    assert res.stdout.splitlines()[-1].endswith(": 0 supported, 1 refused")
+    assert run("models", "nothing_is_called_this*").exit_code == 1
     res = run("models", "--family", "ConvNeXt")
     assert res.exit_code == 2 and all(f in res.stderr for f in supported_families()[:2])
     assert supported_models("xcit_nano*") == []  # channel attention: not token attention
@@ -44,7 +50,7 @@ def test_verdicts_are_cached_per_version(monkeypatch, tmp_path):
     assert dict(first) == {"deit_tiny_distilled_patch16_224": "VisionTransformer",
                            "deit_tiny_patch16_224": "VisionTransformer"}
     n_first = len(built)
-    assert n_first >= 2 and (tmp_path / "cache" / "supported-models.json").is_file()
+    assert n_first >= 2 and (tmp_path / "cache" / "model-verdicts.json").is_file()
     assert supported_models("deit_tiny*") == first and len(built) == n_first      # from the cache
     assert supported_models("deit_tiny*", family="Swin") == []                    # filtered, no build
     assert len(built) == n_first
@@ -52,7 +58,7 @@ def test_verdicts_are_cached_per_version(monkeypatch, tmp_path):
 
     monkeypatch.setattr(timm, "__version__", "0.0.0-other")                       # another timm: stale
     assert supported_models("deit_tiny*") == first and len(built) == 3 * n_first
-    (tmp_path / "cache" / "supported-models.json").write_text("{not json")       # corrupt: rebuilt
+    (tmp_path / "cache" / "model-verdicts.json").write_text("{not json")       # corrupt: rebuilt
     assert supported_models("deit_tiny*") == first and len(built) == 4 * n_first
 
     blocker = tmp_path / "file"
@@ -69,3 +75,17 @@ def test_cli_announces_the_first_full_check(monkeypatch, tmp_path):
     again = run("models", "vit_tiny*")
     assert again.stdout == res.stdout and "checking" not in again.stderr
     assert run("models", "vit_tiny*", "--refresh").stdout == res.stdout
+
+
+def test_every_verdict_names_a_family_or_a_reason(monkeypatch, tmp_path):
+    from vitlens.capture.adapters import model_verdicts
+
+    monkeypatch.setenv("VITLENS_CACHE_DIR", str(tmp_path))
+    rows = model_verdicts("vit_dlittle*") + model_verdicts("deit_tiny_patch16_224") + model_verdicts("xcit_nano_12_p16*")
+    for name, module, fam, why in rows:
+        assert module and (fam is not None) != bool(why), (name, module, fam, why)
+    verdict = {n: (f, w) for n, _m, f, w in rows}
+    assert verdict["deit_tiny_patch16_224"] == ("VisionTransformer", "")
+    assert any("differential attention" in w for n, (f, w) in verdict.items() if n.startswith("vit_dlittle"))
+    res = run("models", "deit_tiny*", "--supported", "--module", "deit")
+    assert res.exit_code == 0 and "deit_tiny_patch16_224" in res.stdout

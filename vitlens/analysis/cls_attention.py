@@ -50,6 +50,7 @@ def cls_attention(cache: AttentionCache, layer: int = -1, head: str | int | None
         ValueError: the model has no CLS token (use :func:`vitlens.rollout`, which falls
             back to the mean over patch rows), or layer/head out of range.
     """
+    cache.require_token_attention("cls_attention", [layer])
     layout = cache.layout
     attn = cache.attention(layer)
     assert layout is not None

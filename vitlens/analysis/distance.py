@@ -114,6 +114,7 @@ def _windowed_stat(attn: torch.Tensor, window: WindowLayout, kind: str) -> torch
 def _per_layer(cache: AttentionCache, layers: Sequence[int] | int | None, kind: str) -> torch.Tensor:
     chosen = _resolve_layers(cache, layers)
     assert cache.layout is not None
+    cache.require_token_attention("mean attention distance and entropy", chosen)
     per: list[torch.Tensor] = []
     for layer in chosen:
         attn = cache.attention(layer).detach()

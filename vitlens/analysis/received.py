@@ -46,6 +46,7 @@ def attention_received(cache: AttentionCache, layer: int = -1, head: str | int |
         raise ValueError("attention_received averages over every query row; capture with rows='all' "
                          f"(this cache has rows={cache.rows!r})")
     attn = cache.attention(layer).float()
+    cache.require_token_attention("attention_received", [layer])
     if cache.windowed:
         wl = cache.layout_of(layer)
         real = (wl.token_index(attn.device) >= 0)                    # [nW, n]

@@ -136,6 +136,7 @@ def rollout(cache: AttentionCache, head: str = "mean", discard_ratio: float = 0.
     if layers != list(range(len(layers))):
         raise ValueError(f"rollout multiplies every layer from layer 0 up; this cache recorded "
                          f"layers {layers}. Capture with layers=None (all layers)")
+    cache.require_token_attention("rollout")
     layout = cache.layout
     if layout is None:
         cache.attention(layers[0])  # raises the "nothing was recorded" error

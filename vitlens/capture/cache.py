@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from .spec import LayerSpec, ModelDescription
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,8 @@ class AttentionCache:
     layout: TokenLayout | None = None
     _store: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
     _windows: dict[int, WindowLayout] = field(default_factory=dict, repr=False)
+    _describe: Callable[[tuple[int, int]], "ModelDescription"] | None = field(default=None, repr=False)
+    _description: "ModelDescription | None" = field(default=None, repr=False)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -341,6 +346,44 @@ class AttentionCache:
         return self.attention(layer)
 
     @property
+    def description(self) -> "ModelDescription | None":
+        """The adapter's :class:`~vitlens.capture.spec.ModelDescription` for the recorded input size.
+
+        None for caches built from tensors (:meth:`from_tensors`) and before a forward ran.
+        """
+        if self._description is None and self._describe is not None and self.layout is not None:
+            self._description = self._describe(self.layout.input_size)
+        return self._description
+
+    def spec(self, layer: int) -> "LayerSpec | None":
+        """The :class:`~vitlens.capture.spec.LayerSpec` of one layer (kind, hook point, query/key tokens)."""
+        d = self.description
+        return None if d is None else d.layers[self.resolve_layer(layer)]
+
+    def require_token_attention(self, what: str, layers: Sequence[int] | None = None) -> None:
+        """Raise ValueError unless the layers are square self-attention over :attr:`layout`.
+
+        For analyses defined on ``[B, H, T, T]`` matrices over one token sequence (CLS maps,
+        token rollout, distances, attention received). Windowed layers (Swin) have their own
+        paths in those analyses and pass; class-attention, pooling heads and layers whose
+        queries and keys sit on other grids (spatial reduction, hierarchical stages) are
+        refused with the reason.
+        """
+        d = self.description
+        if d is None or self.layout is None:
+            return
+        for i in (self.layers if layers is None else layers):
+            spec = d.layers[self.resolve_layer(i)]
+            if spec.kind == "window" or spec.on_layout(self.layout):
+                continue
+            raise ValueError(
+                f"{what} needs square token self-attention over the input's token layout "
+                f"({self.layout.num_prefix_tokens} prefix + {self.layout.grid_size} patches); layer {spec.index} "
+                f"({spec.hook_point}) of {self.model_name} is {spec.kind} attention with {spec.num_queries} "
+                f"queries on grid {spec.query_grid} and {spec.num_keys} keys on grid {spec.key_grid}. "
+                f"Pass layers= with layers of the input's token layout, or read cache.attention(layer) directly")
+
+    @property
     def windowed(self) -> bool:
         """True when the model attends inside windows (Swin): see :meth:`layout_of`."""
         return bool(self._windows)
@@ -391,6 +434,7 @@ class AttentionCache:
         self._store.clear()
         self._windows.clear()
         self.layout = None
+        self._description = None
 
     # ---------------------------------------------------------------- recording
     def _set_layout(self, layout: TokenLayout | WindowLayout) -> None:

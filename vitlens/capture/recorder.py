@@ -79,7 +79,7 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         family=adapter.family, num_layers=n_layers, num_heads=n_heads, layers=layer_list,
         heads=tuple(head_list) if head_list is not None else tuple(range(n_heads)),
         rows=rows, hook_points={i: modules[i][0] for i in layer_list},
-        layer_heads=layer_heads if varies else ())
+        layer_heads=layer_heads if varies else (), _describe=adapter.describe)
 
     checked: set[int] = set()
 

@@ -30,6 +30,13 @@ class LayerSpec:
         num_keys: key tokens per image (per window for ``"window"``); differs from
             ``num_queries`` for class-attention, pooling and spatial-reduction attention.
         softmax: the recorded weights are softmax probabilities (rows sum to 1).
+        query_grid: patch grid ``(gh, gw)`` the query tokens sit on (after the
+            ``query_prefix`` prefix tokens); None when the queries are not grid tokens
+            (learned latents of a pooling head, class-attention).
+        key_grid: the same for the keys (a coarser grid for spatial-reduction attention).
+        query_prefix: prefix tokens before the query grid tokens.
+        key_prefix: prefix tokens before the key grid tokens.
+        stride: input pixels per grid token of this layer ``(ph, pw)``.
     """
 
     index: int
@@ -41,11 +48,21 @@ class LayerSpec:
     num_queries: int
     num_keys: int
     softmax: bool = True
+    query_grid: tuple[int, int] | None = None
+    key_grid: tuple[int, int] | None = None
+    query_prefix: int = 0
+    key_prefix: int = 0
+    stride: tuple[int, int] | None = None
 
     @property
     def square(self) -> bool:
         """Queries and keys are the same token set (what rollout needs)."""
         return self.kind in ("self", "window") and self.num_queries == self.num_keys
+
+    def on_layout(self, layout: TokenLayout) -> bool:
+        """Token self-attention over exactly ``layout``'s sequence (prefix + patch grid)."""
+        return (self.kind == "self" and self.query_grid == self.key_grid == layout.grid_size
+                and self.query_prefix == self.key_prefix == layout.num_prefix_tokens)
 
 
 @dataclass(frozen=True)

@@ -158,13 +158,20 @@ class Adapter:
         """``"self"``, ``"window"``, ``"class"`` or ``"pool"`` (see :class:`LayerSpec`)."""
         return "self"
 
-    def layer_tokens(self, layer: int, layout: TokenLayout,
-                     windows: list[WindowLayout]) -> tuple[int, int]:
-        """``(queries, keys)`` per image (per window for windowed layers)."""
+    def layer_geometry(self, layer: int, layout: TokenLayout, windows: list[WindowLayout]) -> dict:
+        """Token sets of one layer, as :class:`LayerSpec` fields.
+
+        Default: flat self-attention over ``layout`` (or, for windowed models, inside the
+        layer's windows on its stage grid). Override for class-attention, pooling heads,
+        spatial reduction, hierarchical stages.
+        """
         if windows:
-            n = windows[layer].window_area
-            return n, n
-        return layout.num_tokens, layout.num_tokens
+            w = windows[layer]
+            return dict(num_queries=w.window_area, num_keys=w.window_area, query_grid=w.grid_size,
+                        key_grid=w.grid_size, stride=w.patch_size)
+        return dict(num_queries=layout.num_tokens, num_keys=layout.num_tokens, query_grid=layout.grid_size,
+                    key_grid=layout.grid_size, query_prefix=layout.num_prefix_tokens,
+                    key_prefix=layout.num_prefix_tokens, stride=layout.patch_size)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -179,11 +186,12 @@ class Adapter:
         specs = []
         for i, (path, _m) in enumerate(self.attention_modules()):
             kind = self.layer_kind(i)
-            nq, nk = self.layer_tokens(i, layout, windows)
+            geo = self.layer_geometry(i, layout, windows)
+            nq, nk = geo["num_queries"], geo["num_keys"]
             shape = ("[B, nW, H, n, n]" if kind == "window" else "[B, H, Tq, Tk]" if nq != nk else "[B, H, T, T]")
+            geo.setdefault("stage", windows[i].stage if windows else 0)
             specs.append(LayerSpec(index=i, hook_point=path, kind=kind, heads=self.heads_of(i),
-                                   stage=windows[i].stage if windows else 0, shape=shape,
-                                   num_queries=nq, num_keys=nk))
+                                   shape=shape, **geo))
         points, kind = self.gradcam_points()
         return ModelDescription(family=self.family, input_size=hw, layout=layout,  # type: ignore[arg-type]
                                 windows=tuple(windows), layers=tuple(specs), gradcam_points=points,
@@ -380,7 +388,10 @@ def _verdict(name: str) -> tuple[str, str | None, str]:
     try:
         return mod, adapter_for(model).family, ""
     except UnsupportedModelError as e:
-        return mod, None, str(e).split(". ")[0][:300]
+        why = str(e)
+        if why.startswith("unsupported architecture"):
+            why = why.split(":")[0] + ": no registered adapter claims this model class"
+        return mod, None, why if len(why) <= 300 else why[:297] + "..."
 
 
 def _timm_module(name: str) -> str:
