@@ -3,6 +3,7 @@ and :class:`WindowLayout` per block of windowed-attention models such as Swin)."
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -37,7 +38,13 @@ class TokenLayout:
     input_size: tuple[int, int]
 
     def __post_init__(self) -> None:
-        assert len(self.prefix_names) == self.num_prefix_tokens, (self.prefix_names, self.num_prefix_tokens)
+        if len(self.prefix_names) != self.num_prefix_tokens:
+            raise ValueError(f"prefix_names must name every prefix token: num_prefix_tokens="
+                             f"{self.num_prefix_tokens}, got prefix_names={self.prefix_names!r}")
+        for name in ("grid_size", "patch_size", "input_size"):
+            v = getattr(self, name)
+            if not (isinstance(v, tuple) and len(v) == 2 and all(isinstance(i, int) and i > 0 for i in v)):
+                raise ValueError(f"{name} must be a tuple of two positive ints, got {v!r}")
 
     @property
     def num_patches(self) -> int:
@@ -101,7 +108,9 @@ class WindowLayout:
 
     def __post_init__(self) -> None:
         (hp, wp), (wh, ww) = self.padded_size, self.window_size
-        assert self.num_windows == (hp // wh) * (wp // ww), self
+        if self.num_windows != (hp // wh) * (wp // ww):
+            raise ValueError(f"num_windows={self.num_windows} does not fit grid {self.grid_size} cut into "
+                             f"{self.window_size} windows ({(hp // wh) * (wp // ww)} windows)")
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -207,9 +216,20 @@ def from_windows(values: torch.Tensor, window: WindowLayout) -> torch.Tensor:
     return out
 
 
-@dataclass
-class AttentionCache:
+@dataclass(eq=False, repr=False)
+class AttentionCache(Mapping):
     """Attention probabilities recorded by :func:`vitlens.capture`.
+
+    A read-only mapping from hook point name to the recorded tensor, in forward order::
+
+        list(cache)              # ["blocks.0.attn", "blocks.1.attn", ...] (recorded layers)
+        cache["blocks.3.attn"]   # [B, heads, T, T] -- the same tensor as cache.attention(3)
+        cache[3], cache[-1]      # integer layer indices work too (negative from the end)
+        "blocks.0.attn" in cache, len(cache)
+
+    Shapes per hook point: ``[B, heads, T, T]`` for token self-attention (``[B, heads, P,
+    T]`` with ``rows="prefix"``), ``[B, num_windows, heads, n, n]`` for windowed layers;
+    ``cache.spec(layer).shape`` and ``cache.description.hook_points()`` say which.
 
     Every forward call inside the ``with`` block appends its batch, so a loop over
     batches inside one block gives one cache over all images (all calls must share one
@@ -285,7 +305,7 @@ class AttentionCache:
                                  f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}")
         cache = cls(model_name=model_name, family="tensors", num_layers=len(attention), num_heads=first.shape[1],
                     layers=list(range(len(attention))), heads=tuple(range(first.shape[1])), rows="all",
-                    hook_points={})
+                    hook_points={i: f"layers.{i}" for i in range(len(attention))})
         cache._set_layout(layout)
         for i, a in enumerate(attention):
             cache._record(i, a)
@@ -342,8 +362,41 @@ class AttentionCache:
             self._store[idx] = chunks = [torch.cat(chunks, dim=0)]
         return chunks[0]
 
-    def __getitem__(self, layer: int) -> torch.Tensor:
-        return self.attention(layer)
+    def __getitem__(self, key: int | str) -> torch.Tensor:
+        """``cache["blocks.3.attn"]`` (hook point) or ``cache[3]`` (layer index)."""
+        if isinstance(key, str):
+            for layer, path in self.hook_points.items():
+                if path == key and layer in self.layers:
+                    return self.attention(layer)
+            raise KeyError(f"{key!r} is not a recorded hook point; recorded: {list(self)}")
+        return self.attention(key)
+
+    def __iter__(self) -> Iterator[str]:
+        """Hook point names of the recorded layers, in forward order."""
+        return iter(self.hook_points[i] for i in self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    # identity, not Mapping's item-wise comparison (tensors have no single truth value)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            return any(self.hook_points.get(i) == key for i in self.layers)
+        if isinstance(key, int) and not isinstance(key, bool):
+            return -self.num_layers <= key < self.num_layers and key % self.num_layers in self.layers
+        return False
+
+    def __repr__(self) -> str:
+        geo = (f"grid={self.layout.grid_size}, prefix={self.layout.prefix_names}" if self.layout is not None
+               else "nothing recorded yet")
+        shape = (tuple(self.attention(self.layers[-1]).shape) if self.layout is not None
+                 and self.layers[-1] in self._store else None)
+        return (f"AttentionCache({self.model_name!r}, family={self.family!r}, layers={len(self.layers)}/"
+                f"{self.num_layers}, heads={len(self.heads)}/{self.num_heads}, rows={self.rows!r}, {geo}"
+                + (f", last layer {list(shape)}" if shape else "") + ")")
 
     @property
     def description(self) -> "ModelDescription | None":
