@@ -75,7 +75,12 @@ def test_exception_restores_flags_and_hooks():
     model, x = make("eva02_rope")
     before = hook_state(model)
     with pytest.raises(RuntimeError, match="boom"):
-        with vitlens.capture(model, layers=[0]):
+        with vitlens.capture(model, layers=[0]):  # default path: recomputed beside the fused kernel
+            assert model.blocks[0].attn.fused_attn is True
+            raise RuntimeError("boom")
+    assert hook_state(model) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with vitlens.capture(model, layers=[0], grad=True):  # gradient path: the recorded layer runs unfused
             assert model.blocks[0].attn.fused_attn is False
             assert model.blocks[1].attn.fused_attn is True  # unrecorded layer stays fused
             raise RuntimeError("boom")
