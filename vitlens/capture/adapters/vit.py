@@ -16,12 +16,11 @@ sequence T, head dim d):
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, Callable
 
 import torch
 from torch import nn
-
-from contextlib import ExitStack
 
 from . import RecordFn, register_adapter
 from ..cache import TokenLayout
