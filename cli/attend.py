@@ -10,7 +10,8 @@ import click
 
 from vitlens.analysis.explain import CLASS_AGNOSTIC, METHODS as EXPLAIN_METHODS
 
-from .common import handle_errors, load_cli_model, model_options
+from .common import (EXIT_UNREADABLE, check_output, geometry, handle_errors, load_cli_model, max_pixels_option,
+                     model_options, warn_small)
 
 
 def _head_option(value: str) -> str | int | None:
@@ -76,18 +77,22 @@ def _output_name(path: str, suffix: str, taken: set[str]) -> str:
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name (jet, inferno, viridis, turbo, ...).")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="Predictions to print.")
+@max_pixels_option
 @handle_errors
 def attend(images, model_name, checkpoint, pretrained, device, debug, method, target, layer, head,
            discard_ratio, out_dir, alpha, colormap, top_k):
-    """Draw where the model attends in IMAGE... (or, with a gradient --method, what its
+    """Draw where the model attends in IMAGES (or, with a gradient --method, what its
     decision for a class relies on) and print its top predictions.
+
+    Each of IMAGES is an image, a folder (searched recursively), a list file (.txt, one
+    path per line) or a quoted glob pattern.
 
     Writes one overlay PNG per image into --out (the map drawn over the original image,
     at its original resolution; the part the model's centre crop did not see is dimmed;
     signed maps are min-max scaled, so the lowest value gets the colormap's low end).
     Class-specific methods also print the class they explain.
     Unreadable images are reported one line each on stderr and skipped; the exit status
-    is 1 if any image failed.
+    is then 3 (as for every command), after the readable ones were drawn.
     """
     import torch
 
@@ -104,6 +109,9 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
                                  param_hint="--target")
     if colormap.lower() not in COLORMAPS:
         overlay(torch.zeros(2, 2, 3, dtype=torch.uint8).numpy(), [[0.0]], colormap=colormap)  # raises the helpful error
+    check_output(out_dir, "--out", folder=True)
+    _check_indices(model_name, method, layer, head_sel)
+    image_paths = _expand(images)
 
     model, cfg = load_cli_model(model_name, checkpoint, pretrained, device)
     adapter_for(model)  # unsupported architecture: fail before decoding any image
@@ -120,7 +128,11 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
         options = {}
 
     loaded, failed = [], 0
-    for path in images:
+    for path in image_paths:
+        if isinstance(path, Exception):  # a folder or pattern that holds no image
+            click.echo(f"vitlens: error: {path}", err=True)
+            failed += 1
+            continue
         try:
             img = vitlens.load_image(path)
         except vitlens.ImageLoadError as e:
@@ -129,9 +141,10 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
             click.echo(f"vitlens: error: {e}", err=True)
             failed += 1
             continue
-        loaded.append((path, img, vitlens.preprocess(img, cfg)))
+        warn_small(str(path), img.size, cfg)
+        loaded.append((str(path), img, vitlens.preprocess(img, cfg)))
     if not loaded:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_UNREADABLE)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,5 +186,40 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
                 click.echo(f"  explains: {t_name} (class {t}, p={float(probs[i, t]):.3f})")
             click.echo(f"  wrote {dest}")
     if failed:
-        click.echo(f"vitlens: {failed} of {len(images)} image(s) could not be read", err=True)
-        raise SystemExit(1)
+        click.echo(f"vitlens: {failed} of {len(image_paths)} input(s) could not be read", err=True)
+        raise SystemExit(EXIT_UNREADABLE)
+
+
+def _expand(specs: tuple[str, ...]) -> list:
+    """Every IMAGES argument as image paths: folders, list files and globs expanded
+    (vitlens.data.resolve_inputs); a plain path is kept as given, so a missing file is
+    reported as unreadable. A folder or pattern without images becomes the error itself."""
+    from vitlens.data import LIST_SUFFIXES, resolve_inputs
+
+    out: list = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir() or (p.is_file() and p.suffix.lower() in LIST_SUFFIXES) or (
+                not p.exists() and re.search(r"[*?\[]", spec)):
+            try:
+                out.extend(resolve_inputs(spec).paths)
+            except ValueError as e:
+                out.append(e)
+        else:
+            out.append(spec)
+    return out
+
+
+def _check_indices(model_name: str | None, method: str, layer: int, head: str | int | None) -> None:
+    """--layer and --head against the architecture, before any weights are loaded."""
+    geo = geometry(model_name)
+    if geo is None:
+        return
+    if method == "cls":
+        lay = geo.layer(layer)
+        if isinstance(head, int):
+            geo.head(head, [lay])
+    elif method == "gradcam" and geo.gradcam_blocks is not None:
+        geo.layer(layer, n=geo.gradcam_blocks, what=geo.gradcam_what)
+    elif method == "rollout" and isinstance(head, int):
+        geo.head(head)

@@ -9,6 +9,13 @@ import click
 
 from vitlens.errors import VitlensError
 
+#: Exit status of every command when one or more inputs could not be read (missing, not
+#: an image, truncated, too large): the readable ones were processed and their results
+#: written; the unreadable ones are named on stderr (and in --json / the HDF5 file).
+EXIT_UNREADABLE = 3
+#: Exit status after Ctrl-C / SIGTERM.
+EXIT_INTERRUPTED = 130
+
 
 def model_options(multiple: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--model, --checkpoint, --pretrained/--no-pretrained, --device, --debug.
@@ -27,7 +34,8 @@ def model_options(multiple: bool = False) -> Callable[[Callable[..., Any]], Call
                      type=click.Path(dir_okay=False), default=None,
                      help="Local weights (.safetensors or a torch state_dict) for --model; "
                           "the class count is read from the head weights."
-                          + (" Give it once per --model, in the same order." if multiple else "")),
+                          + (" Give it once per --model in the same order, or as MODEL=PATH for only "
+                             "the models that have one." if multiple else "")),
         click.option("--pretrained/--no-pretrained", default=True, show_default=True,
                      help="Load timm's pretrained weights for --model."),
         click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
@@ -48,11 +56,19 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def one_line(e: BaseException) -> str:
-    """The error as one line, with the library's `parameter` names written as this command's flags."""
+    """The error as one line in the project's style: the message only, no exception class name,
+    with the library's `parameter` names written as this command's flags."""
     from .flags import to_flags
 
-    text = to_flags(" ".join(str(e).split())) or type(e).__name__
-    return text if isinstance(e, VitlensError) else f"{text} ({type(e).__name__})"
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        text = f"cannot access '{e.filename}': {e.strerror}"
+    elif isinstance(e, OSError) and e.strerror and len(e.args) == 2:  # OSError(errno, text): no "[Errno N]"
+        text = e.strerror
+    elif isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        text = e.args[0]  # str(KeyError) adds quotes around the message
+    else:
+        text = str(e)
+    return to_flags(" ".join(text.split())) or type(e).__name__
 
 
 def handle_errors(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,8 +87,36 @@ def handle_errors(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: Said wherever results of a randomly initialised model are reported (stderr, JSON, CSV).
+RANDOM_WEIGHTS_NOTE = ("random weights: --no-pretrained without --checkpoint gives an untrained model, so "
+                       "these results show its initialisation, not what a trained model does")
+
+
+def random_weights(model: Any, checkpoint: str | None, pretrained: bool) -> bool:
+    """The model runs with random-init weights (``--no-pretrained`` without ``--checkpoint``;
+    the bundled demo always has its trained weights)."""
+    from vitlens.models import DEMO_NAME
+
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    return not pretrained and checkpoint is None and arch != DEMO_NAME
+
+
 def load_cli_model(model_name: str | None, checkpoint: str | None, pretrained: bool, device: str | None):
-    """``load_model`` with the CLI default: the ImageNet ViT-B/16, else the demo with a notice."""
+    """``load_model`` with the CLI default: the ImageNet ViT-B/16, else the demo with a notice.
+    Random-init weights are announced on stderr."""
+    from vitlens.capture import adapter_for
+
+    loaded = _load_cli_model(model_name, checkpoint, pretrained, device)
+    if random_weights(loaded.model, checkpoint, pretrained):
+        try:
+            adapter_for(loaded.model)
+        except VitlensError:  # unsupported: the command's own error follows, alone
+            return loaded
+        click.echo(f"vitlens: warning: {RANDOM_WEIGHTS_NOTE}", err=True)
+    return loaded
+
+
+def _load_cli_model(model_name: str | None, checkpoint: str | None, pretrained: bool, device: str | None):
     from vitlens.errors import WeightsUnavailableError
     from vitlens.models import DEFAULT_MODEL, DEMO_NAME, load_model
 
@@ -182,3 +226,125 @@ def warn_failed(failed: list[tuple[str, str]], limit: int = 10) -> None:
         click.echo(f"vitlens: warning: skipped {path}: {reason}", err=True)
     if len(failed) > limit:
         click.echo(f"vitlens: warning: ... and {len(failed) - limit} more skipped file(s) (see --json)", err=True)
+
+
+# ----------------------------------------------------------------- output paths
+def check_output(path: str | None, option: str, *, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any model runs.
+
+    Checks that ``path`` is not a folder (``folder=False``) or a file (``folder=True``),
+    that the nearest existing parent is a folder this process can create files in (by
+    creating and removing a temporary file there: permission bits alone do not tell, e.g.
+    on a read-only mount), and that an existing file is writable. Nothing is created.
+    """
+    if path is None:
+        return
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists():
+        if folder and not p.is_dir():
+            raise VitlensError(f"{option} '{path}' is a file, not a folder; give a folder for the output files")
+        if not folder and p.is_dir():
+            raise VitlensError(f"{option} '{path}' is a folder; give a file name")
+    where = p if folder and p.is_dir() else p.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise VitlensError(f"cannot write {option} '{path}': '{where}' is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=where, prefix=".vitlens-write-check-"):
+            pass
+    except OSError as e:
+        raise VitlensError(f"cannot write {option} '{path}': cannot create files in folder '{where}' "
+                           f"({e.strerror or e}); choose a writable location") from None
+    if p.is_file() and not os.access(p, os.W_OK):
+        raise VitlensError(f"cannot write {option} '{path}': the file exists and is read-only")
+
+
+def write_late(write: Callable[[], Any], path: str, option: str) -> None:
+    """Run ``write()`` (saving a result file at the end of a run); on failure, exit 1 with
+    an error saying that the results are on stdout already (callers print them first)."""
+    try:
+        write()
+    except (OSError, ValueError) as e:
+        fail(f"cannot write {option} '{path}': {one_line(e)}; the results are printed above (stdout)")
+
+
+# ----------------------------------------------------------- layers and heads
+class Geometry:
+    """Layers and heads of a model architecture, read from its weightless skeleton."""
+
+    def __init__(self, model_name: str) -> None:
+        from vitlens.capture import adapter_for
+        from vitlens.models import build_skeleton
+
+        skeleton = build_skeleton(model_name)
+        adapter = adapter_for(skeleton)  # an unsupported family fails here, before any download
+        self.name = model_name
+        self.num_layers = len(adapter.attention_modules())
+        self.heads = [int(adapter.heads_of(i)) for i in range(self.num_layers)]
+        self.gradcam_blocks: int | None
+        try:
+            from vitlens.analysis.gradients import gradcam_modules
+
+            modules, windowed = gradcam_modules(skeleton)
+            self.gradcam_blocks, self.gradcam_what = len(modules), "stages" if windowed else "blocks"
+        except Exception:  # gradcam support is checked again when it runs
+            self.gradcam_blocks, self.gradcam_what = None, "blocks"
+
+    def layer(self, value: int, option: str = "--layer", n: int | None = None, what: str = "layers") -> int:
+        """``value`` (negative from the end) as ``0..n-1``, or a VitlensError naming ``option``."""
+        n = self.num_layers if n is None else n
+        if not -n <= value < n:
+            raise VitlensError(f"{option}: layer {value} is out of range: {self.name} has {n} {what} "
+                               f"(0..{n - 1}, or -{n}..-1 from the end)")
+        return value % n
+
+    def head(self, value: int, layers: list[int] | None = None, option: str = "--head") -> int:
+        """Check a head index against every layer in ``layers`` (default all)."""
+        n = min(self.heads[i] for i in (layers if layers is not None else range(self.num_layers)))
+        if not -n <= value < n:
+            raise VitlensError(f"{option}: head {value} is out of range: {self.name} has {n} heads per layer "
+                               f"(0..{n - 1}, or -{n}..-1 from the end)")
+        return value % n
+
+
+def geometry(model_name: str | None) -> Geometry | None:
+    """:class:`Geometry` of ``--model`` (None without --model: the default may fall back to the demo)."""
+    if model_name is None:
+        return None
+    return Geometry(model_name)
+
+
+# ----------------------------------------------------------------- input images
+def _max_pixels(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from vitlens.data import MAX_PIXELS_ENV, _apply_pixel_limit_env
+
+    text = value.strip().lower()
+    if text != "none" and not (text.isdigit() and int(text) > 0):
+        raise click.BadParameter(f"{value!r}: give a number of pixels, or 'none' to disable the check")
+    os.environ[MAX_PIXELS_ENV] = text  # read by load_image, also in DataLoader worker processes
+    _apply_pixel_limit_env()
+    return text
+
+
+def max_pixels_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-image-pixels N``: the decompression-bomb limit for this run (sets VITLENS_MAX_IMAGE_PIXELS)."""
+    return click.option("--max-image-pixels", "max_image_pixels", default=None, metavar="N|none",
+                        expose_value=False, callback=_max_pixels,
+                        help="Accept images with up to N pixels (Pillow's decompression-bomb limit, default "
+                             "89478485); 'none' disables the check. Same as the environment variable "
+                             "VITLENS_MAX_IMAGE_PIXELS.")(f)
+
+
+def warn_small(path: str, size: tuple[int, int], data_config: dict[str, Any]) -> None:
+    """Warn when an image is smaller than the model's input: it gets upsampled, and the map
+    shows the model's view of an enlarged, blurred picture."""
+    h, w = (int(v) for v in data_config["input_size"][-2:])
+    if size[0] < w or size[1] < h:
+        click.echo(f"vitlens: warning: {path} is {size[0]}x{size[1]} pixels, smaller than the model's "
+                   f"{w}x{h} input; it is upsampled, so predictions and maps may be unreliable", err=True)

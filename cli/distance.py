@@ -7,7 +7,8 @@ import click
 
 from vitlens.errors import VitlensError
 
-from .common import FailedItems, Progress, check_plot_path, handle_errors, load_cli_model, model_options, warn_failed
+from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, FailedItems, Progress, check_output, check_plot_path, fail, geometry,
+                     handle_errors, load_cli_model, max_pixels_option, model_options, warn_failed, write_late)
 
 #: Warning lines about skipped files printed before summarising the rest.
 _MAX_SKIP_LINES = 10
@@ -38,6 +39,7 @@ def _parse_layers(value: str | None) -> list[int] | None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the distance-vs-depth figure (.pdf, .png or .svg).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no skipped-file warnings.")
+@max_pixels_option
 @handle_errors
 def distance(input_spec, model_name, checkpoint, pretrained, device, debug, layers, batch_size, workers, limit,
              as_json, plot_path, quiet):
@@ -48,13 +50,18 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
     centres in input pixels, patch tokens only (Dosovitskiy et al. 2021, Fig. 7), and the
     attention entropy in nats; mean and std over images (docs/heads.md). The table shows,
     per layer, mean ± std over heads and images. Unreadable files are skipped, counted
-    and reported on stderr.
+    and reported on stderr, and the exit status is 3.
     """
     from vitlens.analysis.distance import head_statistics
     from vitlens.data import image_batches, resolve_inputs
 
     layer_list = _parse_layers(layers)
     check_plot_path(plot_path)
+    check_output(plot_path, "--plot")
+    geo = geometry(model_name)
+    if geo is not None and layer_list is not None:
+        for v in layer_list:
+            geo.layer(v, option="--layers")
     inputs = resolve_inputs(input_spec)
     paths = inputs.paths[:limit] if limit is not None else inputs.paths
     model, data_config = load_cli_model(model_name, checkpoint, pretrained, device)
@@ -67,16 +74,11 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
 
     if dist.images == 0:
         first = f"; first: {failures[0][0]}: {failures[0][1]}" if failures else ""
-        raise VitlensError(f"none of the {len(paths)} input image(s) could be read{first}")
+        fail(f"none of the {len(paths)} input image(s) could be read{first}", EXIT_UNREADABLE)
     if not quiet:
         warn_failed(failures, limit=_MAX_SKIP_LINES)
 
     name = model_name or dist.params.get("model", "")
-    if plot_path is not None:
-        from vitlens import pl
-        from vitlens.export.figures import save_figure
-
-        save_figure(pl.head_statistics(dist, title=f"{name}: {dist.images} image(s)"), plot_path)
 
     if as_json:
         payload = {
@@ -90,6 +92,8 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
             "distance": {k: v for k, v in dist.to_dict().items() if k not in ("params", "images")},
             "entropy": {k: v for k, v in ent.to_dict().items() if k not in ("params", "images")},
         }
+        if random_weights(model, checkpoint, pretrained):
+            payload["warning"] = RANDOM_WEIGHTS_NOTE
         click.echo(json.dumps(payload, indent=2, allow_nan=False))
     else:
         p = dist.params
@@ -104,5 +108,12 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
             click.echo(f"{layer:>5}  {float(dmean[i]):>9.2f} ± {float(dstd[i]):<6.2f}  "
                        f"{float(emean[i]):>7.3f} ± {float(estd[i]):.3f}")
         click.echo("mean ± std over heads and images; per-head values with --json")
-    if plot_path is not None:
+    if plot_path is not None:  # after the results are on stdout: a failed write loses nothing
+        from vitlens import pl
+        from vitlens.export.figures import save_figure
+
+        write_late(lambda: save_figure(pl.head_statistics(dist, title=f"{name}: {dist.images} image(s)"), plot_path),
+                   plot_path, "--plot")
         click.echo(f"wrote {plot_path}", err=True)
+    if failures:
+        raise SystemExit(EXIT_UNREADABLE)

@@ -7,8 +7,8 @@ import click
 
 from vitlens.errors import VitlensError
 
-from .common import (FailedItems, Progress, check_plot_path, handle_errors, load_cli_model, model_options,
-                     warn_failed)
+from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, FailedItems, Progress, check_output, check_plot_path, handle_errors,
+                     load_cli_model, max_pixels_option, model_options, warn_failed, write_late)
 
 
 def split_names(value: str | None) -> list[str] | None:
@@ -59,6 +59,7 @@ def read_inputs(input_spec: str, loaded, with_labels: bool, batch_size: int, lim
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the curves (.pdf, .png or .svg).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@max_pixels_option
 @handle_errors
 def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with_labels, methods, metrics, target,
              baseline, steps, limit, batch_size, seed, as_json, plot_path, quiet):
@@ -67,11 +68,13 @@ def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with
     INPUT is an image, a folder (recursive), a list file or a quoted glob. Prints a table
     of AUCs (deletion/insertion: Petsiuk et al. 2018; positive/negative perturbation and
     their token-drop variants: Chefer et al. 2021), mean ± standard error over images;
-    docs/faithfulness.md defines each one. Undecodable files are skipped with a warning.
+    docs/faithfulness.md defines each one. Unreadable files are skipped with a warning
+    and the exit status is 3 (the table covers the others).
     """
     from vitlens.analysis.faithfulness import evaluate as run_evaluate
 
     check_plot_path(plot_path)
+    check_output(plot_path, "--plot")
     method_list = split_names(methods)
     metric_list = split_names(metrics)
     if target == "label" and not with_labels:
@@ -84,13 +87,10 @@ def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with
                               target_source=target, baseline=baseline, steps=steps, limit=limit, seed=seed,
                               progress=bar.update)
     warn_failed(batches.failed)
-    if plot_path is not None:
-        from vitlens import pl
-        from vitlens.export.figures import save_figure
-
-        save_figure(pl.faithfulness(result), plot_path)
     if as_json:
         payload = result.to_dict()
+        if random_weights(loaded.model, checkpoint, pretrained):
+            payload["warning"] = RANDOM_WEIGHTS_NOTE
         payload.update({"model": model_name, "input": str(input_spec),
                         "skipped": [{"path": p, "reason": r} for p, r in batches.failed]})
         click.echo(json.dumps(payload, indent=2, allow_nan=False))
@@ -99,5 +99,11 @@ def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with
         click.echo(f"{result.n_images} images ({len(batches.failed)} skipped); target: {target} class; "
                    f"perturbation accuracy against {ref}; AUC mean ± s.e.")
         click.echo(result.table())
-    if plot_path is not None:
+    if plot_path is not None:  # after the results are on stdout: a failed write loses nothing
+        from vitlens import pl
+        from vitlens.export.figures import save_figure
+
+        write_late(lambda: save_figure(pl.faithfulness(result), plot_path), plot_path, "--plot")
         click.echo(f"wrote {plot_path}", err=True)
+    if batches.failed:
+        raise SystemExit(EXIT_UNREADABLE)

@@ -5,12 +5,14 @@ import signal
 
 import click
 
-from .common import Progress, fail, handle_errors, load_cli_model, model_options
+from vitlens.errors import VitlensError
 
-#: Exit status when some inputs could not be read (their rows are recorded as failed).
-EXIT_SOME_FAILED = 3
-#: Exit status after Ctrl-C / SIGTERM (the file holds every batch committed before it).
-EXIT_INTERRUPTED = 130
+from .common import (EXIT_INTERRUPTED, random_weights, EXIT_UNREADABLE, Progress, check_output, fail, geometry, handle_errors,
+                     load_cli_model, max_pixels_option, model_options)
+
+#: Exit status when some inputs could not be read (their rows are recorded as failed); the
+#: same for every command.
+EXIT_SOME_FAILED = EXIT_UNREADABLE
 
 
 def _int_list(value: str | None, what: str) -> list[int] | None:
@@ -53,6 +55,22 @@ def _command_line() -> str:
     return shlex.join(parts)
 
 
+def _check_outputs(output: str, overlays: str | None, resume: bool, overwrite: bool) -> None:
+    """OUTPUT.h5 and --overlays, before the model loads."""
+    from pathlib import Path
+
+    from vitlens.batch import dist_info
+    from vitlens.export.hdf5 import shard_path
+
+    rank, world = dist_info()
+    target = shard_path(output, rank) if world > 1 else Path(output)
+    check_output(output, "OUTPUT")
+    if target.exists() and not (resume or overwrite):
+        raise VitlensError(f"'{target}' already exists; pass --resume to continue it after its committed rows, "
+                               f"--overwrite to replace it, or choose another OUTPUT")
+    check_output(overlays, "--overlays", folder=True)
+
+
 @click.command()
 @click.argument("input_spec", metavar="INPUT", type=str)
 @click.argument("output", metavar="OUTPUT.h5", type=click.Path(dir_okay=False))
@@ -78,6 +96,7 @@ def _command_line() -> str:
               help="Also write overlay PNGs (rollout, else last-layer CLS) into DIR, mirroring the input tree.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N inputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary line.")
+@max_pixels_option
 @handle_errors
 def export(input_spec, output, model_name, checkpoint, pretrained, device, debug, analyses, full, layers, heads,
            dtype, compression, batch_size, workers, precision, resume, overwrite, overlays, limit, quiet):
@@ -106,6 +125,12 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
                             batch_size=batch_size, workers=workers, precision=precision, limit=limit,
                             overlays=overlays, resume=resume, overwrite=overwrite)
     inputs = resolve_inputs(input_spec)
+    _check_outputs(output, overlays, resume, overwrite)
+    geo = geometry(model_name)
+    if geo is not None and full:
+        picked = [geo.layer(v, option="--layers") for v in _int_list(layers, "layer") or []] or None
+        for v in _int_list(heads, "head") or []:
+            geo.head(v, picked, option="--heads")
     rank, world = dist_info()
     if world > 1 and device is None:
         import os
@@ -129,6 +154,7 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
             summary = run_export(model, cfg, inputs, output, options, checkpoint=checkpoint,
                                  pretrained=pretrained if checkpoint is None and name != "demo" else False,
                                  model_name=name, command=_command_line(),
+                                 random_weights=random_weights(model, checkpoint, pretrained),
                                  progress=bar.update, total=set_total)
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -7,7 +7,7 @@ import click
 
 from vitlens.errors import VitlensError
 
-from .common import check_plot_path, handle_errors
+from .common import check_output, check_plot_path, handle_errors
 
 KINDS = ("distance", "cls-grid", "rollout-grid")
 
@@ -64,6 +64,7 @@ def figure(path, kind, rows, head, images, out, debug):
     from vitlens.export.hdf5 import read
 
     check_plot_path(out, option="--out")
+    check_output(out, "--out")
     with read(path) as f:
         if f.rows == 0:
             raise VitlensError(f"'{path}' holds no committed rows yet; nothing to draw")

@@ -7,7 +7,8 @@ import click
 
 from vitlens.errors import VitlensError
 
-from .common import Progress, check_plot_path, handle_errors, load_cli_model, model_options, warn_failed
+from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, Progress, check_output, check_plot_path, handle_errors, load_cli_model,
+                     max_pixels_option, model_options, warn_failed, write_late)
 from .evaluate import read_inputs
 
 
@@ -40,6 +41,7 @@ def _ratios(value: str) -> list[float]:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the keep-ratio plot (.pdf, .png or .svg).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@max_pixels_option
 @handle_errors
 def importance(input_spec, model_name, checkpoint, pretrained, device, debug, method, with_labels, ratios, limit,
                batch_size, seed, as_json, plot_path, quiet):
@@ -48,11 +50,13 @@ def importance(input_spec, model_name, checkpoint, pretrained, device, debug, me
     Runs the ViT on the prefix tokens plus the top fraction of patch tokens by --method
     (position embeddings added before dropping) and prints top-1 accuracy at each keep
     ratio, against a random token order. timm VisionTransformer models (vit, deit,
-    deit3, dinov2, clip, the demo); docs/faithfulness.md.
+    deit3, dinov2, clip, the demo); docs/faithfulness.md. Unreadable files are skipped
+    with a warning and the exit status is 3.
     """
     from vitlens.analysis.importance import keep_ratio_curve
 
     check_plot_path(plot_path)
+    check_output(plot_path, "--plot")
     ratio_list = _ratios(ratios)
     loaded = load_cli_model(model_name, checkpoint, pretrained, device)
     inputs, labels, batches = read_inputs(input_spec, loaded, with_labels, batch_size, limit)
@@ -61,14 +65,11 @@ def importance(input_spec, model_name, checkpoint, pretrained, device, debug, me
         curve = keep_ratio_curve(loaded.model, batches, labels, method=method, ratios=ratio_list, seed=seed,
                                  progress=bar.update)
     warn_failed(batches.failed)
-    if plot_path is not None:
-        from vitlens import pl
-        from vitlens.export.figures import save_figure
-
-        save_figure(pl.keep_ratio(curve), plot_path)
     if as_json:
         payload = curve.to_dict()
         scores = curve.scores.tolist() if curve.scores is not None else []
+        if random_weights(loaded.model, checkpoint, pretrained):
+            payload["warning"] = RANDOM_WEIGHTS_NOTE
         payload.update({"model": model_name, "input": str(input_spec), "method": method,
                         "images": [{"path": p, "scores": [round(v, 7) for v in s]}
                                    for p, s in zip(batches.ok_paths, scores)],
@@ -78,6 +79,12 @@ def importance(input_spec, model_name, checkpoint, pretrained, device, debug, me
         ref = "true labels" if curve.reference == "labels" else "the all-token prediction"
         click.echo(f"{curve.n_images} images ({len(batches.failed)} skipped); top-1 accuracy (%) against {ref}")
         click.echo(curve.table())
-    if plot_path is not None:
+    if plot_path is not None:  # after the results are on stdout: a failed write loses nothing
+        from vitlens import pl
+        from vitlens.export.figures import save_figure
+
+        write_late(lambda: save_figure(pl.keep_ratio(curve), plot_path), plot_path, "--plot")
         click.echo(f"wrote {plot_path}", err=True)
+    if batches.failed:
+        raise SystemExit(EXIT_UNREADABLE)
 

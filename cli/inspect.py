@@ -44,6 +44,7 @@ def inspect(path, failed, as_json, debug):
             "analyses": a.get("analyses"), "rows": f.rows, "rows_planned": a.get("rows_planned"),
             "complete": f.complete, "ok": int(ok.sum()), "failed": int((~ok).sum()), "datasets": datasets,
             "command": a.get("command"), "shards": a.get("shards"),
+            "random_weights": bool(a.get("random_weights", False)),
         }
         if failed:
             info["failed_rows"] = [{"row": int(i), "path": p, "error": e} for i, p, e in bad]
@@ -51,7 +52,8 @@ def inspect(path, failed, as_json, debug):
         click.echo(json.dumps(info, indent=2))
         return
     out = [f"{path}: {info['schema']} (vitlens {info['vitlens_version']}, created {info['created']})",
-           f"model: {info['model']}" + (f" (checkpoint {info['checkpoint']})" if info["checkpoint"] else ""),
+           f"model: {info['model']}" + (f" (checkpoint {info['checkpoint']})" if info["checkpoint"] else "")
+           + (" -- RANDOM WEIGHTS (untrained)" if info["random_weights"] else ""),
            f"  input {_fmt(info['input_size'])}, patch {_fmt(info['patch_size'])}, grid {_fmt(info['grid_size'])}, "
            f"prefix tokens [{_fmt(info['prefix_names'] or [])}], {info['num_layers']} layers x {info['num_heads']} heads",
            f"rows: {info['rows']} committed of {info['rows_planned']} planned"

@@ -9,7 +9,8 @@ import click
 
 from vitlens.errors import VitlensError
 
-from .common import check_plot_path, handle_errors, load_cli_model, model_options
+from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, check_output, random_weights, check_plot_path, handle_errors, load_cli_model,
+                     max_pixels_option, model_options, write_late)
 
 #: Warning lines about skipped files printed before summarising the rest.
 _MAX_SKIP_LINES = 10
@@ -36,6 +37,7 @@ def _warn(message: str) -> None:
               help="Write the per-image decisions (all models) to this CSV file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the per-category comparison plot (.pdf, .png or .svg).")
+@max_pixels_option
 @handle_errors
 def shape_bias(stimuli_dir, model_names, checkpoints, pretrained, device, mapping, batch_size,
                no_texture_attention, as_json, csv_path, plot_path, debug):
@@ -44,20 +46,24 @@ def shape_bias(stimuli_dir, model_names, checkpoints, pretrained, device, mappin
     STIMULI_DIR holds <shape>/<shape><i>-<texture><j>.png (Geirhos et al. 2019,
     https://arxiv.org/abs/1811.12231). Shape bias = shape decisions / (shape + texture
     decisions), with the protocol of model-vs-human (docs/shape-bias.md). Prints one line
-    per model; warnings (missing categories, skipped files) go to stderr.
+    per model; warnings (missing categories, skipped files) go to stderr. Stimuli that
+    cannot be decoded are skipped and the exit status is 3.
+
+    With several --model, give --checkpoint once per --model in the same order, or as
+    MODEL=PATH for only the models that have one.
     """
     from vitlens.analysis.shape_bias import shape_bias as measure
 
     check_plot_path(plot_path)
+    check_output(plot_path, "--plot")
+    check_output(csv_path, "--csv")
     names = list(model_names) or [None]
-    if checkpoints and len(checkpoints) != len(names):
-        raise VitlensError(f"got {len(checkpoints)} --checkpoint for {len(names)} --model; give one "
-                           f"--checkpoint per --model, in the same order, or none")
-    ckpts = list(checkpoints) or [None] * len(names)
+    ckpts = _pair_checkpoints(names, list(checkpoints))
 
-    results = []
+    results, random = [], []
     for name, ckpt in zip(names, ckpts):
         loaded = load_cli_model(name, ckpt, pretrained, device)
+        random.append(random_weights(loaded.model, ckpt, pretrained))
         label = name
         if label is not None and ckpt is not None:
             label = f"{name} ({Path(ckpt).name})"
@@ -76,29 +82,70 @@ def shape_bias(stimuli_dir, model_names, checkpoints, pretrained, device, mappin
         if len(new) > _MAX_SKIP_LINES:
             _warn(f"... and {len(new) - _MAX_SKIP_LINES} more skipped file(s) (see --json)")
 
-    if csv_path is not None:
-        p = Path(csv_path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["model", "path", "shape", "texture", "decision", "outcome", "texture_share"])
-            for r in results:
-                for d in r.decisions:
-                    w.writerow([r.model, d.path, d.shape, d.texture, d.decision or "", d.outcome,
-                                "" if d.texture_share is None else f"{d.texture_share:.6f}"])
-    if plot_path is not None:
-        from vitlens import pl
-        from vitlens.export.figures import save_figure
-
-        save_figure(pl.shape_bias(results), plot_path)
-
     if as_json:
         payload = [r.to_dict() for r in results]
+        for p, rnd in zip(payload, random):
+            p["weights"] = "random" if rnd else "trained"
+            if rnd:
+                p["warning"] = RANDOM_WEIGHTS_NOTE
         click.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False))
     else:
         for r in results:
             click.echo(r.summary())
+    # the files after the results are on stdout: a failed write loses nothing
     if csv_path is not None:
+        write_late(lambda: _write_csv(csv_path, results, random), csv_path, "--csv")
         click.echo(f"wrote {csv_path}", err=True)
     if plot_path is not None:
+        from vitlens.export.figures import save_figure
+        from vitlens import pl
+
+        write_late(lambda: save_figure(pl.shape_bias(results), plot_path), plot_path, "--plot")
         click.echo(f"wrote {plot_path}", err=True)
+    if any(_unreadable(s.reason) for r in results for s in r.skipped):
+        raise SystemExit(EXIT_UNREADABLE)
+
+
+#: Reasons shape_bias gives for files it skips without trying to decode them (not errors).
+_NOT_STIMULI = ("hidden file", "folder inside", "not an image file")
+
+
+def _unreadable(reason: str) -> bool:
+    return not reason.startswith(_NOT_STIMULI)
+
+
+def _write_csv(csv_path: str, results, random: list[bool]) -> None:
+    p = Path(csv_path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "path", "shape", "texture", "decision", "outcome", "texture_share", "weights"])
+        for r, rnd in zip(results, random):  # weights: "random" marks an untrained (random-init) model
+            for d in r.decisions:
+                w.writerow([r.model, d.path, d.shape, d.texture, d.decision or "", d.outcome,
+                            "" if d.texture_share is None else f"{d.texture_share:.6f}", "random" if rnd else "trained"])
+
+
+def _pair_checkpoints(names: list[str | None], checkpoints: list[str]) -> list[str | None]:
+    """One checkpoint (or None) per --model: either one --checkpoint per --model in order, or
+    ``--checkpoint MODEL=PATH`` for some of them."""
+    if not checkpoints:
+        return [None] * len(names)
+    keyed = {}
+    for c in checkpoints:
+        key, sep, path = c.partition("=")
+        if sep and key in names and not Path(c).exists():
+            if key in keyed:
+                raise VitlensError(f"--checkpoint {key}=... is given twice; give one checkpoint per model")
+            keyed[key] = path
+    if keyed:
+        if len(keyed) != len(checkpoints):
+            plain = [c for c in checkpoints if c.partition("=")[0] not in keyed]
+            raise VitlensError(f"--checkpoint {plain[0]!r} names no --model; when some checkpoints are given as "
+                               f"MODEL=PATH, give every one that way (models: {', '.join(map(str, names))})")
+        return [keyed.get(n) if n is not None else None for n in names]
+    if len(checkpoints) != len(names):
+        raise VitlensError(f"got {len(checkpoints)} --checkpoint for {len(names)} --model; give one --checkpoint "
+                           f"per --model in the same order, or MODEL=PATH for only the models that have one "
+                           f"(e.g. --checkpoint {names[0]}=weights.safetensors)")
+    return checkpoints

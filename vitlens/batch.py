@@ -291,7 +291,7 @@ def _write_overlays(root: Path, batch_paths: Sequence[Path], rels: Sequence[str]
 def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | str | os.PathLike[str] | Sequence[Any],
                output: str | os.PathLike[str], options: ExportOptions | None = None, *,
                checkpoint: str | os.PathLike[str] | None = None, pretrained: bool | None = None,
-               model_name: str | None = None, command: str | None = None,
+               model_name: str | None = None, command: str | None = None, random_weights: bool = False,
                progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
                ) -> ExportSummary:
     """Export analyses of many images to one HDF5 file (schema ``vitlens/1``), streaming.
@@ -320,6 +320,8 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
         options: :class:`ExportOptions`.
         checkpoint, pretrained, model_name: recorded in the file's attributes.
         command: recorded in the ``command`` attribute.
+        random_weights: the model has random-init weights (not trained); recorded as the
+            ``random_weights`` attribute so the file says so.
         progress: called with the number of images after every committed batch.
         total: called once with the number of images this process will read.
 
@@ -367,6 +369,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     attrs = _attrs(model, name, data_config, layout, plan, options, checkpoint, pretrained, command,
                    n_classes=probe["logits"].shape[-1] if "logits" in probe else None)
     attrs["input_root"] = str(Path(inputs.root).resolve())
+    attrs["random_weights"] = bool(random_weights)
     if world > 1:
         attrs.update(shard_rank=rank, shard_world_size=world, shard_offset=start)
 

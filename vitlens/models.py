@@ -368,6 +368,26 @@ def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str |
     return LoadedModel(model, data_config_of(model))
 
 
+def build_skeleton(name: str) -> nn.Module:
+    """The architecture ``name`` on PyTorch's ``meta`` device: no weights, no memory, no download.
+
+    Lets a caller check layer and head indices against the model before loading its
+    weights (``vitlens attend --layer 30`` fails in a second instead of after the load).
+
+    Raises:
+        VitlensError: unknown model name (with close matches).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a timm model name or {DEMO_NAME!r}, got {type(name).__name__}")
+    with torch.device("meta"):
+        if name == DEMO_NAME:
+            return _build_demo(with_weights=False)
+        import timm
+
+        _check_name(name)
+        return timm.create_model(name, pretrained=False)
+
+
 def class_names(model: nn.Module) -> list[str] | None:
     """Human-readable class names of ``model``'s outputs, when known.
 

@@ -68,7 +68,7 @@ def test_text_output_limit_plot_and_skipped_file(tmp_path):
     root = make_folder(tmp_path / "imgs", bad=True)
     plot = tmp_path / "curves.png"
     result = run("evaluate", root, *ARGS, "--limit", "3", "--plot", plot)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # an unreadable file: the documented status
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("3 images (1 skipped); target: predicted class")
     assert lines[1].startswith("| method | deletion ↓ | positive ↓ | negative_drop ↑ |")

@@ -57,6 +57,7 @@ def test_text_output(api_result):
 def test_json_output(json_run, api_result):
     data = json.loads(json_run.stdout)
     assert isinstance(data, dict)
+    assert data.pop("weights") == "trained"
     assert data == json.loads(json.dumps(api_result.to_dict()))
     assert data["categories"] == ["airplane", "bird", "boat", "car", "cat", "dog", "truck"]
     assert data["n_images"] == 32 and len(data["decisions"]) == 32
@@ -68,7 +69,7 @@ def test_csv_output(tmp_path, api_result):
     assert result.exit_code == 0, result.output
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["model", "path", "shape", "texture", "decision", "outcome", "texture_share"]
+    assert list(rows[0]) == ["model", "path", "shape", "texture", "decision", "outcome", "texture_share", "weights"]
     assert len(rows) == 32
     assert [r["path"] for r in rows] == [d.path for d in api_result.decisions]
     assert [r["decision"] for r in rows] == [d.decision or "" for d in api_result.decisions]

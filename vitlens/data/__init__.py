@@ -99,6 +99,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             stored in a pixel mode that cannot be converted to RGB.
     """
     path_str = os.fspath(path)
+    _apply_pixel_limit_env()
     _check_file(path_str)
 
     try:
@@ -421,14 +422,38 @@ def _check_file(path: str) -> None:
         )
 
 
+#: Environment variable setting the decompression-bomb limit in pixels for every
+#: :func:`load_image` call ("none" disables the check), also inside DataLoader workers;
+#: the command line's ``--max-image-pixels N`` sets it.
+MAX_PIXELS_ENV = "VITLENS_MAX_IMAGE_PIXELS"
+
+
+def _apply_pixel_limit_env() -> None:
+    """Set ``PIL.Image.MAX_IMAGE_PIXELS`` from :data:`MAX_PIXELS_ENV` when it is set."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return
+    if value.lower() == "none":
+        Image.MAX_IMAGE_PIXELS = None
+        return
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise VitlensError(f"{MAX_PIXELS_ENV}={value!r}: give a positive number of pixels, or 'none' to "
+                           f"disable the decompression-bomb check")
+    Image.MAX_IMAGE_PIXELS = limit
+
+
 def _bomb_reason(pixels: int | None) -> str:
     limit = Image.MAX_IMAGE_PIXELS
     count = f"image has {pixels} pixels" if pixels is not None else "image is too large"
     return (
         f"{count}, more than the decompression-bomb limit of {limit} pixels "
-        "(PIL.Image.MAX_IMAGE_PIXELS); if you trust this file, raise the limit first, "
-        "e.g. `PIL.Image.MAX_IMAGE_PIXELS = <pixels>` (None disables the check), "
-        "or downscale the image"
+        "(PIL.Image.MAX_IMAGE_PIXELS); if you trust this file, raise the limit: on the command "
+        f"line --max-image-pixels N (or the environment variable {MAX_PIXELS_ENV}=N; 'none' "
+        "disables the check), in Python `PIL.Image.MAX_IMAGE_PIXELS = N`; or downscale the image"
     )
 
 

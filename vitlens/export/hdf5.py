@@ -165,7 +165,11 @@ class OutputLock:
         except ImportError:  # pragma: no cover - not POSIX: rely on HDF5's own file locking
             return self
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # named after the user's file, not the lock beside it
+                raise VitlensError(_unwritable(self.target, e)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -223,6 +227,13 @@ def _attr_value(value: Any) -> Any:
     if isinstance(value, dict):
         return json.dumps(_jsonable(value), sort_keys=True)
     return value
+
+
+def _unwritable(path: Path, e: OSError) -> str:
+    """The message for an output that cannot be created, in terms of the user's file."""
+    where = path.parent if str(path.parent) else Path(".")
+    return (f"cannot write '{path}': {e.strerror or e} in folder '{where}'; choose a writable location "
+            f"for the output")
 
 
 def _temp_path(path: Path, pid: int | str | None = None) -> Path:
@@ -287,14 +298,16 @@ class ExportWriter:
         leave a file HDF5 cannot open; the rename makes OUTPUT appear only complete
         (and an ``--overwrite`` keeps the old file readable until then).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(_temp_path(self.path, "*").name):  # we hold the lock
-            stale.unlink(missing_ok=True)
         tmp = _temp_path(self.path)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in self.path.parent.glob(_temp_path(self.path, "*").name):  # we hold the lock
+                stale.unlink(missing_ok=True)
             self._file = h5py.File(tmp, "w", libver=LIBVER)
             self._build(self._file, attrs)
             self._put_in_place(tmp)
+        except OSError as e:  # named after the user's file, not the temporary one
+            raise VitlensError(_unwritable(self.path, e)) from None
         finally:
             tmp.unlink(missing_ok=True)
 
