@@ -17,6 +17,62 @@ EXIT_UNREADABLE = 3
 EXIT_INTERRUPTED = 130
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep a model-loading option in ``ctx.meta`` for :func:`load_cli_model` (no extra parameter
+    in every command's signature)."""
+    ctx.meta.setdefault("vitlens_model", {})[param.name] = value
+    return value
+
+
+def _triple(value: str, option: str) -> tuple[float, float, float]:
+    try:
+        vals = tuple(float(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise click.BadParameter(f"{value!r}: give three numbers R,G,B, e.g. 0.485,0.456,0.406", param_hint=option)
+    return vals  # type: ignore[return-value]
+
+
+def _size(value: str) -> tuple[int, int]:
+    parts = value.lower().replace(",", "x").split("x")
+    try:
+        vals = [int(v) for v in parts]
+    except ValueError:
+        vals = []
+    if len(vals) == 1:
+        vals *= 2
+    if len(vals) != 2 or min(vals) < 1:
+        raise click.BadParameter(f"{value!r}: give N or HxW, e.g. 224 or 256x320", param_hint="--input-size")
+    return vals[0], vals[1]
+
+
+def model_overrides() -> dict[str, Any]:
+    """``load_model(classes=..., data_config=...)`` from --classes and the preprocessing options."""
+    ctx = click.get_current_context(silent=True)
+    meta = (ctx.meta.get("vitlens_model") if ctx is not None else None) or {}
+    out: dict[str, Any] = {}
+    if meta.get("classes"):
+        out["classes"] = meta["classes"]
+    cfg: dict[str, Any] = {}
+    if meta.get("data_config"):
+        from vitlens.models import _read_data_config
+
+        cfg.update(_read_data_config(meta["data_config"]))
+    if meta.get("input_size"):
+        cfg["input_size"] = _size(meta["input_size"])
+    for key in ("mean", "std"):
+        if meta.get(key):
+            cfg[key] = _triple(meta[key], f"--{key}")
+    if meta.get("crop_pct") is not None:
+        cfg["crop_pct"] = meta["crop_pct"]
+    if meta.get("interpolation"):
+        cfg["interpolation"] = meta["interpolation"]
+    if cfg:
+        out["data_config"] = cfg
+    return out
+
+
 def model_options(multiple: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--model, --checkpoint, --pretrained/--no-pretrained, --device, --debug.
 
@@ -40,6 +96,26 @@ def model_options(multiple: bool = False) -> Callable[[Callable[..., Any]], Call
                      help="Load timm's pretrained weights for --model."),
         click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
         click.option("--debug", is_flag=True, help="Show full tracebacks on errors."),
+        click.option("--classes", type=click.Path(dir_okay=False), default=None, expose_value=False,
+                     callback=_remember, metavar="FILE",
+                     help="Class names of the model's outputs: a .txt file (one per line, in output order) or a "
+                          ".json list; for a fine-tuned --checkpoint with its own classes (names in the output, "
+                          "--target NAME, --labels)." + (" Applies to every --model." if multiple else "")),
+        click.option("--input-size", default=None, callback=_remember, expose_value=False, metavar="N|HxW",
+                     help="Preprocessing: model input size (default: timm's data config of --model)."),
+        click.option("--mean", default=None, callback=_remember, expose_value=False, metavar="R,G,B",
+                     help="Preprocessing: normalisation mean."),
+        click.option("--std", default=None, callback=_remember, expose_value=False, metavar="R,G,B",
+                     help="Preprocessing: normalisation std."),
+        click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), default=None, callback=_remember,
+                     expose_value=False, help="Preprocessing: centre-crop fraction (1.0: no crop)."),
+        click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest", "lanczos", "box",
+                                                           "hamming"]),
+                     default=None, callback=_remember, expose_value=False, help="Preprocessing: resize filter."),
+        click.option("--data-config", type=click.Path(dir_okay=False), default=None, callback=_remember,
+                     expose_value=False, metavar="JSON",
+                     help="Preprocessing from a timm-style pretrained_cfg JSON (input_size, mean, std, crop_pct, "
+                          "interpolation, crop_mode); the options above override it. docs/howto/own-checkpoint.md"),
     ]
 
     def apply(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -120,12 +196,13 @@ def _load_cli_model(model_name: str | None, checkpoint: str | None, pretrained: 
     from vitlens.errors import WeightsUnavailableError
     from vitlens.models import DEFAULT_MODEL, DEMO_NAME, load_model
 
+    extra = model_overrides()
     if model_name is not None:
-        return load_model(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+        return load_model(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device, **extra)
     if checkpoint is not None:
         raise click.UsageError("--checkpoint needs --model naming its architecture")
     try:
-        return load_model(DEFAULT_MODEL, pretrained=pretrained, device=device)
+        return load_model(DEFAULT_MODEL, pretrained=pretrained, device=device, **extra)
     except WeightsUnavailableError:
         click.echo(f"vitlens: notice: weights for {DEFAULT_MODEL} are not available (offline and not "
                    f"cached), so using the bundled '{DEMO_NAME}' model (CIFAR-10 classes, 32x32 input); "

@@ -15,7 +15,7 @@ import zipfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -86,8 +86,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint as a flat ``{name: tensor}`` dict, never unpickling objects.
 
     ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)``. A ``{"state_dict": ...}`` / ``{"model": ...}``
-    wrapper and a ``module.`` prefix (DataParallel/DDP) are removed.
+    ``torch.load(weights_only=True)``. A wrapper dict (PyTorch Lightning's
+    ``{"state_dict": ..., "epoch": ...}``, ``{"model_state_dict": ...}``, ``{"model": ...}``,
+    ``{"module": ...}``) is unwrapped. Key prefixes (``model.``, ``module.`` ...) are kept
+    here; :func:`load_model` removes the one that makes the keys fit the model.
     """
     p = Path(path)
     if not p.is_file():
@@ -118,16 +120,48 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             first = _strip_ansi(str(e)).splitlines()[0] if str(e) else ""
             raise CheckpointError(f"checkpoint '{p}' could not be read as a torch state_dict: "
                                   f"{type(e).__name__}: {first}") from None
-    for key in ("state_dict", "model", "module"):
+    for key in _WRAPPER_KEYS:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
             break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"checkpoint '{p}' is not a state_dict of tensors "
-                              f"(got {type(sd).__name__}); save `model.state_dict()`")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        keys = f" with keys {', '.join(map(repr, list(sd)[:6]))}" if isinstance(sd, dict) and sd else ""
+        raise CheckpointError(f"checkpoint '{p}' is not a state_dict of tensors (got {type(sd).__name__}{keys}); "
+                              f"save `model.state_dict()`, or a dict holding it under one of "
+                              f"{', '.join(map(repr, _WRAPPER_KEYS))}")
     return sd
+
+
+#: Keys under which training frameworks nest the state dict (Lightning: "state_dict").
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+
+
+def _prefix_fit(ckpt_keys: set[str], own_keys: set[str]) -> tuple[str, str]:
+    """``(strip, add)``: the prefix the checkpoint's keys carry and the model's do not
+    (``"model."`` for Lightning, ``"module."`` for DataParallel, ``"_orig_mod."`` for
+    torch.compile, or several of them), or the reverse. ``("", "")`` when no single prefix
+    explains the difference."""
+    from collections import Counter
+
+    if not ckpt_keys - own_keys:
+        return "", ""
+    strip: Counter[str] = Counter()
+    add: Counter[str] = Counter()
+    for k in ckpt_keys - own_keys:
+        for i, ch in enumerate(k):
+            if ch == "." and k[i + 1:] in own_keys:
+                strip[k[: i + 1]] += 1
+                break
+    for k in own_keys - ckpt_keys:
+        for i, ch in enumerate(k):
+            if ch == "." and k[i + 1:] in ckpt_keys:
+                add[k[: i + 1]] += 1
+                break
+    if strip and strip.most_common(1)[0][1] >= (add.most_common(1)[0][1] if add else 0):
+        return strip.most_common(1)[0][0], ""
+    if add:
+        return "", add.most_common(1)[0][0]
+    return "", ""
 
 
 def _strip_ansi(text: str) -> str:
@@ -157,6 +191,9 @@ def _load_checkpoint_into(model: nn.Module, path: str | os.PathLike, name: str) 
     sd = read_state_dict(path)
     key = _classifier_key(model)
     own = {k: v.shape for k, v in model.state_dict().items()}
+    strip, add = _prefix_fit(set(sd), set(own))
+    if strip:  # Lightning's "model.", DataParallel's "module." ...: the keys under the prefix are the model
+        sd = {k[len(strip):]: v for k, v in sd.items() if k.startswith(strip)}
     n_cls = None
     if key and key in sd and hasattr(model, "reset_classifier") and key in own:
         n_cls = int(sd[key].shape[0])
@@ -170,6 +207,13 @@ def _load_checkpoint_into(model: nn.Module, path: str | os.PathLike, name: str) 
     if missing or unexpected or shapes:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        if add and not shapes and all(add + k in own for k in sd):
+            raise CheckpointError(
+                f"checkpoint '{path}' fits model '{name}' except for a key prefix: the model's keys start with "
+                f"{add!r} (e.g. {add + next(iter(sd))!r}) and the checkpoint's do not. Load it into the "
+                f"sub-module `model.{add.rstrip('.')}`, or add the prefix to the checkpoint's keys")
+        note = (f"its keys carry the prefix {strip!r} (removed, as Lightning and DataParallel add it); "
+                f"even without it, " if strip else "")
         parts = []
         if missing:
             parts.append(f"missing from the checkpoint: {show(missing)}")
@@ -178,8 +222,11 @@ def _load_checkpoint_into(model: nn.Module, path: str | os.PathLike, name: str) 
         if shapes:
             parts.append("shape differs: " + show([f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k])}"
                                                    for k in shapes]))
-        raise CheckpointError(f"checkpoint '{path}' does not fit model '{name}': " + "; ".join(parts)
-                              + ". Check that `name` names the architecture the checkpoint was trained with")
+        hint = (" The prefix is not the problem: check that `name` names the architecture the checkpoint "
+                "was trained with" if strip else
+                " Check that `name` names the architecture the checkpoint was trained with")
+        raise CheckpointError(f"checkpoint '{path}' does not fit model '{name}': " + note + "; ".join(parts)
+                              + "." + hint)
     if n_cls is not None and n_cls != getattr(model, "num_classes", n_cls):
         model.reset_classifier(n_cls)
     model.load_state_dict(sd)
@@ -326,8 +373,118 @@ def data_config_of(model: nn.Module) -> dict[str, Any]:
     return out
 
 
+def read_class_names(source: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Class names from a list, a text file (one name per line) or a JSON file.
+
+    JSON may hold a list of names, a ``{"0": "cat", "1": "dog", ...}`` index map (values may
+    be ``[wnid, name]`` pairs as in ImageNet's class index, the last entry is the name), or
+    either of those under ``"label_names"`` / ``"classes"`` (a timm pretrained_cfg).
+
+    Raises:
+        VitlensError: missing file, empty list, duplicate names, or an index map with gaps.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        names = [str(n) for n in source]
+        where = "classes"
+    else:
+        p = Path(source)
+        where = f"class file '{p}'"
+        if not p.is_file():
+            raise VitlensError(f"{where} does not exist; give a .txt file with one class name per line "
+                               f"(in output order) or a .json list")
+        text = p.read_text(encoding="utf-8")
+        if p.suffix.lower() == ".json":
+            try:
+                data: Any = json.loads(text)
+            except ValueError as e:
+                raise VitlensError(f"{where} is not valid JSON ({e})") from None
+            if isinstance(data, dict):
+                for k in ("label_names", "classes", "class_names"):
+                    if k in data:
+                        data = data[k]
+                        break
+            if isinstance(data, dict):
+                try:
+                    idx = sorted((int(k), v) for k, v in data.items())
+                except ValueError:
+                    raise VitlensError(f"{where}: a JSON object must map class indices (\"0\", \"1\", ...) to "
+                                       f"names, got keys like {next(iter(data))!r}") from None
+                if [i for i, _ in idx] != list(range(len(idx))):
+                    raise VitlensError(f"{where}: the class indices must be 0..{len(idx) - 1} without gaps")
+                data = [v[-1] if isinstance(v, list) and v else v for _, v in idx]
+            if not isinstance(data, list):
+                raise VitlensError(f"{where}: expected a JSON list of class names or an index map, "
+                                   f"got {type(data).__name__}")
+            names = [str(n) for n in data]
+        else:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise VitlensError(f"{where} holds no class name")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise VitlensError(f"{where} names {dup[0]!r} more than once; class names must be unique")
+    return names
+
+
+#: Interpolations timm's eval transform knows.
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+def _read_data_config(source: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    """Preprocessing overrides from a dict or a timm-style pretrained_cfg JSON file, checked."""
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if not p.is_file():
+            raise VitlensError(f"preprocessing config '{p}' does not exist; give a JSON file with timm's "
+                               f"pretrained_cfg keys ({', '.join(_DATA_CONFIG_KEYS)})")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise VitlensError(f"preprocessing config '{p}' is not valid JSON ({e})") from None
+        if isinstance(data, dict) and isinstance(data.get("pretrained_cfg"), dict):  # a timm/HF config.json
+            data = data["pretrained_cfg"]
+        if not isinstance(data, dict):
+            raise VitlensError(f"preprocessing config '{p}' must hold a JSON object")
+        source = {k: v for k, v in data.items() if k in _DATA_CONFIG_KEYS}
+        if not source:
+            raise VitlensError(f"preprocessing config '{p}' has none of the keys {', '.join(_DATA_CONFIG_KEYS)}")
+    out: dict[str, Any] = {}
+    for k, v in dict(source).items():
+        if v is None:
+            continue
+        if k not in _DATA_CONFIG_KEYS:
+            raise VitlensError(f"unknown preprocessing key {k!r}; allowed: {', '.join(_DATA_CONFIG_KEYS)}")
+        if k == "input_size":
+            size = [int(x) for x in ([v, v] if isinstance(v, (int, float)) else v)]
+            if len(size) == 2:
+                size = [3, *size]
+            if len(size) != 3 or min(size) < 1:
+                raise VitlensError(f"input_size must be N, (H, W) or (3, H, W), got {v!r}")
+            out[k] = tuple(size)
+        elif k in ("mean", "std"):
+            vals = tuple(float(x) for x in v)
+            if len(vals) != 3 or (k == "std" and min(vals) <= 0):
+                raise VitlensError(f"{k} must be three numbers (R, G, B){', all > 0' if k == 'std' else ''}, got {v!r}")
+            out[k] = vals
+        elif k == "crop_pct":
+            if not 0 < float(v) <= 1:
+                raise VitlensError(f"crop_pct must be in (0, 1] (1.0: no crop), got {v!r}")
+            out[k] = float(v)
+        elif k == "interpolation":
+            if v not in INTERPOLATIONS:
+                raise VitlensError(f"interpolation {v!r} is not one of {', '.join(INTERPOLATIONS)}")
+            out[k] = v
+        elif k == "crop_mode":
+            if v not in ("center", "squash", "border"):
+                raise VitlensError(f"crop_mode {v!r} is not one of center, squash, border")
+            out[k] = v
+    return out
+
+
 def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str | os.PathLike | None = None,
-               device: str | torch.device | None = None) -> LoadedModel:
+               device: str | torch.device | None = None, *,
+               classes: str | os.PathLike | Sequence[str] | None = None,
+               data_config: str | os.PathLike | dict[str, Any] | None = None) -> LoadedModel:
     """Load a model in eval mode together with its timm data config.
 
     Args:
@@ -339,6 +496,15 @@ def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str |
         checkpoint: a local ``.safetensors`` file or torch state_dict (read with
             ``weights_only=True``); the class count is read from the head weights.
         device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
+        classes: names of the model's outputs, in order: a list, a ``.txt`` file (one
+            name per line) or a ``.json`` file (:func:`read_class_names`). Needed for a
+            fine-tuned checkpoint with its own classes, so that predictions print names and
+            targets/labels can be given by name. Must match the number of outputs.
+        data_config: preprocessing overrides on top of timm's data config for the model:
+            a dict with any of ``input_size`` (N, (H, W) or (3, H, W)), ``mean``, ``std``,
+            ``crop_pct``, ``interpolation``, ``crop_mode``, or a timm-style pretrained_cfg
+            JSON file holding them. The result is timm's ``resolve_data_config`` with these
+            values, so ``make_transform`` and every command use it.
 
     Returns:
         ``LoadedModel(model, data_config)``; ``data_config`` has timm's keys
@@ -365,6 +531,25 @@ def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str |
     else:
         raise TypeError(f"name must be a timm model name or an nn.Module, got {type(name).__name__}")
     model = model.to(dev).eval()
+    if classes is not None or data_config is not None:
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})  # a copy: timm shares the default dict
+        if classes is not None:
+            names = read_class_names(classes)
+            n_out = getattr(model, "num_classes", None)
+            if n_out is not None and int(n_out) != len(names):
+                raise VitlensError(f"{len(names)} class names for a model with {n_out} outputs; give one name per "
+                                   f"output, in output order")
+            cfg["label_names"] = names
+        if data_config is not None:
+            override = _read_data_config(data_config)
+            fixed = fixed_input_size(model)
+            if "input_size" in override and fixed is not None and tuple(override["input_size"][1:]) != fixed:
+                raise VitlensError(f"input size {override['input_size'][1]}x{override['input_size'][2]}: this model "
+                                   f"accepts only {fixed[0]}x{fixed[1]} inputs (its patch_embed.img_size); pick the "
+                                   f"architecture trained at that size (e.g. a *_384 timm name) or build the model "
+                                   f"with dynamic_img_size=True")
+            cfg.update(override)
+        model.pretrained_cfg = cfg
     return LoadedModel(model, data_config_of(model))
 
 
@@ -395,9 +580,9 @@ def class_names(model: nn.Module) -> list[str] | None:
     (from timm's bundled ImageNet info, offline). None otherwise.
     """
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    if cfg.get("label_names"):
-        return list(cfg["label_names"])
     n = getattr(model, "num_classes", None)
+    if cfg.get("label_names"):  # e.g. the demo's CIFAR-10 names; not for a checkpoint with another head
+        return list(cfg["label_names"]) if n is None or len(cfg["label_names"]) == n else None
     try:
         from timm.data import ImageNetInfo, infer_imagenet_subset
 
