@@ -36,8 +36,15 @@ def _command_line() -> str:
     ``python -m vitlens.cli``, torchrun, or in-process (CliRunner, notebooks)."""
     import shlex
 
+    import os
+
     ctx = click.get_current_context()
     parts = ["vitlens", "export"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # the launcher's command: torchrun with this process's share of the ranks
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        nodes = [f"--nnodes={world // local}"] if world != local else []
+        parts = ["torchrun", *nodes, f"--nproc_per_node={local}", "-m", "vitlens.cli", "export"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
@@ -92,6 +99,9 @@ def _check_outputs(output: str, overlays: str | None, resume: bool, overwrite: b
               help="Autocast precision for the forward (bf16/fp16 on GPU).")
 @click.option("--resume", is_flag=True, help="Continue OUTPUT after its last committed row (same INPUT and options).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--virtual", is_flag=True,
+              help="Under torchrun: make OUTPUT a view (HDF5 virtual datasets) over the OUTPUT.rankN.h5 shards "
+                   "instead of copying their rows into it; instant, but the shards must stay beside OUTPUT.")
 @click.option("--overlays", "overlays", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also write overlay PNGs (rollout, else last-layer CLS) into DIR, mirroring the input tree.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N inputs.")
@@ -99,7 +109,7 @@ def _check_outputs(output: str, overlays: str | None, resume: bool, overwrite: b
 @max_pixels_option
 @handle_errors
 def export(input_spec, output, model_name, checkpoint, pretrained, device, debug, analyses, full, layers, heads,
-           dtype, compression, batch_size, workers, precision, resume, overwrite, overlays, limit, quiet):
+           dtype, compression, batch_size, workers, precision, resume, overwrite, virtual, overlays, limit, quiet):
     """Export attention analyses of every image in INPUT to OUTPUT.h5.
 
     INPUT is a folder (searched recursively), a text file with one image path per line,
@@ -112,8 +122,9 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
 
     Exit status: 0 all images exported; 3 some images could not be read (their rows
     have images/ok = false, the reason in images/error, NaN values); 130 interrupted;
-    1 any other error. Under torchrun every rank writes OUTPUT.rankR.h5 and rank 0 joins
-    them into OUTPUT.h5 (`torchrun --nproc_per_node=N -m vitlens.cli export INPUT OUTPUT.h5 ...`).
+    1 any other error. Under torchrun every rank writes OUTPUT.rankR.h5 and rank 0 copies
+    them into one self-contained OUTPUT.h5 (`torchrun --nproc_per_node=N -m vitlens.cli export
+    INPUT OUTPUT.h5 ...`; --virtual makes it a view over the shards instead).
     """
     from vitlens.batch import ExportOptions, dist_info, run_export
     from vitlens.data import resolve_inputs
@@ -123,7 +134,7 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
     options = ExportOptions(analyses=_analyses(analyses), full=full, layers=_int_list(layers, "layer"),
                             heads=_int_list(heads, "head"), dtype=dtype, compression=compression,
                             batch_size=batch_size, workers=workers, precision=precision, limit=limit,
-                            overlays=overlays, resume=resume, overwrite=overwrite)
+                            overlays=overlays, resume=resume, overwrite=overwrite, virtual=virtual)
     inputs = resolve_inputs(input_spec)
     _check_outputs(output, overlays, resume, overwrite)
     geo = geometry(model_name)
@@ -165,7 +176,8 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
              f"run the same command with --resume to continue", EXIT_INTERRUPTED)
     if not quiet:
         extra = f", resumed after row {summary.resumed_from}" if summary.resumed_from else ""
-        shards = f" (view over {len(summary.shards)} shards)" if summary.shards else ""
+        shards = (f" ({'view over' if virtual else 'merged from'} {len(summary.shards)} shards)"
+                  if summary.shards else "")
         click.echo(f"wrote {output}{shards}: {summary.rows} image(s), {summary.ok} ok, {summary.failed} failed "
                    f"({summary.new_rows} new in {summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s"
                    f"{extra})", err=True)

@@ -18,17 +18,34 @@ def _fmt(v) -> str:
 @click.argument("path", metavar="OUTPUT.h5", type=click.Path(dir_okay=False))
 @click.option("--failed", is_flag=True, help="Also list every failed row with its reason.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--repair", is_flag=True,
+              help="If the export that wrote the file was killed, rewrite it (committed rows only) so that any "
+                   "HDF5 tool opens it, e.g. h5py.File(path) or h5ls; --resume still works afterwards.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @handle_errors
-def inspect(path, failed, as_json, debug):
+def inspect(path, failed, as_json, debug, repair):
     """Show the model, rows (ok / failed) and datasets of an export file.
 
     Only committed rows count: a file an interrupted export left behind shows the
-    batches committed before it stopped.
+    batches committed before it stopped. A file whose export was killed opens only for
+    SWMR reading (vitlens reads it; h5py.File(path) and h5ls refuse it) until --repair
+    rewrites it.
     """
     import numpy as np
 
-    from vitlens.export.hdf5 import read
+    from vitlens.export.hdf5 import read, repair as repair_file
+
+    if repair:
+        import h5py
+
+        try:
+            with h5py.File(path, "r"):
+                needed = False
+        except OSError:
+            needed = True
+        rows = repair_file(path)
+        click.echo(f"repaired {path}: {rows} committed row(s) kept; any HDF5 tool opens it now" if needed
+                   else f"{path} opens with any HDF5 tool already; nothing to repair", err=True)
 
     with read(path) as f:
         a = f.attrs
@@ -60,12 +77,15 @@ def inspect(path, failed, as_json, debug):
            f" ({'complete' if info['complete'] else 'incomplete: continue with vitlens export ... --resume'})",
            f"  ok: {info['ok']}  failed: {info['failed']}"
            + ("\n  the writer is still running, or died without closing the file (kill, crash); "
-              "--resume keeps the committed rows" if a.get("open_for_writing") and not info["complete"] else ""),
+              "--resume keeps the committed rows, `vitlens inspect FILE --repair` makes it readable by any HDF5 tool"
+              if a.get("open_for_writing") and not info["complete"] else ""),
            f"analyses: {_fmt(info['analyses'] or [])}"]
     if a.get("cls_attention_omitted"):
         out.append(f"  cls_attention omitted: {a['cls_attention_omitted']}")
     if info["shards"]:
-        out.append(f"view over shards: {_fmt(info['shards'])}")
+        out.append(f"view over shards (keep them beside it): {_fmt(info['shards'])}")
+    elif a.get("merged_from"):
+        out.append(f"merged from shards: {_fmt(a['merged_from'])} (self-contained)")
     out.append("datasets:")
     width = max(len(k) for k in datasets)
     for k, d in datasets.items():

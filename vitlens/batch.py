@@ -9,7 +9,8 @@ number of images.
 
 Under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1) every rank exports a
 contiguous shard of the inputs to ``OUTPUT.rank{r}.h5`` and rank 0 then writes
-``OUTPUT.h5`` as a virtual-dataset view over the shards in input order::
+``OUTPUT.h5`` from the shards in input order (a self-contained copy; a virtual-dataset
+view with ``ExportOptions(virtual=True)`` / ``--virtual``)::
 
     torchrun --nproc_per_node=2 -m vitlens.batch INPUT OUTPUT.h5 --model demo
 
@@ -64,6 +65,9 @@ class ExportOptions:
         overlays: folder for overlay PNGs mirroring the input tree (None: none).
         resume: continue an existing OUTPUT after its committed rows.
         overwrite: replace an existing OUTPUT.
+        virtual: under torchrun, join the shards into a view of HDF5 virtual datasets
+            (instant, but the shard files must stay beside OUTPUT) instead of copying their
+            rows into a self-contained OUTPUT (the default).
     """
 
     analyses: Sequence[str] | None = None
@@ -79,6 +83,7 @@ class ExportOptions:
     overlays: str | os.PathLike[str] | None = None
     resume: bool = False
     overwrite: bool = False
+    virtual: bool = False
 
     def __post_init__(self) -> None:
         """Check every option that does not depend on the model (ValueError naming the option)."""
@@ -310,7 +315,8 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
 
     Under torchrun (``WORLD_SIZE`` > 1, ``torch.distributed`` initialised here with gloo
     on CPU / nccl on GPU if needed) each rank writes ``OUTPUT.rank{r}.h5`` for rows
-    ``[r*N//W, (r+1)*N//W)`` and rank 0 writes ``output`` as a virtual-dataset view.
+    ``[r*N//W, (r+1)*N//W)`` and rank 0 joins them into ``output``: a self-contained
+    copy, or a virtual-dataset view with ``options.virtual``.
 
     Args:
         model: a supported model in eval mode (its device is used).
@@ -417,7 +423,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
         dist.all_reduce(counts)
         shards = [hdf5.shard_path(output, r) for r in range(world)]
         if rank == 0 and not int(counts[5]):
-            hdf5.merge_shards(output, shards)
+            hdf5.merge_shards(output, shards, virtual=options.virtual, command=command)
         dist.barrier()
     return ExportSummary(Path(output), int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]),
                          int(counts[4]), seconds, bool(counts[5]), shards)
