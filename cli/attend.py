@@ -10,7 +10,9 @@ import click
 
 from vitlens.analysis.explain import CLASS_AGNOSTIC, METHODS as EXPLAIN_METHODS
 
-from .common import (EXIT_UNREADABLE, check_output, geometry, handle_errors, load_cli_model, max_pixels_option,
+from vitlens.export.overlay import DEFAULT_COLORMAP
+
+from .common import (EXIT_UNREADABLE, model_label as _model_label, random_weights, check_output, geometry, handle_errors, load_cli_model, max_pixels_option,
                      model_options, warn_small)
 
 
@@ -43,15 +45,24 @@ def _target_option(value: str | None, names: list[str] | None) -> int | None:
                              param_hint="--target")
 
 
-def _output_name(path: str, suffix: str, taken: set[str]) -> str:
-    """A file name inside --out derived from the input's name only (never a path)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem).strip("._") or "image"
-    suffix = re.sub(r"[^A-Za-z0-9._-]+", "_", suffix).strip("._") or "map"
-    name, n = f"{stem}_{suffix}.png", 2
-    while name in taken:
-        name, n = f"{stem}-{n}_{suffix}.png", n + 1
-    taken.add(name)
-    return name
+def _describe(method: str, layer: int | None, head: str, discard_ratio: float) -> str:
+    """The map in words, for the title strip."""
+    if method == "cls":
+        heads = {"all": "every head", "mean": "heads mean", "max": "heads max", "min": "heads min"}
+        return f"CLS attention, layer {layer}, {heads.get(head, f'head {head}')}"
+    if method == "rollout":
+        return f"rollout (heads {head}" + (f", discard {discard_ratio:g})" if discard_ratio else ")")
+    if method == "gradcam":
+        return f"Grad-CAM, block {layer}"
+    return {"random": "random baseline map", "grad-rollout": "grad-rollout", "chefer": "Chefer et al. 2021",
+            "ig": "integrated gradients", "input-x-gradient": "input x gradient"}.get(method, method)
+
+
+def _crops(box, size) -> bool:
+    """The model's input box leaves part of the image out (that part is dimmed)."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    return x0 > 0.5 or y0 > 0.5 or x1 < w - 0.5 or y1 < h - 0.5
 
 
 @click.command()
@@ -75,12 +86,23 @@ def _output_name(path: str, suffix: str, taken: set[str]) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="vitlens-out", show_default=True,
               help="Folder for the overlay PNGs (created).")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Overlay opacity.")
-@click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name (jet, inferno, viridis, turbo, ...).")
+@click.option("--colormap", default=DEFAULT_COLORMAP, show_default=True,
+              help="OpenCV colormap name (inferno, viridis, magma, cividis, jet, turbo, ...); the default is "
+                   "perceptually uniform, as in the docs' figures.")
+@click.option("--annotate/--no-annotate", "annotate_", default=True, show_default=True,
+              help="Frame each overlay with a title strip (model, method, layer, head, class), a colour bar "
+                   "and a legend; --no-annotate writes the bare overlay at the image's size.")
+@click.option("--contours/--no-contours", default=True, show_default=True,
+              help="Outline the hottest quarter of the map's range, visible on any background.")
+@click.option("--alpha-by-value", is_flag=True,
+              help="Weight the colour by the map's value: low values leave the photo untouched.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing files in --out; without it an existing name gets a -2, -3 ... suffix.")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="Predictions to print.")
 @max_pixels_option
 @handle_errors
 def attend(images, model_name, checkpoint, pretrained, device, debug, method, target, layer, head,
-           discard_ratio, out_dir, alpha, colormap, top_k):
+           discard_ratio, out_dir, alpha, colormap, annotate_, contours, alpha_by_value, overwrite, top_k):
     """Draw where the model attends in IMAGES (or, with a gradient --method, what its
     decision for a class relies on) and print its top predictions.
 
@@ -89,7 +111,11 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
 
     Writes one overlay PNG per image into --out (the map drawn over the original image,
     at its original resolution; the part the model's centre crop did not see is dimmed;
-    signed maps are min-max scaled, so the lowest value gets the colormap's low end).
+    maps are min-max scaled, so the lowest value gets the colormap's low end), framed by
+    a title strip, a colour bar and a legend unless --no-annotate. File names say what
+    the map is: <image>__<model>__<method>[_L<layer>][_h<head>][_discard<r>][_t-<class>].png,
+    the scheme `export --overlays` uses too; an existing file is never replaced unless
+    --overwrite.
     Class-specific methods also print the class they explain.
     Unreadable images are reported one line each on stderr and skipped; the exit status
     is then 3 (as for every command), after the readable ones were drawn.
@@ -98,7 +124,8 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
 
     import vitlens
     from vitlens.capture import adapter_for
-    from vitlens.export.overlay import COLORMAPS, overlay, save_png
+    from vitlens.export.overlay import (COLORMAPS, DEFAULT_CONTOURS, annotate, fresh_path, overlay, overlay_name,
+                                        save_png)
 
     head_sel = _head_option(head)
     if head_sel is None and method != "cls":
@@ -114,6 +141,8 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
     image_paths = _expand(images)
 
     model, cfg = load_cli_model(model_name, checkpoint, pretrained, device)
+    model_label = _model_label(model_name, model, checkpoint)
+    random = random_weights(model, checkpoint, pretrained)
     adapter_for(model)  # unsupported architecture: fail before decoding any image
     dev = next(model.parameters()).device
     names = vitlens.class_names(model)
@@ -148,7 +177,7 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()
+    taken: set[Path] = set()
     batch_size = 16
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start:start + batch_size]
@@ -158,27 +187,38 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
         for i, (path, img, pre) in enumerate(chunk):
             t = int(res.target[i])
             t_name = names[t] if names and t < len(names) else str(t)
-            what = f"cls_L{res.options['layer']}" if method == "cls" else method
-            if method in ("cls", "rollout"):
-                tag = f"{what}_{head}"
-            elif method == "gradcam":
-                tag = f"gradcam_L{res.options['layer']}_{t_name}"
-            elif method == "random":
-                tag = "random"
-            else:
-                tag = f"{method}_{t_name}"
+            pred = int(probs[i].argmax())
+            pred_name = names[pred] if names and pred < len(names) else str(pred)
+            m = res.maps[i].cpu()
+            layer_used = res.options.get("layer") if method in ("cls", "gradcam") else None
+            head_tag = head if method in ("cls", "rollout") else None
+            settings = {"discard": discard_ratio} if method == "rollout" and discard_ratio else {}
+            name = overlay_name(path, model_label, method, layer=layer_used,
+                                head=None if head_sel is None else head_tag, settings=settings,
+                                target=None if method in CLASS_AGNOSTIC else t_name,
+                                suffix="heads" if head_sel is None else "")
+            dest = fresh_path(out / name, overwrite, taken)
+            what = _describe(method, layer_used, head, discard_ratio)
+            title = (f"{model_label}{' (RANDOM WEIGHTS)' if random else ''} | {what}"
+                     + ("" if method in CLASS_AGNOSTIC else f" | explains: {t_name}")
+                     + f" | predicted: {pred_name} {float(probs[i, pred]):.2f}")
             if head_sel is None:
                 from vitlens import pl
                 from vitlens.export.figures import save_figure
 
-                fig = pl.heads(res.maps[i].cpu(), image=img, box=pre.box, colormap=colormap, alpha=alpha,
-                                fused=res.maps[i].mean(0).cpu(),
-                                title=f"{Path(path).name}: CLS attention, layer {res.options['layer']}")
-                dest = out / _output_name(path, f"{what}_heads", taken)
+                fig = pl.heads(m, image=img, box=pre.box, colormap=colormap, alpha=alpha, fused=m.mean(0),
+                               title=None if not annotate_ else f"{Path(path).name}: {title}")
                 save_figure(fig, dest)
             else:
-                dest = out / _output_name(path, tag, taken)
-                save_png(dest, overlay(img, res.maps[i].cpu(), box=pre.box, colormap=colormap, alpha=alpha))
+                pic = overlay(img, m, box=pre.box, colormap=colormap, alpha=alpha,
+                              contours=DEFAULT_CONTOURS if contours else (), alpha_by_value=alpha_by_value)
+                if annotate_:
+                    lo, hi = float(m.min()), float(m.max())
+                    cropped = _crops(pre.box, img.size)
+                    pic = annotate(pic, title=title, colormap=colormap, low=f"{lo:.3g}", high=f"{hi:.3g}",
+                                   legend="; ".join(([ "dimmed: outside the model's centre crop"] if cropped else [])
+                                                    + (["contour: top 25%"] if contours else [])) or None)
+                save_png(dest, pic)
             p, idx = probs[i].topk(min(top_k, probs.shape[-1]))
             preds = ", ".join(f"{names[j] if names else j} {q:.3f}" for q, j in zip(p.tolist(), idx.tolist()))
             click.echo(f"{path}: {preds}")

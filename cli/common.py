@@ -425,3 +425,16 @@ def warn_small(path: str, size: tuple[int, int], data_config: dict[str, Any]) ->
     if size[0] < w or size[1] < h:
         click.echo(f"vitlens: warning: {path} is {size[0]}x{size[1]} pixels, smaller than the model's "
                    f"{w}x{h} input; it is upsampled, so predictions and maps may be unreliable", err=True)
+
+
+def model_label(model_name: str | None, model: Any, checkpoint: str | None) -> str:
+    """How outputs name the model: --model (or the architecture loaded by default), plus the
+    checkpoint's file name, so maps of two fine-tunes of one architecture never share a name."""
+    from pathlib import Path
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = model_name
+    if name is None:
+        arch, tag = cfg.get("architecture"), cfg.get("tag")
+        name = f"{arch}.{tag}" if arch and tag and arch != "demo" else str(arch or type(model).__name__)
+    return f"{name}+{Path(checkpoint).stem}" if checkpoint else name

@@ -62,7 +62,9 @@ class ExportOptions:
         workers: DataLoader decoding processes.
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast.
         limit: only the first ``limit`` inputs.
-        overlays: folder for overlay PNGs mirroring the input tree (None: none).
+        overlays: folder for overlay PNGs mirroring the input tree (None: none), named
+            like ``vitlens attend``'s (:func:`vitlens.export.overlay.overlay_name`); existing
+            files are kept (a fresh name is chosen) unless ``overwrite``.
         resume: continue an existing OUTPUT after its committed rows.
         overwrite: replace an existing OUTPUT.
         virtual: under torchrun, join the shards into a view of HDF5 virtual datasets
@@ -272,24 +274,30 @@ def _model_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def _overlay_path(root: Path, rel: str, method: str) -> Path:
+def _overlay_path(root: Path, rel: str, model: str, method: str, layer: int | None = None) -> Path:
+    """``root/<rel folder>/<image>__<model>__<method>.png``: the naming scheme of ``vitlens attend``
+    (:func:`vitlens.export.overlay.overlay_name`), in a tree mirroring the inputs."""
+    from .export.overlay import overlay_name
+
     rel_path = Path(rel)
     if rel_path.is_absolute():  # outside the input root: keep only the name
         rel_path = Path(rel_path.name)
-    return root / rel_path.parent / f"{rel_path.name}.{method}.png"
+    return root / rel_path.parent / overlay_name(rel_path, model, method, layer=layer, head="mean")
 
 
 def _write_overlays(root: Path, batch_paths: Sequence[Path], rels: Sequence[str], ok: np.ndarray,
-                    maps: np.ndarray, method: str, data_config: dict[str, Any]) -> None:
+                    maps: np.ndarray, method: str, data_config: dict[str, Any], model: str,
+                    overwrite: bool, taken: set[Path], layer: int | None = None) -> None:
     from .data import load_image
-    from .export.overlay import overlay, save_png
+    from .export.overlay import fresh_path, overlay, save_png
     from .models import input_box
 
     for p, rel, good, m in zip(batch_paths, rels, ok, maps):
         if not good:
             continue
         img = load_image(p)
-        save_png(_overlay_path(root, rel, method), overlay(img, m, box=input_box(img.size, data_config)))
+        dest = fresh_path(_overlay_path(root, rel, model, method, layer), overwrite, taken)
+        save_png(dest, overlay(img, m, box=input_box(img.size, data_config)))
 
 
 # --------------------------------------------------------------------------- run
@@ -383,6 +391,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     interrupted = False
     method = "rollout" if "rollout" in plan.analyses else ("cls" if "cls" in plan.analyses else None)
     overlay_root = Path(options.overlays) if options.overlays else None
+    taken: set[Path] = set()
     with hdf5.ExportWriter(target, columns, attrs, config, planned_rows=stop - start,
                            resume=options.resume, overwrite=options.overwrite) as writer:
         resumed = writer.committed
@@ -406,7 +415,8 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
                 if overlay_root is not None and method is not None:
                     maps = rows["rollout"] if method == "rollout" else rows["cls_attention"][:, -1].mean(1)
                     _write_overlays(overlay_root, batch.paths, [rels[i] for i in idx], ok, maps.numpy(),
-                                    method, data_config)
+                                    method, data_config, name, options.overwrite, taken,
+                                    plan.num_layers - 1 if method == "cls" else None)
                 if progress is not None:
                     progress(len(idx))
         except KeyboardInterrupt:

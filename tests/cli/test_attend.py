@@ -33,9 +33,11 @@ CONTRACT_OPTIONS = ["--model", "--checkpoint", "--pretrained", "--no-pretrained"
 
 
 # ---------------------------------------------------------------------------- helpers
-def attend(*args, out: Path, model: str | None = "demo"):
+def attend(*args, out: Path, model: str | None = "demo", bare: bool = True):
+    """``vitlens attend``; ``bare``: without the title strip, colour bar and contours, so the
+    PNG is the overlay itself at the image's size (the framed one is tested separately)."""
     extra = ["--model", model] if model else []
-    return run("attend", *args, *extra, "--out", out)
+    return run("attend", *args, *extra, "--out", out, *(["--no-annotate", "--no-contours"] if bare else []))
 
 
 TOP5 = re.compile(r"^(?P<path>.+): (?P<preds>(?:[a-z]+ \d\.\d{3}, ){4}[a-z]+ \d\.\d{3})$")
@@ -122,15 +124,15 @@ def test_head_all_writes_a_head_grid(small_jpg, out):
     result = attend(small_jpg, "--head", "all", out=out)
     assert result.exit_code == 0, result.stderr
     (png,) = pngs(out)
-    assert "heads" in png.name and png.name.startswith("small_")
+    assert "heads" in png.name and png.name.startswith("small__demo__")
     with Image.open(png) as im:
         assert im.format == "PNG"
         assert im.width > 48 and im.height > 40  # a figure with one panel per head, not an overlay
     assert str(small_jpg) in top5_lines(result.stdout)
 
 
-@pytest.mark.parametrize("args, part", [(["--head", "2"], "_L5_2"), (["--layer", "0"], "cls_L0_"),
-                                        (["--layer", "-6", "--head", "max"], "cls_L0_max")])
+@pytest.mark.parametrize("args, part", [(["--head", "2"], "__cls_L5_h2."), (["--layer", "0"], "__cls_L0_hmean."),
+                                        (["--layer", "-6", "--head", "max"], "__cls_L0_hmax.")])
 def test_layer_and_head_selection(args, part, small_jpg, out):
     result = attend(small_jpg, *args, out=out)
     assert result.exit_code == 0, result.stderr
@@ -195,7 +197,7 @@ def test_every_method_writes_an_overlay(method, small_jpg, out):
     result = attend(small_jpg, "--method", method, out=out)
     assert result.exit_code == 0, result.stderr
     (png,) = pngs(out)
-    assert png.name.startswith(f"small_{method}"), png.name
+    assert png.name.startswith(f"small__demo__{method}"), png.name
     with Image.open(png) as im:
         assert im.size == (48, 40)
     top = top5_lines(result.stdout)[str(small_jpg)]
@@ -204,7 +206,7 @@ def test_every_method_writes_an_overlay(method, small_jpg, out):
         assert found == []
     else:  # default target: the predicted class, named in the output and the file name
         assert len(found) == 1 and found[0][0] == top[0], result.stdout
-        assert png.name.endswith(f"_{top[0]}.png"), png.name
+        assert png.name.endswith(f"_t-{top[0]}.png"), png.name
 
 
 def test_target_by_index_or_name_and_it_changes_the_map(small_jpg, tmp_path):
@@ -216,7 +218,7 @@ def test_target_by_index_or_name_and_it_changes_the_map(small_jpg, tmp_path):
     assert EXPLAINS.search(by_index.stdout)["name"] == "cat" and EXPLAINS.search(by_index.stdout)["idx"] == "3"
     assert EXPLAINS.search(other.stdout)["name"] == "ship"
     (a,), (b,), (c,) = pngs(tmp_path / "a"), pngs(tmp_path / "b"), pngs(tmp_path / "c")
-    assert a.name == b.name == "small_grad-rollout_cat.png" and c.name == "small_grad-rollout_ship.png"
+    assert a.name == b.name == "small__demo__grad-rollout_t-cat.png" and c.name == "small__demo__grad-rollout_t-ship.png"
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(c)))
 
@@ -303,7 +305,7 @@ def test_output_names_never_escape_out(tmp_path):
     hidden = save_small_jpeg(tmp_path / "..jpg")
     traversal_name = save_small_jpeg(tmp_path / "..%2F..%2Fescape.jpg")
     out = tmp_path / "deep" / "out"
-    result = run("attend", odd, dotted, deep, hidden, traversal_name, "--model", "demo", "--out", out)
+    result = run("attend", odd, dotted, deep, hidden, traversal_name, "--model", "demo", "--out", out, "--no-annotate")
     assert result.exit_code == 0, result.stderr
     written = pngs(out)
     assert len(written) == 5 and len({p.name for p in written}) == 5
@@ -318,7 +320,7 @@ def test_output_names_never_escape_out(tmp_path):
 def test_same_file_name_in_two_folders_gives_two_files(tmp_path, out):
     a = save_small_jpeg(tmp_path / "a" / "img.jpg", size=(48, 40))
     b = save_small_jpeg(tmp_path / "b" / "img.jpg", size=(40, 48))
-    result = run("attend", a, b, "--model", "demo", "--out", out)
+    result = run("attend", a, b, "--model", "demo", "--out", out, "--no-annotate")
     assert result.exit_code == 0, result.stderr
     written = pngs(out)
     assert len(written) == 2
@@ -516,11 +518,11 @@ def test_odd_image_modes_all_succeed(tmp_path, out):
     assert Image.open(made["grey16.png"][0]).mode in ("I;16", "I")
     assert Image.open(made["cmyk.jpg"][0]).mode == "CMYK"
     assert Image.open(made["palette.gif"][0]).mode == "P"
-    result = run("attend", *[p for p, _ in made.values()], "--model", "demo", "--out", out)
+    result = run("attend", *[p for p, _ in made.values()], "--model", "demo", "--out", out, "--no-annotate")
     assert result.exit_code == 0, result.stderr
     # 40x24 is below the demo's 32x32 input height: one warning per image, nothing else
     assert all("smaller than the model's 32x32 input" in line for line in stderr_lines(result)), result.stderr
-    written = {p.name.rsplit("_cls_", 1)[0]: p for p in pngs(out)}
+    written = {p.name.split("__demo__", 1)[0]: p for p in pngs(out)}
     assert len(written) == len(made)
     for name, (src, size) in made.items():
         png = written[Path(name).stem]
@@ -572,9 +574,9 @@ def test_console_script_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     (png,) = pngs(out)
-    assert png.name.startswith("chelsea_")
-    with Image.open(png) as im:
-        assert im.format == "PNG" and im.size == (451, 300)
+    assert png.name == "chelsea__demo__cls_L5_hmean.png"
+    with Image.open(png) as im:  # the 451x300 overlay, framed by a title strip above and a colour bar below
+        assert im.format == "PNG" and im.size[0] == 451 and im.size[1] > 300
     names = top5_lines(proc.stdout)[str(CHELSEA)]
     assert len(names) == 5 and set(names) <= set(CIFAR10)
 

@@ -95,9 +95,21 @@ def test_overlays_mirror_the_input_tree(mixed, tmp_path):
             "--analyses", "rollout")
     assert r.exit_code == 3
     made = sorted(p.relative_to(ov).as_posix() for p in ov.rglob("*.png"))
-    assert made == ["cats/chelsea.jpg.rollout.png", "coffee.jpg.rollout.png", "rocket.jpg.rollout.png"]
-    with Image.open(ov / "cats" / "chelsea.jpg.rollout.png") as im, Image.open(mixed / "cats" / "chelsea.jpg") as src:
+    # the naming scheme of `vitlens attend`: <image>__<model>__<method>_h<head>.png
+    assert made == ["cats/chelsea__demo__rollout_hmean.png", "coffee__demo__rollout_hmean.png",
+                    "rocket__demo__rollout_hmean.png"]
+    with Image.open(ov / "cats" / "chelsea__demo__rollout_hmean.png") as im, \
+            Image.open(mixed / "cats" / "chelsea.jpg") as src:
         assert im.size == src.size
+    # a second export next to the first never overwrites its overlays ...
+    r = run("export", mixed, tmp_path / "o2.h5", "--model", "demo", "--workers", "0", "--overlays", ov,
+            "--analyses", "rollout")
+    assert sorted(p.name for p in (ov / "cats").glob("*.png")) == ["chelsea__demo__rollout_hmean-2.png",
+                                                                    "chelsea__demo__rollout_hmean.png"]
+    # ... unless --overwrite
+    r = run("export", mixed, tmp_path / "o2.h5", "--model", "demo", "--workers", "0", "--overlays", ov,
+            "--analyses", "rollout", "--overwrite")
+    assert len(list((ov / "cats").glob("*.png"))) == 2
 
 
 def test_resume_continues_and_counts_the_whole_file(good, tmp_path):

@@ -322,3 +322,107 @@ def test_shape_bias_checkpoint_model_equals_path(tmp_path):
     data = json.loads(r.stdout)
     assert [d["weights"] for d in data] == ["trained", "random"]
     assert "demo_copy.safetensors" in data[0]["model"]
+
+
+# ------------------------------------------------------------------ overlays (6, 7)
+def test_overlay_names_never_collide_across_models_methods_and_settings():
+    from vitlens.export.overlay import overlay_name
+
+    cases = []
+    for model in ("demo", "vit_base_patch16_224.augreg2_in21k_ft_in1k", "vit_base_patch16_224+ft"):
+        cases += [dict(model=model, method="cls", layer=layer, head=head) for layer in (0, 11) for head in
+                  ("mean", "max", 0, 1)]
+        cases += [dict(model=model, method="rollout", head="mean", settings=s) for s in ({}, {"discard": 0.9})]
+        cases += [dict(model=model, method=m, target=t) for m in ("chefer", "grad-rollout", "ig") for t in
+                  ("cat", "dog")]
+        cases += [dict(model=model, method="gradcam", layer=3, target="cat"), dict(model=model, method="random"),
+                  dict(model=model, method="cls", layer=11, suffix="heads")]
+    names = [overlay_name("photos/chelsea.jpg", **c) for c in cases]
+    assert len(set(names)) == len(names)
+    assert all(n.startswith("chelsea__") and n.endswith(".png") and "/" not in n for n in names)
+    assert overlay_name("a/chelsea.jpg", "demo", "rollout", head="mean", settings={"discard": 0.9}) == \
+        "chelsea__demo__rollout_hmean_discard0.9.png"
+
+
+def test_attend_and_export_use_one_naming_scheme(tmp_path):
+    from vitlens.export.overlay import overlay_name
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.open(CHELSEA).convert("RGB").resize((64, 48)).save(src / "cat.png")
+    r = run("attend", src / "cat.png", "--model", "demo", "--method", "rollout", "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.stderr
+    r = run("export", src, tmp_path / "e.h5", "--model", "demo", "--workers", "0", "--analyses", "rollout",
+            "--overlays", tmp_path / "b", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    expected = overlay_name("cat.png", "demo", "rollout", head="mean")
+    assert [p.name for p in (tmp_path / "a").glob("*.png")] == [expected]
+    assert [p.name for p in (tmp_path / "b").glob("*.png")] == [expected]
+
+
+def test_attend_never_overwrites_silently(tmp_path):
+    out = tmp_path / "o"
+    for _ in range(2):
+        assert run("attend", CHELSEA, "--model", "demo", "--out", out).exit_code == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["chelsea__demo__cls_L5_hmean-2.png",
+                                                         "chelsea__demo__cls_L5_hmean.png"]
+    r = run("attend", CHELSEA, "--model", "demo", "--out", out, "--overwrite")
+    assert r.exit_code == 0 and f"wrote {out / 'chelsea__demo__cls_L5_hmean.png'}" in r.stdout
+    assert len(list(out.glob("*.png"))) == 2
+    # two models never share a file either
+    r = run("attend", CHELSEA, "--model", "vit_tiny_patch16_224", "--no-pretrained", "--out", out, "--no-annotate")
+    assert (out / "chelsea__vit_tiny_patch16_224__cls_L11_hmean.png").exists()
+
+
+def test_annotated_overlay_frames_the_bare_one(tmp_path):
+    """The title strip and colour bar are added around the overlay: the photo part is
+    pixel-identical to --no-annotate, and the frame adds rows only."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run("attend", CHELSEA, "--model", "demo", "--out", a).exit_code == 0
+    assert run("attend", CHELSEA, "--model", "demo", "--out", b, "--no-annotate").exit_code == 0
+    framed = np.asarray(Image.open(next(a.glob("*.png"))))
+    bare = np.asarray(Image.open(next(b.glob("*.png"))))
+    assert bare.shape == (300, 451, 3) and framed.shape[1] == 451 and framed.shape[0] > 300
+    offsets = [y for y in range(framed.shape[0] - 300 + 1) if np.array_equal(framed[y:y + 300], bare)]
+    assert len(offsets) == 1 and offsets[0] > 0         # a title strip above, the bar below
+    title, below = framed[:offsets[0]], framed[offsets[0] + 300:]
+    assert (title < 128).any() and (below < 128).any()  # text on both strips
+
+
+def test_contours_mark_the_hot_spot_on_a_saturated_region():
+    """A hot spot on a saturated yellow patch: with the inferno colormap the blend barely
+    changes it; the contour draws black and white pixels around it."""
+    from vitlens.export.overlay import overlay
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:] = (255, 255, 0)                       # saturated yellow photo
+    m = np.zeros((8, 8))
+    m[3:5, 3:5] = 1.0
+    plain = overlay(img, m, interpolation="nearest")
+    framed = overlay(img, m, interpolation="nearest", contours=(0.75,))
+    hot = plain[24:40, 24:40].astype(int)
+    assert np.abs(hot[..., :2] - 255).max() <= 2     # yellow on yellow: red and green as in the photo
+    changed = np.any(framed != plain, axis=-1)
+    ys, xs = np.nonzero(changed)
+    assert changed.sum() > 40 and 18 <= ys.min() and ys.max() <= 45 and 18 <= xs.min() and xs.max() <= 45
+    assert (framed[changed] < 40).all(axis=-1).any() and (framed[changed] > 215).all(axis=-1).any()
+    scaled = overlay(img, m, interpolation="nearest", alpha_by_value=True)
+    assert np.array_equal(scaled[0:8, 0:8], img[0:8, 0:8])   # zero value: the photo untouched
+
+
+def test_head_grid_titles_do_not_touch_the_images_above():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vitlens.export.figures import head_grid
+
+    img = np.asarray(Image.open(CHELSEA).convert("RGB"))          # 451x300: wide panels
+    fig = head_grid(np.random.default_rng(0).random((4, 8, 8)), image=img, fused=np.ones((8, 8)),
+                    title="chelsea.jpg: demo | CLS attention, layer 5, every head")
+    FigureCanvasAgg(fig).draw()
+    r = fig.canvas.get_renderer()
+    axes = fig.axes
+    top_row_bottom = min(ax.get_window_extent(r).y0 for ax in axes[:3])
+    for ax in axes[3:]:
+        assert ax.title.get_window_extent(r).y1 < top_row_bottom - 2, ax.title.get_text()
+    suptitle = fig._suptitle.get_window_extent(r)
+    assert all(suptitle.y0 > ax.title.get_window_extent(r).y1 for ax in axes[:3])

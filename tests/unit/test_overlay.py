@@ -185,7 +185,7 @@ def test_box_is_clipped_to_image(image: np.ndarray, attn8: np.ndarray) -> None:
 
 
 def test_normalize_modes(image: np.ndarray) -> None:
-    lut = colormap_lut("jet")
+    lut = colormap_lut("inferno")  # the default colormap
     constant = np.full((8, 8), 3.7)
     out = overlay(image, constant, alpha=1.0)  # minmax of a constant map -> zeros
     assert (out == lut[0]).all()
@@ -321,3 +321,15 @@ def test_sub_pixel_box_still_covers_its_pixel(image: np.ndarray, attn8: np.ndarr
     out = overlay(image, attn8, box=(10.2, 10, 10.4, 50), alpha=1.0, outside=1.0)
     changed = np.any(out != image, axis=2)
     assert changed[10:50, 10].any() and not changed[:, :10].any() and not changed[:, 11:].any()
+
+
+def test_default_colormap_is_perceptually_uniform(image: np.ndarray, attn8: np.ndarray) -> None:
+    """The default is inferno: its lightness rises monotonically with the value (jet's does not)."""
+    from vitlens.export.overlay import DEFAULT_COLORMAP
+
+    assert DEFAULT_COLORMAP == "inferno"
+    np.testing.assert_array_equal(overlay(image, attn8), overlay(image, attn8, colormap="inferno"))
+    lab = cv2.cvtColor(colormap_lut("inferno")[None], cv2.COLOR_RGB2LAB)[0, :, 0].astype(int)
+    assert (np.diff(lab) >= -1).all() and lab[-1] - lab[0] > 200
+    jet = cv2.cvtColor(colormap_lut("jet")[None], cv2.COLOR_RGB2LAB)[0, :, 0].astype(int)
+    assert (np.diff(jet) < -1).any()

@@ -125,10 +125,11 @@ def head_grid(
     else:
         aspect = heads.shape[2] / heads.shape[1]
     panel_w = _PANEL_INCHES * min(max(aspect, 0.4), 3.0)
-    panel_h = _PANEL_INCHES
+    panel_h = panel_w / aspect if rgb is not None else _PANEL_INCHES   # the image's own height
+    title_room = 0.35   # each panel's title sits in its own band, clear of the images above
     cbar_w = 0.0 if rgb is not None else 0.6
     fig = Figure(
-        figsize=(ncols * panel_w + cbar_w, nrows * panel_h + (0.4 if title else 0.0)),
+        figsize=(ncols * panel_w + cbar_w, nrows * (panel_h + title_room) + (0.5 if title else 0.0)),
         layout="tight",
     )
 

@@ -15,14 +15,21 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
-__all__ = ["COLORMAPS", "INTERPOLATIONS", "NORMALIZATIONS", "colormap_lut", "overlay", "save_png",
-           "mark_tokens"]
+__all__ = ["COLORMAPS", "DEFAULT_COLORMAP", "INTERPOLATIONS", "NORMALIZATIONS", "colormap_lut", "overlay",
+           "annotate", "overlay_name", "fresh_path", "save_png", "mark_tokens"]
+
+#: Colormap of overlays and figures: perceptually uniform (lightness rises steadily with the
+#: value), readable in grey print and by colour-blind readers, unlike "jet".
+DEFAULT_COLORMAP = "inferno"
+#: Contour levels :func:`overlay` draws by default, as fractions of the map's range.
+DEFAULT_CONTOURS = (0.75,)
 
 _COLORMAP_CANDIDATES: tuple[str, ...] = (
     "autumn", "bone", "cividis", "cool", "deepgreen", "hot", "hsv", "inferno", "jet",
@@ -192,11 +199,13 @@ def overlay(
     attn_map: Any,
     *,
     box: Box | None = None,
-    colormap: str = "jet",
+    colormap: str = DEFAULT_COLORMAP,
     alpha: float = 0.5,
     interpolation: str = "cubic",
     normalize: str = "minmax",
     outside: float = 0.4,
+    contours: Sequence[float] = (),
+    alpha_by_value: bool = False,
 ) -> np.ndarray:
     """Colour an attention map and blend it onto the original image.
 
@@ -205,6 +214,11 @@ def overlay(
     ``alpha * colour + (1 - alpha) * image`` inside the box. Outside the box (the part
     of the photo the model never saw after its resize/centre-crop) the image is
     multiplied by ``outside`` and no colour is added.
+
+    A hot spot on a region that is already bright and saturated in the photo can vanish
+    in the blend; ``contours`` outlines it whatever the background (a dark line with a
+    light core), and ``alpha_by_value`` weights the colour by the value
+    (``alpha * v``), so low values leave the photo untouched and the hot spots stand out.
 
     Args:
         image: HxWx3 uint8 RGB array, or a PIL image (converted to RGB).
@@ -221,6 +235,9 @@ def overlay(
             zeros); ``"none"`` assumes values already in [0, 1] and clips.
         outside: Brightness factor in ``[0, 1]`` for pixels outside ``box``
             (1.0 leaves them untouched).
+        contours: levels in (0, 1) of the normalised map to outline, e.g.
+            :data:`DEFAULT_CONTOURS`; empty for none.
+        alpha_by_value: scale the colour's weight by the normalised value per pixel.
 
     Returns:
         HxWx3 uint8 RGB array at the original image resolution (a new array).
@@ -257,8 +274,154 @@ def overlay(
     else:
         out = np.clip(np.round(img.astype(np.float32) * outside), 0, 255).astype(np.uint8)
     inside = np.ascontiguousarray(img[y0:y1, x0:x1])
-    out[y0:y1, x0:x1] = cv2.addWeighted(color, alpha, inside, 1.0 - alpha, 0.0)
+    if alpha_by_value:
+        w = (alpha * up)[..., None].astype(np.float32)
+        blend = color.astype(np.float32) * w + inside.astype(np.float32) * (1.0 - w)
+        out[y0:y1, x0:x1] = np.clip(np.round(blend), 0, 255).astype(np.uint8)
+    else:
+        out[y0:y1, x0:x1] = cv2.addWeighted(color, alpha, inside, 1.0 - alpha, 0.0)
+    levels_c = [float(c) for c in contours]
+    if any(not 0.0 < c < 1.0 for c in levels_c):
+        raise ValueError(f"contour levels must lie in (0, 1) (fractions of the map's range), got {list(contours)}")
+    if levels_c and float(up.max()) > float(up.min()):
+        region = np.ascontiguousarray(out[y0:y1, x0:x1])
+        width = max(1, round(max(region.shape[:2]) / 250))
+        for c in levels_c:
+            found, _ = cv2.findContours((up >= c).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(region, found, -1, (0, 0, 0), 2 * width + 1, cv2.LINE_AA)
+            cv2.drawContours(region, found, -1, (255, 255, 255), width, cv2.LINE_AA)
+        out[y0:y1, x0:x1] = region
     return out
+
+
+def _text_size(text: str, scale: float, thickness: int) -> tuple[int, int]:
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    return w, h + base
+
+
+def _fit_text(text: str, width: int, scale: float, thickness: int) -> str:
+    """Shorten ``text`` with "..." until it fits ``width`` pixels."""
+    if _text_size(text, scale, thickness)[0] <= width:
+        return text
+    while len(text) > 4 and _text_size(text + "...", scale, thickness)[0] > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def annotate(
+    image: Any,
+    *,
+    title: str | None = None,
+    colormap: str = DEFAULT_COLORMAP,
+    low: str = "low",
+    high: str = "high",
+    legend: str | None = None,
+) -> np.ndarray:
+    """Frame an overlay for a paper or a slide: a title strip above, a colour bar below.
+
+    The bar shows the colormap from ``low`` to ``high`` (e.g. the map's minimum and
+    maximum), and ``legend`` (one line, e.g. what the dimmed area is) goes under it.
+    The photo itself is not scaled or covered.
+
+    Args:
+        image: HxWx3 uint8 RGB array, e.g. from :func:`overlay`.
+        title: text of the strip above (ASCII; shortened with "..." to fit); none if None.
+        colormap: the colormap the overlay used.
+        low, high: labels at the two ends of the colour bar.
+        legend: one line under the bar; none if None.
+
+    Returns:
+        A new, taller HxWx3 uint8 RGB array.
+    """
+    img = _as_rgb_image(image)
+    lut = colormap_lut(colormap)
+    h, w = img.shape[:2]
+    scale = max(0.35, min(1.0, w / 900))
+    thick = 1 if scale < 0.7 else 2
+    pad = max(4, round(8 * scale))
+    line_h = _text_size("Ag", scale, thick)[1]
+
+    def strip(lines: list[str]) -> np.ndarray:
+        s = np.full((pad + len(lines) * (line_h + pad), w, 3), 255, np.uint8)
+        for i, text in enumerate(lines):
+            text = _fit_text(text, w - 2 * pad, scale, thick)
+            y = pad + i * (line_h + pad) + line_h - max(2, round(4 * scale))
+            cv2.putText(s, text, (pad, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+        return s
+
+    parts = []
+    if title:
+        parts.append(strip([title]))
+    parts.append(img)
+    # colour bar: "low [====gradient====] high"
+    lw, _ = _text_size(low, scale, thick)
+    hw, _ = _text_size(high, scale, thick)
+    bar_h = max(8, round(14 * scale))
+    bar = np.full((bar_h + 2 * pad, w, 3), 255, np.uint8)
+    x0, x1 = 2 * pad + lw, w - 2 * pad - hw
+    if x1 - x0 >= 16:
+        ramp = lut[np.linspace(0, 255, x1 - x0).round().astype(int)]
+        bar[pad:pad + bar_h, x0:x1] = ramp[None]
+        cv2.rectangle(bar, (x0, pad), (x1 - 1, pad + bar_h - 1), (0, 0, 0), 1)
+        ty = pad + bar_h // 2 + line_h // 2 - max(2, round(3 * scale))
+        cv2.putText(bar, low, (pad, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+        cv2.putText(bar, high, (x1 + pad, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+        parts.append(bar)
+    if legend:
+        parts.append(strip([legend]))
+    return np.ascontiguousarray(np.concatenate(parts, axis=0))
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe piece: letters, digits, ``. _ + -``; no ``__`` (it separates the parts)."""
+    return re.sub(r"_{2,}", "_", re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text))).strip("-._") or "x"
+
+
+def overlay_name(image: str | os.PathLike[str], model: str, method: str, *, layer: int | None = None,
+                 head: str | int | None = None, target: str | None = None,
+                 settings: dict[str, Any] | None = None, suffix: str = "") -> str:
+    """The file name of an overlay: ``<image>__<model>__<method>[_L<layer>][_h<head>][_<k><v>...][_t-<class>].png``.
+
+    One scheme for ``vitlens attend`` and ``vitlens export --overlays``, so maps of
+    different models, methods, layers, heads and settings never share a name, e.g.
+    ``chelsea__demo__cls_L5_hmean.png``, ``chelsea__demo__rollout_hmean_discard0.9.png``,
+    ``chelsea__vit_base_patch16_224.augreg2_in21k_ft_in1k__chefer_t-tabby.png``.
+
+    Args:
+        image: the input's path; its file name without extension is used.
+        model: model name (timm name with tag, ``demo`` ...).
+        method: explanation method.
+        layer, head: when the map depends on them.
+        target: the class explained, for class-specific methods.
+        settings: other options that change the map, e.g. ``{"discard": 0.9}``; values
+            equal to their defaults can be left out by the caller.
+        suffix: appended to the method part (e.g. ``"heads"`` for a head grid).
+    """
+    parts = [_slug(method)]
+    if layer is not None:
+        parts.append(f"L{int(layer)}")
+    if head is not None:
+        parts.append(f"h{_slug(head)}")
+    for k, v in (settings or {}).items():
+        parts.append(f"{_slug(k)}{_slug(v)}")
+    if target is not None:
+        parts.append(f"t-{_slug(target)}")
+    if suffix:
+        parts.append(_slug(suffix))
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", Path(image).stem).strip("._") or "image"
+    return f"{stem}__{_slug(model)}__{'_'.join(parts)}.png"
+
+
+def fresh_path(path: str | os.PathLike[str], overwrite: bool = False, taken: set[Path] | None = None) -> Path:
+    """``path``, or when that file exists (or is in ``taken``) and ``overwrite`` is off, the
+    first free ``name-2.png``, ``name-3.png`` ...; the result is added to ``taken``."""
+    p = Path(path)
+    taken = taken if taken is not None else set()
+    cand, n = p, 2
+    while cand in taken or (not overwrite and cand.exists()):
+        cand, n = p.with_name(f"{p.stem}-{n}{p.suffix}"), n + 1
+    taken.add(cand)
+    return cand
 
 
 def mark_tokens(
