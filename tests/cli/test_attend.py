@@ -570,7 +570,7 @@ def _subprocess_env() -> dict[str, str]:
 def test_console_script_end_to_end(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([_console_script(), "attend", str(CHELSEA), "--model", "demo", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_subprocess_env())
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=_subprocess_env())
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     (png,) = pngs(out)
@@ -584,7 +584,7 @@ def test_console_script_end_to_end(tmp_path):
 def test_console_script_bad_input_is_one_line(tmp_path):
     bad = _truncated_jpeg(tmp_path)
     proc = subprocess.run([_console_script(), "attend", str(bad), "--model", "demo", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_subprocess_env())
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=_subprocess_env())
     assert proc.returncode == 3
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
