@@ -210,7 +210,14 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
                                title=None if not annotate_ else f"{Path(path).name}: {title}")
                 save_figure(fig, dest)
             else:
-                pic = overlay(img, m, box=pre.box, colormap=colormap, alpha=alpha,
+                shown, box = img, pre.box
+                if annotate_ and img.size[0] < 360:  # a 32x32 CIFAR image: draw at a readable size, sharp pixels
+                    from PIL import Image
+
+                    f = -(-360 // img.size[0])
+                    shown = img.resize((img.size[0] * f, img.size[1] * f), Image.NEAREST)
+                    box = tuple(v * f for v in pre.box)
+                pic = overlay(shown, m, box=box, colormap=colormap, alpha=alpha,
                               contours=DEFAULT_CONTOURS if contours else (), alpha_by_value=alpha_by_value)
                 if annotate_:
                     lo, hi = float(m.min()), float(m.max())

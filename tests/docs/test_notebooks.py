@@ -78,3 +78,7 @@ def test_notebook_runs(path, kernel):
                  if "image/png" in o.get("data", {}))
     print(f"{path.name}: {n_code} code cells, {images} figures, {seconds:.1f} s")
     assert images >= 1, f"{path.name} drew no figure; each notebook tells its story with pictures"
+    streams = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                      if o.get("output_type") == "stream")
+    # captum imports tqdm.auto: without ipywidgets (in [dev]) a kernel prints "TqdmWarning: IProgress not found"
+    assert "TqdmWarning" not in streams and "IProgress not found" not in streams, streams[-2000:]

@@ -316,12 +316,15 @@ def annotate(
     low: str = "low",
     high: str = "high",
     legend: str | None = None,
+    min_width: int = 360,
 ) -> np.ndarray:
     """Frame an overlay for a paper or a slide: a title strip above, a colour bar below.
 
     The bar shows the colormap from ``low`` to ``high`` (e.g. the map's minimum and
     maximum), and ``legend`` (one line, e.g. what the dimmed area is) goes under it.
-    The photo itself is not scaled or covered.
+    The photo itself is not covered; one narrower than ``min_width`` pixels (a 32x32
+    CIFAR image) is enlarged by a whole factor with nearest-neighbour sampling, so every
+    pixel stays a sharp square and the text fits.
 
     Args:
         image: HxWx3 uint8 RGB array, e.g. from :func:`overlay`.
@@ -329,12 +332,16 @@ def annotate(
         colormap: the colormap the overlay used.
         low, high: labels at the two ends of the colour bar.
         legend: one line under the bar; none if None.
+        min_width: enlarge narrower images by the smallest whole factor reaching it.
 
     Returns:
         A new, taller HxWx3 uint8 RGB array.
     """
     img = _as_rgb_image(image)
     lut = colormap_lut(colormap)
+    if img.shape[1] < min_width:
+        f = math.ceil(min_width / img.shape[1])
+        img = cv2.resize(img, (img.shape[1] * f, img.shape[0] * f), interpolation=cv2.INTER_NEAREST)
     h, w = img.shape[:2]
     scale = max(0.35, min(1.0, w / 900))
     thick = 1 if scale < 0.7 else 2
