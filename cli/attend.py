@@ -113,8 +113,9 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
     at its original resolution; the part the model's centre crop did not see is dimmed;
     maps are min-max scaled, so the lowest value gets the colormap's low end), framed by
     a title strip, a colour bar and a legend unless --no-annotate. File names say what
-    the map is: <image>__<model>__<method>[_L<layer>][_h<head>][_discard<r>][_t-<class>].png,
-    the scheme `export --overlays` uses too; an existing file is never replaced unless
+    the map is, e.g. `chelsea__demo__cls_L5_hmean.png` (image, model, method, layer, head, then
+    settings such as `_discard0.9` and the class explained as `_t-cat`), the scheme
+    `export --overlays` uses too; an existing file is never replaced unless
     --overwrite.
     Class-specific methods also print the class they explain.
     Unreadable images are reported one line each on stderr and skipped; the exit status
