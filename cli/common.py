@@ -375,8 +375,8 @@ class Geometry:
         """``value`` (negative from the end) as ``0..n-1``, or a VitlensError naming ``option``."""
         n = self.num_layers if n is None else n
         if not -n <= value < n:
-            raise VitlensError(f"{option}: layer {value} is out of range: {self.name} has {n} {what} "
-                               f"(0..{n - 1}, or -{n}..-1 from the end)")
+            raise VitlensError(f"{option}: layer {value} is out of range for this {n}-{what.rstrip('s')} model "
+                               f"({self.name}): valid are 0..{n - 1}, or -{n}..-1 from the end")
         return value % n
 
     def head(self, value: int, layers: list[int] | None = None, option: str = "--head") -> int:

@@ -133,12 +133,12 @@ def test_a_late_csv_failure_leaves_shape_bias_results_on_stdout(tmp_path, monkey
 
 # ------------------------------------------------------ layers and heads before load
 @pytest.mark.parametrize("args,reasons", [
-    (["attend", str(CHELSEA), "--layer", "30"], ["--layer: layer 30 is out of range", "6 layers"]),
+    (["attend", str(CHELSEA), "--layer", "30"], ["--layer: layer 30 is out of range", "6-layer model (demo)"]),
     (["attend", str(CHELSEA), "--layer", "-7"], ["--layer: layer -7 is out of range"]),
     (["attend", str(CHELSEA), "--head", "4"], ["--head: head 4 is out of range", "4 heads"]),
     (["attend", str(CHELSEA), "--method", "rollout", "--head", "-5"], ["--head: head -5 is out of range"]),
     (["attend", str(CHELSEA), "--method", "gradcam", "--layer", "6"], ["--layer: layer 6 is out of range",
-                                                                       "6 blocks"]),
+                                                                       "6-block model"]),
     (["distance", "{images}", "--layers", "0,17"], ["--layers: layer 17 is out of range"]),
     (["export", "{images}", "{tmp}/o.h5", "--full", "--layers", "9"], ["--layers: layer 9 is out of range"]),
     (["export", "{images}", "{tmp}/o.h5", "--full", "--heads", "0,4"], ["--heads: head 4 is out of range"]),
@@ -153,7 +153,7 @@ def test_layer_and_head_are_checked_before_loading(args, reasons, images, tmp_pa
 def test_layer_check_uses_the_architecture_not_the_demo(no_model, tmp_path):
     """A timm name is checked against its own depth (vit_tiny: 12 layers, 3 heads) without weights."""
     r = run("attend", CHELSEA, "--model", "vit_tiny_patch16_224", "--layer", "12", "--out", tmp_path)
-    assert_one_line_error(r, "layer 12 is out of range", "vit_tiny_patch16_224 has 12 layers")
+    assert_one_line_error(r, "layer 12 is out of range", "12-layer model (vit_tiny_patch16_224)")
     r = run("attend", CHELSEA, "--model", "vit_tiny_patch16_224", "--head", "3", "--out", tmp_path)
     assert_one_line_error(r, "head 3 is out of range", "3 heads")
 
