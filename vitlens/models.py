@@ -88,8 +88,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``.safetensors`` files are read with safetensors; anything else with
     ``torch.load(weights_only=True)``. A wrapper dict (PyTorch Lightning's
     ``{"state_dict": ..., "epoch": ...}``, ``{"model_state_dict": ...}``, ``{"model": ...}``,
-    ``{"module": ...}``) is unwrapped. Key prefixes (``model.``, ``module.`` ...) are kept
-    here; :func:`load_model` removes the one that makes the keys fit the model.
+    ``{"module": ...}``) is unwrapped and a ``module.`` prefix on every key (DataParallel,
+    DDP) removed; other prefixes (Lightning's ``model.`` ...) are kept here and
+    :func:`load_model` removes the one that makes the keys fit the model.
     """
     p = Path(path)
     if not p.is_file():
@@ -129,6 +130,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint '{p}' is not a state_dict of tensors (got {type(sd).__name__}{keys}); "
                               f"save `model.state_dict()`, or a dict holding it under one of "
                               f"{', '.join(map(repr, _WRAPPER_KEYS))}")
+    if all(k.startswith("module.") for k in sd):  # DataParallel / DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
 
 
