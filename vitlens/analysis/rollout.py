@@ -137,6 +137,13 @@ def rollout(cache: AttentionCache, head: str = "mean", discard_ratio: float = 0.
         raise ValueError(f"rollout multiplies every layer from layer 0 up; this cache recorded "
                          f"layers {layers}. Capture with layers=None (all layers)")
     cache.require_token_attention("rollout")
+    parallel = [s for s in (cache.spec(i) for i in layers) if s is not None and s.branch_of is not None]
+    if parallel:
+        raise ValueError(
+            f"rollout multiplies the layers in sequence, but layer {parallel[0].index} ({parallel[0].hook_point}) "
+            f"of {cache.model_name} is a parallel attention branch: it reads the same block input as layer "
+            f"{parallel[0].branch_of}, so the product of their matrices is not how information flows. "
+            f"Use per-layer maps (cls_attention) or a model with sequential blocks")
     layout = cache.layout
     if layout is None:
         cache.attention(layers[0])  # raises the "nothing was recorded" error

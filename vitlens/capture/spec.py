@@ -37,6 +37,10 @@ class LayerSpec:
         query_prefix: prefix tokens before the query grid tokens.
         key_prefix: prefix tokens before the key grid tokens.
         stride: input pixels per grid token of this layer ``(ph, pw)``.
+        branch_of: for parallel attention branches that read the same block input
+            (timm's ``ParallelThingsBlock``), the index of the block's first branch
+            layer; None for layers that run in sequence. Analyses that compose layers in
+            sequence (rollout) refuse parallel branches.
     """
 
     index: int
@@ -53,6 +57,7 @@ class LayerSpec:
     query_prefix: int = 0
     key_prefix: int = 0
     stride: tuple[int, int] | None = None
+    branch_of: int | None = None
 
     @property
     def square(self) -> bool:

@@ -130,8 +130,11 @@ def token_layout(model: nn.Module, image_hw: tuple[int, int]) -> TokenLayout:
     else:
         grid = _to_pair(pe.grid_size)
     names = prefix_names_of(model)
+    # the effective stride: a hybrid (CNN backbone) embedding's projection patch (often 1)
+    # times the backbone's reduction; timm's PatchEmbed reports its patch size here too
+    stride = pe.feat_ratio(as_scalar=False) if hasattr(pe, "feat_ratio") else pe.patch_size
     return TokenLayout(num_prefix_tokens=len(names), prefix_names=names, grid_size=grid,
-                       patch_size=_to_pair(pe.patch_size), input_size=tuple(image_hw))
+                       patch_size=_to_pair(stride), input_size=tuple(image_hw))
 
 
 class BlocksAdapter(Adapter):
@@ -246,6 +249,32 @@ class BlocksAdapter(Adapter):
         if not grad:
             layers = self._install_sdpa(stack, layers, record, heads, rows, current)
         self._install_unfused(stack, layers, record, heads, rows, current)
+
+
+class SoftmaxTap(TorchFunctionMode):
+    """Sees the softmax a tapped module computes on its unfused path (for modules without ``attn_drop``).
+
+    ``running`` names the tapped module currently in its forward; its handler gets the
+    softmax output (graph attached) and may return a tensor the module goes on with
+    instead (same values), so gradients reach the recorded one.
+    """
+
+    _SOFTMAX = (torch.Tensor.softmax, torch.softmax, F.softmax)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: int | None = None
+        self.seen = 0
+        self.handlers: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.running is not None and func in self._SOFTMAX:
+            self.seen += 1
+            replaced = self.handlers[self.running](out)
+            if replaced is not None:
+                out = replaced
+        return out
 
 
 def set_unfused(stack: ExitStack, attn: nn.Module) -> None:

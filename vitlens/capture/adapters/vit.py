@@ -1,18 +1,47 @@
 """timm VisionTransformer family: vit_*, deit_*, deit3_*, flexivit, DINOv2 (with registers),
-CLIP image towers, global-pool models, and VisionTransformerDistilled (DeiT distilled).
+CLIP image towers, global-pool models, SigLIP/MAP attention-pool heads, parallel-block ViTs,
+hybrid (CNN-stem) ViTs, and VisionTransformerDistilled (DeiT distilled).
 
-Hook points, per recorded layer ``i`` (timm module paths; shapes for batch B, heads H,
-sequence T, head dim d):
+Layers, in forward order (timm module paths; shapes for batch B, heads H, sequence T,
+head dim d, patches N = gh * gw, latents L):
 
-- ``patch_embed`` (pre-hook): input image ``[B, C, H_in, W_in]`` -> token layout.
-- ``blocks.{i}.attn`` (pre-hook): keyword ``attn_mask`` / ``is_causal``, if any.
-- recompute path (default): ``blocks.{i}.attn.q_norm`` -> q ``[B, H, T, d]`` and
-  ``blocks.{i}.attn.k_norm`` -> k ``[B, H, T, d]``; the probabilities
-  ``softmax(q·kᵀ·scale + mask)`` are computed beside the module, which keeps its fused
-  kernel, so the model's outputs are bit-identical.
-- gradient path (``grad=True``): ``blocks.{i}.attn.fused_attn`` is set to False for the
-  block and ``blocks.{i}.attn.attn_drop`` -> probabilities ``[B, H, T, T]`` are the very
-  tensor the model multiplies with v, so gradients reach them.
+- ``blocks.{i}.attn`` (``timm.layers.Attention``, kind ``"self"``): ``Block`` and
+  ``ResPostBlock`` models, one layer per block, ``[B, H, T, T]``.
+- ``blocks.{i}.attns.{j}.attn`` (``Attention``, ``"self"``): ``ParallelThingsBlock``
+  (``vit_small_patch16_18x2_224``, "Three things", Touvron et al. 2022): ``num_parallel``
+  attention branches per block that all read the block input; layer ``i * P + j``.
+- ``blocks.{i}`` (``ParallelScalingBlock``, ``"self"``): ViT-22B-style parallel blocks
+  (``vit_*_xp_*``, ``vit_pwee_*``): one fused ``in_proj`` gives the MLP input and q, k, v;
+  the block is its own attention module, ``[B, H, T, T]``.
+- ``attn_pool`` (``timm.layers.AttentionPoolLatent``, kind ``"pool"``, SigLIP/MAP heads,
+  ``global_pool="map"``): the learned latents query the token sequence the head sees
+  (the patch tokens, or prefix + patches when ``pool_include_prefix``): ``[B, H, L, N]``
+  (``[B, H, L, P + N]``), L = ``latent_len`` (1 in timm's models). ``AttentionPoolPrr``
+  (``global_pool="prr"``, parameter-free self-attention over the sequence before pooling)
+  is recorded as ``"pool"`` too, ``[B, H, T, T]``.
+
+Hook points:
+
+- ``patch_embed`` (pre-hook): input image ``[B, C, H_in, W_in]`` -> token layout. The
+  layout's ``patch_size`` is the effective stride: for hybrid models (``vit_*_r*_*``,
+  ``HybridEmbed`` over a ResNet stem) the backbone's reduction times the projection patch
+  (``patch_embed.feat_ratio()``), e.g. 32 px for ``vit_tiny_r_s16_p8_224``.
+- recompute path (default) for ``Attention`` layers: ``blocks.{i}.attn`` (pre-hook:
+  keyword ``attn_mask`` / ``is_causal``), ``...attn.q_norm`` -> q ``[B, H, T, d]`` and
+  ``...attn.k_norm`` -> k ``[B, H, T, d]``; ``softmax(q·kᵀ·scale + mask)`` is computed
+  beside the module, which keeps its fused kernel (outputs bit-identical).
+- recompute path for ``ParallelScalingBlock`` and the pool heads: the module's own
+  ``F.scaled_dot_product_attention(q, k, v, mask)`` call is seen by a
+  ``TorchFunctionMode`` (see ``generic.SdpaTap``) and the probabilities computed beside it.
+- gradient path (``grad=True``): ``fused_attn`` is set to False on the recorded modules
+  for the block; ``...attn_drop`` (forward hook) -> ``[B, H, T, T]`` for attention and
+  parallel-scaling blocks; for the pool heads (no ``attn_drop``) the softmax the module
+  computes is taken as it is made (``generic.SoftmaxTap``) -- in both cases the very
+  tensor multiplied with v, graph attached.
+
+Refused: differential attention (``DiffAttention``, ``DiffParallelScalingBlock``).
+Analyses over ``T x T`` token matrices (rollout, CLS maps, distances) refuse the
+``"pool"`` layer (its queries are latents); pass ``layers=`` with the blocks.
 """
 from __future__ import annotations
 
@@ -22,9 +51,24 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import RecordFn, register_adapter
+from . import REFUSED_ATTENTION, RecordFn, refuse, register_adapter
 from ..cache import TokenLayout
-from .generic import BlocksAdapter, attention_probs, prefix_names_of  # noqa: F401  (re-exported)
+from ...errors import UnsupportedModelError
+from .generic import (BlocksAdapter, SdpaTap, SoftmaxTap, _sdpa_args, attention_probs,  # noqa: F401
+                      prefix_names_of, set_unfused)
+
+_VT = "timm.models.vision_transformer"
+_ATTENTION = "timm.layers.attention:Attention"
+_SCALING = f"{_VT}:ParallelScalingBlock"
+_LATENT = "timm.layers.attention_pool:AttentionPoolLatent"
+_PRR = "timm.layers.attention_pool:AttentionPoolPrr"
+
+refuse(f"{_VT}:DiffParallelScalingBlock",
+       "a parallel block with " + REFUSED_ATTENTION["timm.layers.diff_attention:DiffAttention"], attention=True)
+
+
+def _cls(m: nn.Module) -> str:
+    return f"{type(m).__module__}:{type(m).__qualname__}"
 
 
 @register_adapter
@@ -33,16 +77,98 @@ class VitAdapter(BlocksAdapter):
     examples = ("vit_base_patch16_224", "deit_tiny_distilled_patch16_224",
                 "vit_small_patch14_reg4_dinov2", "vit_medium_patch16_gap_256")
     order = 0
-    timm_modules = ("vision_transformer", "deit")
+    timm_modules = ("vision_transformer", "deit", "vision_transformer_hybrid")
     model_classes = ("timm.models.vision_transformer:VisionTransformer",
                      "timm.models.deit:VisionTransformerDistilled")
-    attention_classes = ("timm.layers.attention:Attention",)
+    attention_classes = (_ATTENTION, _SCALING, _LATENT, _PRR)
     token_drop = True
     test_models = (("vit_tiny_patch16_224", dict(img_size=64)),
                    ("deit_tiny_distilled_patch16_224", dict(img_size=64)),
                    ("vit_small_patch14_reg4_dinov2", dict(img_size=56, depth=2)),
                    ("vit_medium_patch16_gap_256", dict(img_size=64, depth=2)),
-                   ("vit_base_patch16_224", dict(img_size=(48, 80), depth=2, qk_norm=True)))
+                   ("vit_base_patch16_224", dict(img_size=(48, 80), depth=2, qk_norm=True)),
+                   # parallel blocks: two attention branches per block; fused in_proj blocks
+                   ("vit_small_patch16_18x2_224", dict(img_size=48, depth=2, embed_dim=64, num_heads=2)),
+                   ("vit_pwee_patch16_reg1_gap_256", dict(img_size=48, depth=2, embed_dim=64, num_heads=2)),
+                   ("vit_base_patch16_xp_224", dict(img_size=48, depth=2, embed_dim=64, num_heads=4)),
+                   # SigLIP / MAP attention-pool heads (keys: patches; prefix + patches)
+                   ("vit_base_patch16_siglip_224", dict(img_size=48, depth=2, embed_dim=64, num_heads=4)),
+                   ("vit_base_patch16_224", dict(img_size=48, depth=2, embed_dim=64, num_heads=4,
+                                                 class_token=False, reg_tokens=1, global_pool="map",
+                                                 pool_include_prefix=True)),
+                   ("vit_tiny_patch16_224", dict(img_size=48, depth=2, global_pool="prr")),
+                   # hybrid: ResNet stem, effective stride 32 (16 x patch 2)
+                   ("vit_tiny_r_s16_p8_224", dict(img_size=64, depth=2)),
+                   # post-norm blocks
+                   ("vit_base_patch16_rpn_224", dict(img_size=48, depth=2, embed_dim=64, num_heads=4)))
+
+    # ------------------------------------------------------------------ structure
+    @classmethod
+    def attention_modules_of(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        out: list[tuple[str, nn.Module]] = []
+        for i, b in enumerate(model.blocks):
+            if hasattr(b, "attns"):      # ParallelThingsBlock: several attention branches
+                out += [(f"blocks.{i}.attns.{j}.attn", branch.attn) for j, branch in enumerate(b.attns)]
+            elif hasattr(b, "attn"):     # Block, ResPostBlock
+                out.append((f"blocks.{i}.attn", b.attn))
+            else:                        # ParallelScalingBlock computes its attention itself
+                out.append((f"blocks.{i}", b))
+        pool = getattr(model, "attn_pool", None)
+        if pool is not None:
+            out.append(("attn_pool", pool))
+        return out
+
+    @property
+    def num_heads(self) -> int:
+        return max(self.heads_of(i) for i in range(len(self.attention_modules())))
+
+    def heads_of(self, layer: int) -> int:
+        return int(self.attention_modules()[layer][1].num_heads)
+
+    def layer_kind(self, layer: int) -> str:
+        return "pool" if self.attention_modules()[layer][0] == "attn_pool" else "self"
+
+    def _pool_keys_prefix(self, layout: TokenLayout) -> int:
+        """Prefix tokens among the pool head's keys: timm strips them unless ``pool_include_prefix``."""
+        return layout.num_prefix_tokens if getattr(self.model, "pool_include_prefix", False) else 0
+
+    def layer_geometry(self, layer: int, layout: TokenLayout, windows: list) -> dict:
+        if self.layer_kind(layer) != "pool":
+            geo = super().layer_geometry(layer, layout, windows)
+            path = self.attention_modules()[layer][0]
+            if ".attns." in path:  # a branch of a ParallelThingsBlock: all read the block input
+                first = path.rsplit(".attns.", 1)[0] + ".attns.0.attn"
+                geo["branch_of"] = [p for p, _m in self.attention_modules()].index(first)
+            return geo
+        pool = self.attention_modules()[layer][1]
+        P = self._pool_keys_prefix(layout)
+        n_keys = P + layout.num_patches
+        if _cls(pool) == _PRR:
+            return dict(num_queries=n_keys, num_keys=n_keys, query_grid=layout.grid_size,
+                        key_grid=layout.grid_size, query_prefix=P, key_prefix=P, stride=layout.patch_size)
+        return dict(num_queries=int(pool.latent_len), num_keys=n_keys, query_grid=None,
+                    key_grid=layout.grid_size, query_prefix=0, key_prefix=P, stride=layout.patch_size)
+
+    def gradcam_points(self) -> tuple[tuple[str, ...], str]:
+        """The tokens entering each block's attention, ``[B, T, D]``.
+
+        ``blocks.{i}.norm1`` (pre-norm blocks), ``blocks.{i}.attns.0.norm`` (parallel
+        branches: the first branch's normalised input), ``blocks.{i}.in_norm`` (fused
+        parallel blocks); for post-norm blocks (``ResPostBlock``, whose ``norm1`` follows
+        the attention) the block's input: the previous block's output (``norm_pre`` for
+        block 0).
+        """
+        points = []
+        for i, b in enumerate(self.model.blocks):
+            if hasattr(b, "attns"):
+                points.append(f"blocks.{i}.attns.0.norm")
+            elif hasattr(b, "in_norm"):
+                points.append(f"blocks.{i}.in_norm")
+            elif type(b).__name__ == "ResPostBlock":
+                points.append(f"blocks.{i - 1}" if i else "norm_pre")
+            else:
+                points.append(f"blocks.{i}.norm1")
+        return tuple(points), "tokens"
 
     def forward_kept(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Run the ViT on its prefix tokens and the patch tokens ``keep`` (``[B, k]``) only.
@@ -67,45 +193,131 @@ class VitAdapter(BlocksAdapter):
         return m.forward_head(x)
 
     def query_key_modules(self, layer: int) -> tuple[nn.Module, nn.Module]:
-        """``blocks.{layer}.attn.q_norm`` and ``.k_norm``: q and k ``[B, H, T, d]``; logits = scale·q·kᵀ (+ mask)."""
-        attn = self.attention_modules()[layer][1]
+        """``...attn.q_norm`` and ``.k_norm`` of a ``timm.layers.Attention`` layer: q and k ``[B, H, T, d]``;
+        logits = scale·q·kᵀ (+ mask). Parallel-scaling blocks (q_norm sees ``[B, T, H, d]``) and
+        attention-pool heads (latent queries) refuse."""
+        path, attn = self.attention_modules()[layer]
+        if _cls(attn) != _ATTENTION:
+            raise UnsupportedModelError(
+                f"layer {layer} ({path}) is a {type(attn).__name__}, not timm's Attention: its q_norm/k_norm "
+                f"outputs are not the [B, H, T, d] token queries and keys; pass a layer of a standard block")
         return attn.q_norm, attn.k_norm
+
+    # ------------------------------------------------------------------ recording
+    def _expect(self, current: dict[str, TokenLayout], layer: int, n_keys: int, path: str) -> int:
+        """Check the keys a layer saw against the layout; return its prefix query rows."""
+        layout = current.get("layout")
+        geo = None if layout is None else self.layer_geometry(layer, layout, [])
+        if geo is None or geo["num_keys"] != n_keys:
+            raise UnsupportedModelError(
+                f"{path} saw {n_keys} keys but the token layout predicts "
+                f"{geo['num_keys'] if geo else 'none (patch_embed did not run)'}; "
+                f"this model's forward differs from what vitlens expects")
+        return int(geo.get("query_prefix", 0))
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
                 rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
-        if grad:
-            return super().install(stack, layers, record, heads=heads, rows=rows, grad=grad, set_layout=set_layout)
+        modules = self.attention_modules()
+        if rows == "prefix":
+            latent = [modules[i][0] for i in layers if _cls(modules[i][1]) == _LATENT]
+            if latent:
+                raise ValueError(
+                    f"rows='prefix' records the prefix-token query rows, but {latent[0]} (layer "
+                    f"{layers[[modules[i][0] for i in layers].index(latent[0])]}) is an attention-pool head whose "
+                    f"queries are learned latents, not tokens; pass layers= without it, or rows='all'")
         current: dict[str, TokenLayout] = {}
         self._install_layout_hook(stack, set_layout, current)
         head_index = None if heads is None else torch.tensor(heads)
-        modules = self.attention_modules()
 
+        def select(p: torch.Tensor) -> torch.Tensor:
+            return p if head_index is None else p.index_select(1, head_index.to(p.device))
+
+        sdpa, softmax = SdpaTap(), SoftmaxTap()
         for layer in layers:
             path, attn = modules[layer]
-            state: dict[str, Any] = {}
+            kind = _cls(attn)
+            if grad or not getattr(attn, "fused_attn", False):
+                if kind in (_ATTENTION, _SCALING):  # the probabilities pass through attn_drop
+                    def on_probs(_m: nn.Module, _inp: tuple, out: torch.Tensor, layer: int = layer,
+                                 path: str = path) -> None:
+                        P = self._expect(current, layer, out.shape[-1], path)
+                        p = select(out)
+                        record(layer, p[:, :, :P] if rows == "prefix" else p)
 
-            def on_call(_m: nn.Module, args: tuple, kwargs: dict, state: dict = state) -> None:
-                state.clear()
-                state["attn_mask"] = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
-                state["is_causal"] = bool(kwargs.get("is_causal", args[2] if len(args) > 2 else False))
+                    set_unfused(stack, attn)
+                    stack.callback(attn.attn_drop.register_forward_hook(on_probs).remove)
+                else:  # pool heads: no attn_drop, take the softmax as it is made
+                    def on_softmax(out: torch.Tensor, layer: int = layer, path: str = path) -> None:
+                        P = self._expect(current, layer, out.shape[-1], path)
+                        p = select(out)
+                        record(layer, p[:, :, :P] if rows == "prefix" else p)
 
-            def on_q(_m: nn.Module, _inp: tuple, q: torch.Tensor, state: dict = state) -> None:
-                state["q"] = q
+                    softmax.handlers[layer] = on_softmax
+                    self._mark_running(stack, attn, softmax, layer, path, "softmax")
+                    set_unfused(stack, attn)
+                continue
+            if kind == _ATTENTION:
+                self._install_qk(stack, layer, path, attn, record, select, rows, current)
+                continue
 
-            def on_k(_m: nn.Module, _inp: tuple, k: torch.Tensor, state: dict = state,
-                     attn: nn.Module = attn, layer: int = layer, path: str = path) -> None:
-                q = state.pop("q")
-                n_prefix = self._n_prefix(current, k.shape[-2], path)
+            def on_sdpa(args: tuple, kwargs: dict, layer: int = layer, path: str = path) -> None:
+                q, k, mask, causal, scale = _sdpa_args(args, kwargs)
+                P = self._expect(current, layer, k.shape[-2], path)
                 with torch.no_grad():
                     if head_index is not None:
                         idx = head_index.to(q.device)
                         q, k = q.index_select(1, idx), k.index_select(1, idx)
-                    p = attention_probs(q, k, float(attn.scale), state.get("attn_mask"),
-                                        state.get("is_causal", False),
-                                        slice(0, n_prefix) if rows == "prefix" else slice(None))
+                        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] > 1:
+                            mask = mask.index_select(1, idx)
+                    p = attention_probs(q, k, scale, mask, causal, slice(0, P) if rows == "prefix" else slice(None))
                 record(layer, p.to(q.dtype) if q.dtype != p.dtype else p)
 
-            stack.callback(attn.register_forward_pre_hook(on_call, with_kwargs=True).remove)
-            stack.callback(attn.q_norm.register_forward_hook(on_q).remove)
-            stack.callback(attn.k_norm.register_forward_hook(on_k).remove)
-        return None
+            sdpa.handlers[layer] = on_sdpa
+            self._mark_running(stack, attn, sdpa, layer, path, "scaled_dot_product_attention")
+        if sdpa.handlers:
+            stack.enter_context(sdpa)
+        if softmax.handlers:
+            stack.enter_context(softmax)
+
+    @staticmethod
+    def _mark_running(stack: ExitStack, module: nn.Module, tap: Any, layer: int, path: str, what: str) -> None:
+        """Tell ``tap`` which layer runs while ``module`` is in its forward; require exactly one call."""
+        def enter(_m: nn.Module, _args: tuple) -> None:
+            tap.running, tap.seen = layer, 0
+
+        def leave(_m: nn.Module, _args: tuple, _out: Any) -> None:
+            tap.running, seen = None, int(tap.seen)
+            if seen != 1:
+                raise UnsupportedModelError(
+                    f"{path} called {what} {seen} times (vitlens expects exactly one); this module's "
+                    f"forward differs from what vitlens expects")
+
+        stack.callback(module.register_forward_pre_hook(enter).remove)
+        stack.callback(module.register_forward_hook(leave).remove)
+
+    def _install_qk(self, stack: ExitStack, layer: int, path: str, attn: nn.Module, record: RecordFn,
+                    select: Callable[[torch.Tensor], torch.Tensor], rows: str,
+                    current: dict[str, TokenLayout]) -> None:
+        """``timm.layers.Attention``: recompute from its q_norm / k_norm outputs ``[B, H, T, d]``."""
+        state: dict[str, Any] = {}
+
+        def on_call(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            state.clear()
+            state["attn_mask"] = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
+            state["is_causal"] = bool(kwargs.get("is_causal", args[2] if len(args) > 2 else False))
+
+        def on_q(_m: nn.Module, _inp: tuple, q: torch.Tensor) -> None:
+            state["q"] = q
+
+        def on_k(_m: nn.Module, _inp: tuple, k: torch.Tensor) -> None:
+            q = state.pop("q")
+            P = self._expect(current, layer, k.shape[-2], path)
+            with torch.no_grad():
+                q, k = select(q), select(k)
+                p = attention_probs(q, k, float(attn.scale), state.get("attn_mask"), state.get("is_causal", False),
+                                    slice(0, P) if rows == "prefix" else slice(None))
+            record(layer, p.to(q.dtype) if q.dtype != p.dtype else p)
+
+        stack.callback(attn.register_forward_pre_hook(on_call, with_kwargs=True).remove)
+        stack.callback(attn.q_norm.register_forward_hook(on_q).remove)
+        stack.callback(attn.k_norm.register_forward_hook(on_k).remove)
