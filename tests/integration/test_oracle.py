@@ -20,6 +20,7 @@ from vitlens.capture.adapters import adapter_for, registered_adapters
 CASES = [pytest.param(cls, name, kwargs, id=f"{cls.family}-{name}-{i}")
          for cls in registered_adapters() for i, (name, kwargs) in enumerate(cls.test_models)]
 _SOFTMAX = {torch.Tensor.softmax, torch.softmax, torch.nn.functional.softmax}
+_MATMUL = {torch.Tensor.__matmul__, torch.matmul, torch.Tensor.matmul}
 
 
 def build(name: str, kwargs: dict) -> nn.Module:
@@ -37,16 +38,26 @@ class _SoftmaxRecorder(TorchFunctionMode):
         super().__init__()
         self.current: list[str] = []
         self.seen: dict[str, list[torch.Tensor]] = {}
+        self.multiplied: dict[str, list[torch.Tensor]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func in _SOFTMAX and self.current:
             self.seen.setdefault(self.current[-1], []).append(out.detach().clone())
+        if func in _MATMUL and self.current and len(args) == 2 and args[0].dim() >= 4 \
+                and args[1].dim() == args[0].dim() and args[1].shape[-2] == args[0].shape[-1]:
+            # a [.., Tq, Tk] @ [.., Tk, d] product: the last one in the module is weights @ v
+            self.multiplied.setdefault(self.current[-1], []).append(args[0].detach().clone())
         return out
 
 
-def oracle(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{attention module path: the last softmax it computed}`` with the model's unfused path."""
+def oracle(model: nn.Module, x: torch.Tensor, *, multiplied: bool = False) -> dict[str, torch.Tensor]:
+    """``{attention module path: the last softmax it computed}`` with the model's unfused path.
+
+    ``multiplied=True``: instead, the left operand of the last ``weights @ v`` product in
+    the module -- the reference for layers whose weights are not the softmax itself
+    (``LayerSpec.softmax`` False, e.g. talking-heads attention mixes heads after it).
+    """
     paths = [p for p, _ in adapter_for(model).attention_modules()]
     flags = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
     rec = _SoftmaxRecorder()
@@ -65,9 +76,10 @@ def oracle(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
             h.remove()
         for m, old in flags:
             m.fused_attn = old
-    missing = [p for p in paths if p not in rec.seen]
-    assert not missing, f"no softmax seen in {missing}"
-    return {p: rec.seen[p][-1] for p in paths}
+    seen = rec.multiplied if multiplied else rec.seen
+    missing = [p for p in paths if p not in seen]
+    assert not missing, f"no {'weights @ v product' if multiplied else 'softmax'} seen in {missing}"
+    return {p: seen[p][-1] for p in paths}
 
 
 def test_every_adapter_has_test_models():
@@ -88,9 +100,12 @@ def test_recorded_attention_equals_the_models_own_softmax(cls, name, kwargs):
     ref = oracle(model, x)
     desc = adapter_for(model).describe(tuple(x.shape[-2:]))
     assert len(desc.layers) == cache.num_layers == len(ref)
+    weights = oracle(model, x, multiplied=True) if not all(s.softmax for s in desc.layers) else {}
     for spec in desc.layers:
         got = cache.attention(spec.index).float()
-        want = ref[spec.hook_point].float()
+        want = (ref if spec.softmax else weights)[spec.hook_point].float()
+        if not spec.softmax:  # declared non-probabilities: they must not be (rows away from 1)
+            assert (got.sum(-1) - 1).abs().max() > 1e-3, f"{spec.hook_point} is declared softmax=False"
         if spec.kind == "window":
             want = want.reshape(got.shape)
         assert got.shape == want.shape, (spec, got.shape, want.shape)

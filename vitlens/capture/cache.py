@@ -427,6 +427,12 @@ class AttentionCache(Mapping):
             return
         for i in (self.layers if layers is None else layers):
             spec = d.layers[self.resolve_layer(i)]
+            if not spec.softmax:
+                raise ValueError(
+                    f"{what} needs attention probabilities, but layer {spec.index} ({spec.hook_point}) of "
+                    f"{self.model_name} records weights that are not softmax probabilities (rows need not sum "
+                    f"to 1 or be positive, e.g. talking-heads attention mixes the heads after the softmax). "
+                    f"Pass layers= without it, or read cache.attention(layer) directly")
             if spec.kind == "window" or spec.on_layout(self.layout):
                 continue
             raise ValueError(

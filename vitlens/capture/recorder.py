@@ -119,6 +119,10 @@ def _check_first_record(adapter, layer: int, probs: torch.Tensor, head_list: lis
         raise UnsupportedModelError(
             f"{path} produced {n_heads} attention heads but the model declares {want}; vitlens "
             f"refuses to record weights it cannot map to heads exactly")
+    if not adapter.layer_softmax(layer):  # declared non-probability weights (LayerSpec.softmax=False)
+        if not bool(torch.isfinite(probs[:1].detach()).all()):
+            raise UnsupportedModelError(f"{path} produced non-finite attention weights; vitlens refuses to record them")
+        return
     with torch.no_grad():
         sums = probs[:1].detach().float().sum(-1)
         worst = float((sums - 1).abs().max()) if sums.numel() else 0.0

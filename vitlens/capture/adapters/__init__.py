@@ -158,6 +158,15 @@ class Adapter:
         """``"self"``, ``"window"``, ``"class"`` or ``"pool"`` (see :class:`LayerSpec`)."""
         return "self"
 
+    def layer_softmax(self, layer: int) -> bool:
+        """The recorded weights of ``layer`` are softmax probabilities (rows sum to 1).
+
+        False for weights the model derives from probabilities before multiplying them with
+        v (talking-heads attention mixes the heads after the softmax): the recorder then
+        skips the row-sum check and token analyses refuse the layer.
+        """
+        return True
+
     def layer_geometry(self, layer: int, layout: TokenLayout, windows: list[WindowLayout]) -> dict:
         """Token sets of one layer, as :class:`LayerSpec` fields.
 
@@ -190,6 +199,7 @@ class Adapter:
             nq, nk = geo["num_queries"], geo["num_keys"]
             shape = ("[B, nW, H, n, n]" if kind == "window" else "[B, H, Tq, Tk]" if nq != nk else "[B, H, T, T]")
             geo.setdefault("stage", windows[i].stage if windows else 0)
+            geo.setdefault("softmax", self.layer_softmax(i))
             specs.append(LayerSpec(index=i, hook_point=path, kind=kind, heads=self.heads_of(i),
                                    shape=shape, **geo))
         points, kind = self.gradcam_points()
