@@ -1,6 +1,6 @@
 """timm VisionTransformer family: vit_*, deit_*, deit3_*, flexivit, DINOv2 (with registers),
 CLIP image towers, global-pool models, SigLIP/MAP attention-pool heads, parallel-block ViTs,
-hybrid (CNN-stem) ViTs, and VisionTransformerDistilled (DeiT distilled).
+hybrid (CNN-stem) ViTs and ViTamin (MbConv stem), and VisionTransformerDistilled (DeiT distilled).
 
 Layers, in forward order (timm module paths; shapes for batch B, heads H, sequence T,
 head dim d, patches N = gh * gw, latents L):
@@ -77,7 +77,7 @@ class VitAdapter(BlocksAdapter):
     examples = ("vit_base_patch16_224", "deit_tiny_distilled_patch16_224",
                 "vit_small_patch14_reg4_dinov2", "vit_medium_patch16_gap_256")
     order = 0
-    timm_modules = ("vision_transformer", "deit", "vision_transformer_hybrid")
+    timm_modules = ("vision_transformer", "deit", "vision_transformer_hybrid", "vitamin")
     model_classes = ("timm.models.vision_transformer:VisionTransformer",
                      "timm.models.deit:VisionTransformerDistilled")
     attention_classes = (_ATTENTION, _SCALING, _LATENT, _PRR)
@@ -100,7 +100,9 @@ class VitAdapter(BlocksAdapter):
                    # hybrid: ResNet stem, effective stride 32 (16 x patch 2)
                    ("vit_tiny_r_s16_p8_224", dict(img_size=64, depth=2)),
                    # post-norm blocks
-                   ("vit_base_patch16_rpn_224", dict(img_size=48, depth=2, embed_dim=64, num_heads=4)))
+                   ("vit_base_patch16_rpn_224", dict(img_size=48, depth=2, embed_dim=64, num_heads=4)),
+                   # ViTamin: MbConv stem (HybridEmbed, stride 16) then ViT blocks
+                   ("vitamin_small_224", dict(img_size=64, depth=2)))
 
     # ------------------------------------------------------------------ structure
     @classmethod

@@ -1,0 +1,21 @@
+"""timm families of issue #11 (a) that vitlens does not record yet, refused with the reason.
+
+Each entry says what the model does that no adapter models: recording it without that
+knowledge would give attention on a wrong token layout, so the model is refused
+(``UnsupportedModelError``) rather than recorded approximately.
+"""
+from __future__ import annotations
+
+from . import refuse
+
+refuse("timm.models.naflexvit:NaFlexVit",
+       "NaFlexViT is not covered yet: its embedding turns each input into a variable-length patch sequence "
+       "(native aspect ratio, patch coordinates and a padding mask built per image), so the token layout is a "
+       "property of each input, not of the model; vitlens has no adapter that reads it")
+refuse("timm.models.swin_transformer_v2_cr:SwinTransformerV2Cr",
+       "SwinV2-CR is not covered yet: its WindowMultiHeadAttention (scaled cosine attention with a "
+       "log-spaced continuous position bias MLP) runs in NCHW stages with their own windowing and padding, "
+       "which vitlens' Swin window layouts do not describe")
+refuse("timm.models.gemma4_vit:Gemma4VitClassifier",
+       "the Gemma 4 ViT tower is not covered yet: Gemma4Attention uses its own 2D RoPE and a padding mask from "
+       "the patch embedding, and blocks with four norms; no adapter models them")

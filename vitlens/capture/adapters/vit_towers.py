@@ -1,0 +1,93 @@
+"""ViT towers of multimodal models in timm: Qwen3-VL (``qwen3_vit_*``) and DeepSeek
+(``deepseek_vit_*``) image encoders, as timm's classifier wrappers
+(``Qwen3VitClassifier``, ``DeepseekVitClassifier``: ``encoder`` + pooling + head).
+
+Plain pre-norm ViTs over the patch grid without prefix tokens; axial 2D RoPE on q and k
+(``timm.layers.AttentionRope``), plus a resampled absolute grid embedding (Qwen3).
+
+Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches):
+
+- ``encoder.patch_embed`` (forward hook): image -> NHWC grid ``[B, gh, gw, C]``: the token
+  layout (no prefix tokens; any input size, the grid is read from this output).
+- default path: ``encoder.blocks.{i}.attn`` calls ``F.scaled_dot_product_attention(q, k,
+  v)`` with q, k after RoPE (grouped-query k repeated to every head); a
+  ``TorchFunctionMode`` (``generic.SdpaTap``) computes ``softmax(q·kᵀ·scale)`` beside it,
+  ``[B, H, N, N]``; outputs bit-identical.
+- gradient path: ``fused_attn`` off for the block and ``encoder.blocks.{i}.attn.attn_drop``
+  (forward hook) receives the probabilities multiplied with v.
+
+The ``*_enc`` variants (encoder plus VLM projector, returning tokens, not logits) are other
+classes and are refused. Gemma 4's tower (``gemma4_vit_*``) is refused: see ``refusals.py``.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import RecordFn, register_adapter
+from ..cache import TokenLayout
+from ...errors import UnsupportedModelError
+from .generic import BlocksAdapter, _to_pair
+
+
+@register_adapter
+class VitTowerAdapter(BlocksAdapter):
+    family = "ViT tower"
+    examples = ("qwen3_vit_88m", "deepseek_vit_412m")
+    order = 10
+    timm_modules = ("qwen3_vit", "deepseek_vit")
+    model_classes = ("timm.models.qwen3_vit:Qwen3VitClassifier", "timm.models.deepseek_vit:DeepseekVitClassifier")
+    attention_classes = ("timm.layers.attention:AttentionRope",)
+    test_models = (("qwen3_vit_88m", dict(img_size=64, depth=2, embed_dim=64, num_heads=4)),
+                   ("deepseek_vit_412m", dict(img_size=(56, 84), depth=2, embed_dim=64, num_heads=4)))
+
+    @classmethod
+    def attention_modules_of(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(f"encoder.blocks.{i}.attn", b.attn) for i, b in enumerate(model.encoder.blocks)]
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.encoder.blocks[0].attn.num_heads)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0
+
+    def default_input_size(self) -> tuple[int, int]:
+        return _to_pair(self.model.encoder.patch_embed.img_size)
+
+    def _layout(self, image_hw: tuple[int, int], grid: tuple[int, int]) -> TokenLayout:
+        return TokenLayout(num_prefix_tokens=0, prefix_names=(), grid_size=grid,
+                           patch_size=_to_pair(self.model.encoder.patch_embed.patch_size), input_size=tuple(image_hw))
+
+    def layout_for(self, image_hw: tuple[int, int]) -> TokenLayout:
+        pe = self.model.encoder.patch_embed
+        (ph, pw) = _to_pair(pe.patch_size)
+        pad = bool(getattr(pe, "dynamic_img_pad", False))
+        grid = (-(-image_hw[0] // ph), -(-image_hw[1] // pw)) if pad else (image_hw[0] // ph, image_hw[1] // pw)
+        return self._layout(image_hw, grid)
+
+    def gradcam_points(self) -> tuple[tuple[str, ...], str]:
+        return tuple(f"encoder.blocks.{i}.norm1" for i in range(len(self.model.encoder.blocks))), "tokens"
+
+    def block_points(self) -> list[tuple[str, nn.Module]]:
+        return [(f"encoder.blocks.{i}", b) for i, b in enumerate(self.model.encoder.blocks)]
+
+    def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
+        current: dict[str, TokenLayout] = {}
+
+        def on_patches(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if out.ndim != 4:
+                raise UnsupportedModelError(f"encoder.patch_embed returned {tuple(out.shape)}; vitlens expects "
+                                            f"the NHWC patch grid [B, H, W, C]")
+            current["layout"] = layout = self._layout(tuple(args[0].shape[-2:]), (int(out.shape[1]), int(out.shape[2])))
+            set_layout(layout)
+
+        stack.callback(self.model.encoder.patch_embed.register_forward_hook(on_patches).remove)
+        if not grad:
+            layers = self._install_sdpa(stack, layers, record, heads, rows, current)
+        self._install_unfused(stack, layers, record, heads, rows, current)
