@@ -160,14 +160,28 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     desc = adapter.describe()
     n_layers = len(desc.layers)
     has_cls, windowed = desc.has_cls, desc.windowed
+    # layers the token analyses cannot use (attention-pool heads, class attention, weights that
+    # are not probabilities, parallel branches for rollout): say which, from the description
+    odd = next((s for s in desc.layers if not s.softmax or not (s.kind == "window" or s.on_layout(desc.layout))),
+               None)
+    branch = next((s for s in desc.layers if s.branch_of is not None), None)
+    why_not = {a: f"layer {s.index} ({s.hook_point}) is {s.kind} attention{'' if s.softmax else ' with weights that are not probabilities'}"
+               for a, s in (("cls", odd), ("distance", odd), ("rollout", odd or branch)) if s is not None}
+    if odd is None and branch is not None:
+        why_not["rollout"] = f"layer {branch.index} ({branch.hook_point}) is a parallel attention branch"
     if options.analyses is None:
-        analyses = tuple(a for a in ANALYSES if a != "cls" or (has_cls and not windowed))
+        analyses = tuple(a for a in ANALYSES if (a != "cls" or (has_cls and not windowed)) and a not in why_not)
     else:
         analyses = tuple(dict.fromkeys(options.analyses))
         unknown = [a for a in analyses if a not in ANALYSES]
         if unknown:
             raise VitlensError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(ANALYSES)} "
                                f"(comma-separated), or leave `analyses` out (None) for all the model supports")
+        refused = [a for a in analyses if a in why_not]
+        if refused:
+            raise VitlensError(f"{refused[0]!r} needs square token attention probabilities in every layer of "
+                               f"{type(model).__name__}, but {why_not[refused[0]]}; drop it from `analyses` "
+                               f"(or leave `analyses` out for all the model supports)")
         if "cls" in analyses and (windowed or not has_cls):
             raise VitlensError(f"{type(model).__name__} has no CLS token, so it has no CLS attention maps; "
                                f"drop 'cls' from `analyses` (rollout works without CLS)")

@@ -133,3 +133,14 @@ def test_relpos_records_the_bias_and_analyses_run_on_it():
     assert vitlens.rollout(cache).shape == (2, 3, 3)
     with pytest.raises(UnsupportedModelError, match="relative position bias"):
         adapter_for(model).forward_kept(x, torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_batch_plan_leaves_out_analyses_the_pool_layer_cannot_feed():
+    from vitlens.batch import ExportOptions, plan_analyses
+    from vitlens.errors import VitlensError
+
+    model = build("vit_base_patch16_siglip_224", img_size=48, depth=2, embed_dim=64, num_heads=4)
+    plan = plan_analyses(model, ExportOptions())
+    assert "rollout" not in plan.analyses and "distance" not in plan.analyses and "logits" in plan.analyses
+    with pytest.raises(VitlensError, match="'rollout'.*attn_pool.*pool attention"):
+        plan_analyses(model, ExportOptions(analyses=("rollout",)))
