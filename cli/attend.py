@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from vitlens.analysis.explain import CLASS_AGNOSTIC, METHODS as EXPLAIN_METHODS
+from vitlens.analysis.registry import methods as registered_methods
+
+# --method choices, help and the class-agnostic set come from the method registry
+_METHODS = registered_methods()
+EXPLAIN_METHODS = tuple(m.name for m in _METHODS)
+CLASS_AGNOSTIC = tuple(m.name for m in _METHODS if not m.class_specific)
+_METHOD_HELP = "; ".join(f"{m.name}: {m.summary.replace('`', '')}" for m in _METHODS)
 
 from vitlens.export.overlay import DEFAULT_COLORMAP
 
@@ -69,13 +75,11 @@ def _crops(box, size) -> bool:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @model_options()
 @click.option("--method", type=click.Choice(list(EXPLAIN_METHODS)), default="cls", show_default=True,
-              help="cls: CLS-token attention of --layer; rollout: attention rollout over all layers; "
-                   "grad-rollout, chefer: gradient-weighted attention (class-specific); ig, input-x-gradient: "
-                   "pixel attributions summed per patch; gradcam: Grad-CAM on the patch tokens into block --layer; "
-                   "random: the seeded baseline. See docs/methods.md.")
+              help=f"{_METHOD_HELP}. See docs/methods.md.")
 @click.option("--target", default=None, metavar="N",
-              help="Class to explain (index or class name) for the class-specific methods "
-                   "(grad-rollout, chefer, ig, input-x-gradient, gradcam). Default: the predicted class.")
+              help=f"Class to explain (index or class name) for the class-specific methods "
+                   f"({', '.join(m for m in EXPLAIN_METHODS if m not in CLASS_AGNOSTIC)}). "
+                   f"Default: the predicted class.")
 @click.option("--layer", type=int, default=-1, show_default=True,
               help="Layer for --method cls and gradcam (negative counts from the end).")
 @click.option("--head", default="mean", show_default=True,
@@ -148,14 +152,9 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
     dev = next(model.parameters()).device
     names = vitlens.class_names(model)
     target_idx = _target_option(target, names)
-    if method == "cls":
-        options = {"layer": layer, "head": head_sel}
-    elif method == "rollout":
-        options = {"head": head_sel, "discard_ratio": discard_ratio}
-    elif method == "gradcam":
-        options = {"layer": layer}
-    else:
-        options = {}
+    given = {"layer": layer, "head": head_sel, "discard_ratio": discard_ratio}
+    accepted = next(m for m in _METHODS if m.name == method).defaults
+    options = {k: v for k, v in given.items() if k in accepted}
 
     loaded, failed = [], 0
     for path in image_paths:
@@ -183,7 +182,7 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start:start + batch_size]
         x = torch.stack([p.tensor for _, _, p in chunk]).to(dev)
-        res = vitlens.explanation(model, x, method, target=target_idx, **options)
+        res = vitlens.explain(model, x, method, target=target_idx, details=True, **options)
         probs = res.logits.float().softmax(-1).cpu()
         for i, (path, img, pre) in enumerate(chunk):
             t = int(res.target[i])

@@ -5,6 +5,7 @@ import json
 
 import click
 
+from vitlens.analysis.registry import methods as registered_methods
 from vitlens.errors import VitlensError
 
 from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, FailedItems, Progress, check_output, check_plot_path, handle_errors,
@@ -42,7 +43,8 @@ def read_inputs(input_spec: str, loaded, with_labels: bool, batch_size: int, lim
               help="Take each image's true class from its parent folder's name (must be a class of the model). "
                    "Without it, 'correct' in the perturbation tests means 'as predicted on the clean image'.")
 @click.option("--methods", default="rollout,random", show_default=True,
-              help="Comma-separated explain methods (see `vitlens attend --help` for the methods).")
+              help="Comma-separated explain methods, from: "
+                   + ", ".join(m.name for m in registered_methods()) + " (see `vitlens attend --help`).")
 @click.option("--metrics", default=None,
               help="Comma-separated: deletion, insertion, positive, negative, positive_drop, negative_drop. "
                    "Default: all that apply to the model.")

@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-ALL_METHODS = ("cls", "rollout", "grad-rollout", "chefer", "ig", "input-x-gradient", "gradcam", "random")
+ALL_METHODS = ("cls", "rollout", "grad-rollout", "chefer", "attnlrp", "cp-lrp", "ig", "input-x-gradient", "gradcam",
+               "random")
 
 
 def find_archive() -> Path:
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     import vitlens
 
     torch.set_num_threads(args.threads)
-    from vitlens.analysis.explain import METHODS as known
+    known = [m.name for m in vitlens.methods()]
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in known]
     if unknown:

@@ -19,7 +19,9 @@ from .analysis import (AttentionMaps, ShapeBiasResult, attention_maps, attention
 from .analysis.artefacts import HighNormTokens, high_norm_tokens
 from .analysis.distance import HeadStatistics, attention_entropy, head_statistics, mean_attention_distance
 from .analysis import METHODS as EXPLAIN_METHODS, Explanation, explain, explanation
-from .analysis.faithfulness import FaithfulnessResult, evaluate
+from .analysis.registry import Method, methods, register_method
+from .analysis.faithfulness import (FaithfulnessResult, deletion_curve, evaluate, insertion_curve,
+                                    perturbation_curve, token_drop_curve)
 from .analysis.importance import KeepRatioCurve, keep_ratio_curve, keep_tokens, token_importance
 from .capture import AttentionCache, TokenLayout, capture, register_adapter, supported_families
 from .capture.cache import WindowLayout
@@ -46,7 +48,8 @@ __all__ = [
 ]
 __all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "head_statistics"]
 __all__ += ["high_norm_tokens", "HighNormTokens"]
-__all__ += ["explain", "explanation", "Explanation", "EXPLAIN_METHODS"]
+__all__ += ["explain", "explanation", "Explanation", "EXPLAIN_METHODS", "methods", "Method", "register_method"]
+__all__ += ["deletion_curve", "insertion_curve", "perturbation_curve", "token_drop_curve"]
 __all__ += ["explore", "Explorer"]
 
 __all__ += ["pl"]

@@ -173,13 +173,13 @@ def test_unknown_option_names_the_allowed_ones():
 
 def test_explanation_carries_logits_target_layout():
     model, x = make_model("vit")
-    res = vitlens.explanation(model, x, "cls", layer=1)
+    res = vitlens.explain(model, x, "cls", layer=1, details=True)
     with torch.no_grad():
         logits = model(x)
     torch.testing.assert_close(res.logits, logits)
     assert torch.equal(res.target, logits.argmax(-1))
     assert res.layout.grid_size == (4, 4) and res.method == "cls" and res.options == {"layer": 1, "head": "mean"}
-    assert torch.equal(vitlens.explanation(model, x, "cls", target=[3, 4]).target, torch.tensor([3, 4]))
+    assert torch.equal(vitlens.explain(model, x, "cls", target=[3, 4], details=True).target, torch.tensor([3, 4]))
 
 
 @pytest.mark.parametrize("target, err, match", [
@@ -200,11 +200,16 @@ def test_bad_images():
         vitlens.explain(model, x.numpy(), "rollout")
 
 
-def test_attention_maps_still_works_through_explain():
+def test_deprecated_entry_points_still_work_and_warn():
     model, x = make_model("vit")
-    res = vitlens.attention_maps(model, x, method="cls", layer=-2, head=None)
+    with pytest.warns(DeprecationWarning, match="details=True"):
+        res = vitlens.attention_maps(model, x, method="cls", layer=-2, head=None)
     assert res.maps.shape == (2, 3, 4, 4) and res.layer == 1
     torch.testing.assert_close(res.maps.mean(1), vitlens.explain(model, x, "cls", layer=-2))
+    with pytest.warns(DeprecationWarning, match="details=True"):
+        old = vitlens.explanation(model, x, "cls", layer=-2)
+    new = vitlens.explain(model, x, "cls", layer=-2, details=True)
+    assert torch.equal(old.maps, new.maps) and old.options == new.options == {"layer": 1, "head": "mean"}
 
 
 # ------------------------------------------------------------------- model state
@@ -363,7 +368,7 @@ def test_ig_internal_batches_do_not_change_the_result():
 def test_ig_patches_satisfy_completeness():
     """Σ patches = f(x) - f(0): why the signed sum is the default pooling."""
     model, x = make_model("gap_no_cls")
-    res = vitlens.explanation(model, x, "ig", n_steps=24)
+    res = vitlens.explain(model, x, "ig", n_steps=24, details=True)
     with torch.no_grad():
         f0 = model(torch.zeros_like(x)).gather(1, res.target[:, None])[:, 0]
         fx = model(x).gather(1, res.target[:, None])[:, 0]
@@ -406,7 +411,7 @@ def test_default_target_is_argmax_and_target_changes_the_map(method):
     with torch.no_grad():
         pred = model(x).argmax(-1)
     opts = fast(method)
-    default = vitlens.explanation(model, x, method, **opts)
+    default = vitlens.explain(model, x, method, details=True, **opts)
     assert torch.equal(default.target, pred)
     torch.testing.assert_close(default.maps, vitlens.explain(model, x, method, target=pred, **opts))
     torch.testing.assert_close(default.maps[:1], vitlens.explain(model, x[:1], method, target=int(pred[0]), **opts))
@@ -446,7 +451,7 @@ def test_swin_gradcam_against_hand_computation(case):
     from .test_swin import make_swin
 
     model, x = make_swin(case)
-    gh, gw = vitlens.explanation(model, x, "random").layout.grid_size
+    gh, gw = vitlens.explain(model, x, "random", details=True).layout.grid_size
     for layer in (-1, 1):
         got = vitlens.explain(model, x, "gradcam", target=[2, 7], layer=layer)
         assert got.shape == (2, gh, gw)

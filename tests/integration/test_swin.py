@@ -413,7 +413,7 @@ def test_rollout_matches_stagewise_reference(case):
             ref = rollout_reference(dense, allowed, layouts, fuse, discard, b)
             np.testing.assert_allclose(got[b].numpy(), ref, rtol=1e-4, atol=1e-7)
     assert not torch.allclose(vitlens.rollout(cache), vitlens.rollout(cache, discard_ratio=0.6))
-    res = vitlens.attention_maps(model, x, method="rollout")
+    res = vitlens.explain(model, x, method="rollout", details=True)
     torch.testing.assert_close(res.maps, vitlens.rollout(cache))
 
 

@@ -227,6 +227,7 @@ def test_maps_on_captured_models_match_references(case):
                 ref_cls_map(layers[-1][b].numpy(), 0, lay.num_prefix_tokens, lay.grid_size, np.mean), rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:vitlens.attention_maps:DeprecationWarning")
 def test_attention_maps_pipeline_cls_uses_prefix_rows_only():
     model, x = make_model("deit_distilled")
     res = vitlens.attention_maps(model, x, method="cls", layer=-1, head="mean")
@@ -238,3 +239,45 @@ def test_attention_maps_pipeline_cls_uses_prefix_rows_only():
     torch.testing.assert_close(roll.maps, vitlens.rollout(cache, discard_ratio=0.2))
     with pytest.raises(ValueError, match="per-head maps exist only"):
         vitlens.attention_maps(model, x, method="rollout", head=1)
+
+
+def _topk_discard_reference(fused, discard_ratio, keep_col):
+    """The previous implementation: a full topk of the k smallest entries outside the kept column."""
+    b, t, _ = fused.shape
+    ranked = fused.clone()
+    n = t * t
+    if keep_col is not None:
+        ranked[:, :, keep_col] = float("inf")
+        n = t * (t - 1)
+    k = int(discard_ratio * n)
+    if k == 0:
+        return fused
+    idx = ranked.reshape(b, -1).topk(k, dim=-1, largest=False).indices
+    return fused.reshape(b, -1).scatter(1, idx, 0.0).reshape(b, t, t)
+
+
+@pytest.mark.parametrize("t", [2, 5, 17, 65])
+@pytest.mark.parametrize("ratio", [0.0, 0.05, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("keep_col", [0, None])
+def test_kthvalue_discard_equals_the_topk_implementation(t, ratio, keep_col):
+    from vitlens.analysis.rollout import discard_lowest
+
+    g = torch.Generator().manual_seed(t)
+    a = torch.rand(3, t, t, generator=g).softmax(-1)
+    a[1, : t // 2] = 0.0                        # exact zeros: ties at a zero threshold
+    got = discard_lowest(a, ratio, keep_col)
+    assert torch.equal(got, _topk_discard_reference(a, ratio, keep_col))
+    n = t * (t - 1) if keep_col is not None else t * t
+    # exactly k entries discarded (counted on an input without zeros)
+    b = torch.rand(2, t, t, generator=g) + 0.1
+    assert int((discard_lowest(b, ratio, keep_col) == 0).sum()) == 2 * int(ratio * n)
+
+
+def test_kthvalue_discard_breaks_positive_ties_by_index():
+    from vitlens.analysis.rollout import discard_lowest
+
+    a = torch.tensor([[[0.5, 0.2, 0.2], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]]])
+    out = discard_lowest(a, 0.34, 0)            # 6 candidates, k = 2 of the three 0.2s outside column 0
+    assert int((out == 0).sum()) == 2
+    assert out[0, 0, 0] == 0.5 and out[0, 1, 0] == 0.2  # column 0 spared
+    assert out[0, 0, 1] == 0 and out[0, 0, 2] == 0 and out[0, 1, 1] == 0.2   # the first two in index order

@@ -334,3 +334,58 @@ def test_curve_plots_return_figures(vit):
         faithfulness_curves(res, ax=ax)
     with pytest.raises(ValueError, match="not in this result"):
         faithfulness_curves(res, "insertion")
+
+
+# ------------------------------------------------------------------ maps of any origin
+def test_evaluate_scores_precomputed_maps_and_callables_like_named_methods(vit):
+    """A tensor of maps (one per input image) or a callable gives exactly the AUCs of the same maps by name;
+    the oracle model ranks a foreign map that knows its patch first."""
+    model, x = vit
+    labels = torch.tensor([1, 2, 3])
+    kw = dict(metrics=["deletion", "positive", "positive_drop"], steps=4, batch_size=2)
+    named = evaluate(model, x, labels, methods=["rollout"], **kw)
+    maps = vitlens.explain(model, x, method="rollout")
+    calls = []
+
+    def fn(m, images, target):
+        calls.append((images.shape[0], target.tolist()))
+        return vitlens.explain(m, images, method="rollout")
+
+    res = evaluate(model, x, labels, methods={"mine": maps, "fn": fn, "roll": "rollout"}, **kw)
+    assert list(res) == ["mine", "fn", "roll"]
+    for name in ("mine", "fn", "roll"):
+        for metric in kw["metrics"]:
+            assert res.per_image[name][metric].tolist() == pytest.approx(
+                named.per_image["rollout"][metric].tolist(), abs=1e-12)
+    with torch.no_grad():
+        pred = model(x).argmax(-1)
+    assert [c[0] for c in calls] == [2, 1] and sum((c[1] for c in calls), []) == pred.tolist()
+    # input order with skipped items: row i of the tensor belongs to input i
+    flipped = evaluate(model, [(x[2:], labels[2:]), (x[:2], labels[:2])], methods={"m": maps}, metrics=["positive"])
+    by_name = evaluate(model, [(x[2:], labels[2:]), (x[:2], labels[:2])], methods="rollout", metrics=["positive"])
+    assert flipped.per_image["m"]["positive"].tolist() != [] and \
+        flipped.per_image["m"]["positive"].tolist() == pytest.approx(
+            evaluate(model, x, labels, methods={"m": maps}, metrics=["positive"]).per_image["m"]["positive"].tolist())
+    del by_name
+    with pytest.raises(ValueError, match=r"\[N, gh, gw\]"):
+        evaluate(model, x, methods={"bad": maps[0]}, metrics=["deletion"])
+    with pytest.raises(ValueError, match="holds? 2 maps"):
+        evaluate(model, x, methods={"short": maps[:2]}, metrics=["deletion"])
+    with pytest.raises(TypeError, match="callable"):
+        evaluate(model, x, methods={"bad": 3}, metrics=["deletion"])
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        evaluate(model, x, methods={"x": "rolout"}, metrics=["deletion"])
+
+
+def test_oracle_scores_a_foreign_map_first():
+    model = OnePatchModel()
+    x = 1.0 + 0.1 * torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(4, dtype=torch.long)
+    oracle = torch.zeros(4, *GRID)
+    oracle.view(4, -1)[:, KEY] = 1.0
+    res = evaluate(model, x, labels, methods={"oracle": oracle, "anti": -oracle,
+                                               "coarse": lambda m, im, t: oracle[: im.shape[0]].repeat_interleave(2, 1)
+                                               .repeat_interleave(2, 2)},
+                   metrics=["deletion", "positive"])
+    assert res["oracle"]["deletion"] < res["anti"]["deletion"]
+    assert res["coarse"]["deletion"] == pytest.approx(res["oracle"]["deletion"], abs=0.05)

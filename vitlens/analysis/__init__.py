@@ -3,6 +3,7 @@ from .cls_attention import HEAD_FUSIONS, cls_attention, fuse_heads
 from .artefacts import HighNormTokens, high_norm_tokens
 from .distance import HeadStatistics, attention_entropy, head_statistics, mean_attention_distance
 from .explain import METHODS, Explanation, explain, explanation
+from .registry import Method, methods, register_method
 from .faithfulness import FaithfulnessResult, evaluate
 from .importance import KeepRatioCurve, keep_ratio_curve, keep_tokens, token_importance
 from .maps import AttentionMaps, attention_maps
@@ -14,5 +15,5 @@ __all__ = ["cls_attention", "rollout", "attention_received", "attention_maps", "
            "fuse_heads", "HEAD_FUSIONS", "shape_bias", "ShapeBiasResult"]
 __all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "head_statistics"]
 __all__ += ["high_norm_tokens", "HighNormTokens"]
-__all__ += ["explain", "explanation", "Explanation"]
+__all__ += ["explain", "explanation", "Explanation", "methods", "Method", "register_method"]
 __all__ += ["evaluate", "FaithfulnessResult", "token_importance", "keep_tokens", "keep_ratio_curve", "KeepRatioCurve"]

@@ -1,24 +1,17 @@
 """One entry point for every patch map: ``vitlens.explain(model, images, method=..., target=...)``.
 
-Methods (``docs/methods.md`` has the formulas, papers, and when to believe each):
-
-==================== ========================================================= ==============
-method               what                                                      class-specific
-==================== ========================================================= ==============
-``cls``              CLS-token attention of one layer (DESIGN.md §4)           no
-``rollout``          attention rollout, Abnar & Zuidema 2020 (DESIGN.md §4)    no
-``grad-rollout``     rollout of gradient-weighted attention ``mean_h(∇A⊙A)⁺``  yes
-``chefer``           Chefer, Gur & Wolf 2021 relevance ``R += Ā·R``            yes
-``ig``               Integrated Gradients (captum), pooled to patches          yes
-``input-x-gradient`` input ⊙ gradient (captum), pooled to patches              yes
-``gradcam``          Grad-CAM (captum) on the patch tokens into a block        yes
-``random``           seeded uniform noise: the baseline every metric reports   no
-==================== ========================================================= ==============
+Every method is a registered :class:`~vitlens.analysis.registry.Method` (this module
+registers the built-in ones; ``vitlens.methods()`` lists them with their options, cost,
+families and paper; ``docs/methods.md`` has the formulas and when to believe each).
+:func:`explain` is a thin façade: it looks the method up, builds its options dataclass,
+checks the images, runs the method with the model's state preserved, and returns the maps
+(or, with ``details=True``, an :class:`Explanation`).
 """
 from __future__ import annotations
 
-import difflib
-from typing import Any, Callable, NamedTuple, Sequence
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, NamedTuple, Sequence, overload
 
 import torch
 from torch import nn
@@ -29,27 +22,20 @@ from .cls_attention import HEAD_FUSIONS, cls_attention
 from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout, gradcam, gradcam_modules,
                         input_x_gradient, integrated_gradients, pool_to_patches, preserved_model_state,
                         reduce_pixels, resolve_target)
+from .lrp import lrp_relevance
+from .registry import Method, MethodOutput, get_method, method_names, methods, register_method
 from .rollout import rollout
 
-#: Every method :func:`explain` knows, in the order the docs present them.
-METHODS: tuple[str, ...] = ("cls", "rollout", "grad-rollout", "chefer", "ig", "input-x-gradient", "gradcam",
-                            "random")
 
-#: Options each method accepts, with their defaults.
-OPTIONS: dict[str, dict[str, Any]] = {
-    "cls": {"layer": -1, "head": "mean"},
-    "rollout": {"head": "mean", "discard_ratio": 0.0},
-    "grad-rollout": {},
-    "chefer": {},
-    "ig": {"baselines": None, "n_steps": 32, "integration": "gausslegendre", "internal_batch_size": None,
-           "pool": "sum", "pixels": False},
-    "input-x-gradient": {"pool": "sum", "pixels": False},
-    "gradcam": {"layer": -1, "relu": True},
-    "random": {"seed": 0},
-}
-
-#: Methods whose map does not depend on the target class (``target`` only labels the result).
-CLASS_AGNOSTIC: tuple[str, ...] = ("cls", "rollout", "random")
+def __getattr__(name: str) -> Any:
+    """Views of the registry under their old names (``METHODS``, ``OPTIONS``, ``CLASS_AGNOSTIC``)."""
+    if name == "METHODS":
+        return method_names()
+    if name == "OPTIONS":
+        return {m.name: m.defaults for m in methods()}
+    if name == "CLASS_AGNOSTIC":
+        return tuple(m.name for m in methods() if not m.class_specific)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Explanation(NamedTuple):
@@ -75,24 +61,8 @@ class Explanation(NamedTuple):
 
 
 def check_method(method: str) -> str:
-    """Return ``method`` if :func:`explain` knows it, else raise ValueError listing the methods."""
-    if isinstance(method, str) and method in METHODS:
-        return method
-    hint = ""
-    if isinstance(method, str):
-        close = difflib.get_close_matches(method.lower().replace("_", "-"), METHODS, n=2, cutoff=0.5)
-        hint = f". Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown explanation method {method!r}; known methods: {', '.join(METHODS)}{hint}")
-
-
-def _options(method: str, given: dict[str, Any]) -> dict[str, Any]:
-    allowed = OPTIONS[method]
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        names = ", ".join(allowed) if allowed else "none"
-        raise TypeError(f"method {method!r} got unknown option(s) {', '.join(unknown)}; "
-                        f"its options are: {names}")
-    return {**allowed, **given}
+    """Return ``method`` if it is registered, else raise ValueError listing the methods."""
+    return get_method(method).name
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -113,89 +83,246 @@ def _light_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor
     return logits, cache.layout
 
 
-def _cls(model, images, target, layer, head):
+def _check_pool(pool: str) -> None:
+    if pool not in POOLINGS:
+        raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
+
+
+@dataclass(frozen=True)
+class ClsOptions:
+    """Options of ``cls``."""
+
+    layer: int = -1                  #: layer whose CLS row is read; negative counts from the end
+    head: str | int | None = "mean"  #: "mean"/"max"/"min" fusion, a head index, or None for every head
+
+
+@register_method("cls", ClsOptions, summary="CLS-token attention of one layer (DESIGN.md §4)",
+                 cost="1 forward (the CLS row only)", class_specific=False,
+                 families=("VisionTransformer", "BEiT", "EVA"))
+def _cls(model: nn.Module, images: torch.Tensor, target: Any, opts: ClsOptions) -> MethodOutput:
+    """CLS attention map of layer l: ``A_l[:, :, cls, prefix:]`` fused over heads, on the patch grid.
+
+    :func:`vitlens.cls_attention`; needs a CLS token (DESIGN.md §4). With ``head=None``
+    the maps are ``[B, heads, gh, gw]``.
+    """
     rows = "prefix" if adapter_for(model).num_prefix_tokens else "all"
-    with torch.no_grad(), capture(model, layers=[layer], rows=rows) as cache:
+    with torch.no_grad(), capture(model, layers=[opts.layer], rows=rows) as cache:
         logits = model(images)
-    maps = cls_attention(cache, layer=layer, head=head)
+    maps = cls_attention(cache, layer=opts.layer, head=opts.head)
     assert cache.layout is not None
-    return maps, logits, cache.layout, {"layer": cache.layers[0], "head": head}
+    return MethodOutput(maps, logits, cache.layout, {"layer": cache.layers[0]})
 
 
-def _rollout(model, images, target, head, discard_ratio):
-    if head not in HEAD_FUSIONS:
-        raise ValueError(f"rollout fuses heads by one of {HEAD_FUSIONS}, got head={head!r}; "
+@dataclass(frozen=True)
+class RolloutOptions:
+    """Options of ``rollout``."""
+
+    head: str = "mean"               #: head fusion: "mean", "max" or "min"
+    discard_ratio: float = 0.0       #: fraction of the lowest fused entries set to 0 per layer, in [0, 1)
+
+
+@register_method("rollout", RolloutOptions, summary="attention rollout (DESIGN.md §4)",
+                 cost="1 forward + O(L·T²) per image", class_specific=False,
+                 paper="Abnar & Zuidema, ACL 2020, https://arxiv.org/abs/2005.00928")
+def _rollout(model: nn.Module, images: torch.Tensor, target: Any, opts: RolloutOptions) -> MethodOutput:
+    """Attention rollout: ``Â_l = 0.5·fuse_h(A_l) + 0.5·I`` rows renormalised, ``R = Â_L···Â_1``, map ``R[cls, prefix:]``.
+
+    Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020; the
+    definition, the discard step and the window-aware Swin version are in
+    :func:`vitlens.rollout`. Maps sum to 1.
+    """
+    if opts.head not in HEAD_FUSIONS:
+        raise ValueError(f"rollout fuses heads by one of {HEAD_FUSIONS}, got head={opts.head!r}; "
                          f"per-head maps exist only for method 'cls'")
     with torch.no_grad(), capture(model) as cache:
         logits = model(images)
-    maps = rollout(cache, head=str(head), discard_ratio=discard_ratio)
+    maps = rollout(cache, head=str(opts.head), discard_ratio=opts.discard_ratio)
     assert cache.layout is not None
-    return maps, logits, cache.layout, {"head": head, "discard_ratio": discard_ratio}
+    return MethodOutput(maps, logits, cache.layout, {})
 
 
-def _random(model, images, target, seed):
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    logits, layout = _light_forward(model, images)
-    gen = torch.Generator().manual_seed(seed)
-    maps = torch.rand(images.shape[0], *layout.grid_size, generator=gen).to(images.device)
-    return maps, logits, layout, {"seed": seed}
+@dataclass(frozen=True)
+class NoOptions:
+    """The method has no options."""
 
 
-def _grad_rollout(model, images, target):
+@register_method("grad-rollout", NoOptions, summary="rollout of gradient-weighted attention `mean_h(∇A⊙A)⁺`",
+                 cost="1 forward + 1 backward (unfused attention)", class_specific=True,
+                 paper="Chefer, Gur & Wolf, ICCV 2021 (weighting), https://arxiv.org/abs/2103.15679")
+def _grad_rollout(model: nn.Module, images: torch.Tensor, target: Any, opts: NoOptions) -> MethodOutput:
+    """Gradient-weighted rollout: ``Ā_l = mean_h (∇A_l ⊙ A_l)⁺``, ``Â_l = 0.5·Ā_l + 0.5·I`` rows
+    renormalised, ``R = Â_L···Â_1``, map ``R[cls, prefix:]`` renormalised.
+
+    :func:`~vitlens.analysis.gradients.grad_rollout_map`; Swin: the window-aware rollout
+    on the weighted windows (:func:`~vitlens.analysis.gradients.grad_rollout`).
+    """
     maps, logits, layout = grad_rollout(model, images, target)
-    return maps, logits, layout, {}
+    return MethodOutput(maps, logits, layout, {})
 
 
-def _chefer(model, images, target):
+@register_method("chefer", NoOptions, summary="relevance `R += Ā·R` with `Ā = mean_h(∇A⊙A)⁺`",
+                 cost="1 forward + 1 backward (unfused attention)", class_specific=True,
+                 families=("VisionTransformer", "BEiT", "EVA"),
+                 paper="Chefer, Gur & Wolf, ICCV 2021, https://arxiv.org/abs/2103.15679")
+def _chefer(model: nn.Module, images: torch.Tensor, target: Any, opts: NoOptions) -> MethodOutput:
+    """Chefer, Gur & Wolf 2021 (eqs. 5-6): ``R = I; R = R + Ā_l·R`` for each layer from the first, map ``R[cls, prefix:]``.
+
+    :func:`~vitlens.analysis.gradients.chefer_map`. Needs token-level attention: windowed
+    models (Swin) are refused.
+    """
     logits, _tgt, layout, attns, grads = attention_gradients(model, images, target)
-    return chefer_map(attns, grads, layout), logits, layout, {}
+    return MethodOutput(chefer_map(attns, grads, layout), logits, layout, {})
 
 
-def _pixel_method(attribute):
-    def run(model, images, target, pool, pixels, **kw):
-        if pool not in POOLINGS:
-            raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
-        logits, layout = _light_forward(model, images)
-        attr = attribute(model, images, resolve_target(target, logits), **kw)
-        maps = reduce_pixels(attr, pool) if pixels else pool_to_patches(attr, layout, pool)
-        return maps, logits, layout, {}
+@dataclass(frozen=True)
+class LrpOptions:
+    """Options of ``attnlrp`` and ``cp-lrp``."""
+
+    gamma: float = 0.0        #: γ of the generalised γ-rule on every Linear (0 = the ε-rule, ε → 0)
+    conv_gamma: float = 0.0   #: γ on the patch-embedding convolution
+    pixels: bool = False      #: return ``[B, H, W]`` pixel relevance (summed over channels) instead of patches
+
+
+def _lrp(variant: str):
+    def run(model: nn.Module, images: torch.Tensor, target: Any, opts: LrpOptions) -> MethodOutput:
+        if not isinstance(opts.pixels, bool):
+            raise TypeError(f"pixels must be True or False, got {opts.pixels!r}")
+        rel, logits, _tgt, layout, _ = lrp_relevance(model, images, target, variant=variant, gamma=opts.gamma,
+                                                    conv_gamma=opts.conv_gamma)
+        maps = reduce_pixels(rel, "sum") if opts.pixels else pool_to_patches(rel, layout, "sum")
+        return MethodOutput(maps, logits, layout, {})
     return run
 
 
-def _gradcam(model, images, target, layer, relu):
+_ATTNLRP = _lrp("attnlrp")
+_ATTNLRP.__doc__ = """AttnLRP (Achtibat et al., ICML 2024): relevance of the target logit by the paper's rules, as one backward pass.
+
+``R(x) = x ⊙ ∂̃y_t/∂x`` with the modified gradients of :mod:`vitlens.analysis.lrp`:
+linear layers ε-rule (γ-rule with ``gamma > 0``), LayerNorm with σ constant,
+elementwise non-linearities the identity rule, softmax ``R_i = x_i (R_i − s_i Σ_j R_j)``,
+``q·kᵀ`` and ``A·v`` (and any product of activations) the uniform rule. The patch map is
+the signed sum of the pixel relevance over each patch (``pixels=True``: per pixel,
+summed over channels).
+"""
+_CPLRP = _lrp("cp-lrp")
+_CPLRP.__doc__ = """CP-LRP (Ali et al., ICML 2022): LRP with the attention probabilities treated as constants.
+
+The rules of ``attnlrp`` except that the softmax output is detached, so relevance
+flows through ``v`` only (``A·v`` is then linear in v); q and k get none. Exactly
+conservative on a bias-free model (``docs/methods.md``).
+"""
+register_method("attnlrp", LrpOptions, summary="AttnLRP relevance (pixel relevance pooled to patches)",
+                cost="1 forward + 1 backward to the input (unfused attention, rules in the backward)", class_specific=True,
+                paper="Achtibat et al., ICML 2024, https://arxiv.org/abs/2402.05602")(_ATTNLRP)
+register_method("cp-lrp", LrpOptions, summary="CP-LRP relevance: attention held constant",
+                cost="1 forward + 1 backward to the input (unfused attention, rules in the backward)", class_specific=True,
+                paper="Ali et al., ICML 2022, https://arxiv.org/abs/2202.07304")(_CPLRP)
+
+
+@dataclass(frozen=True)
+class IgOptions:
+    """Options of ``ig``."""
+
+    baselines: float | torch.Tensor | None = None  #: None = 0 (the dataset-mean image), a number, or a tensor
+    n_steps: int = 32                               #: integration points
+    integration: str = "gausslegendre"              #: captum's integration method
+    internal_batch_size: int | None = None          #: inputs per forward; None = max(B, 32)
+    pool: str = "sum"                               #: "sum" (signed) or "abs" per patch
+    pixels: bool = False                            #: return ``[B, H, W]`` instead of patches
+
+
+@register_method("ig", IgOptions, summary="Integrated Gradients (captum), pooled to patches",
+                 cost="1 forward + B·n_steps inputs forward and backward, internal_batch_size per pass (None: max(B, 32))", class_specific=True,
+                 paper="Sundararajan, Taly & Yan, ICML 2017, https://arxiv.org/abs/1703.01365")
+def _ig(model: nn.Module, images: torch.Tensor, target: Any, opts: IgOptions) -> MethodOutput:
+    """Integrated Gradients ``(x − x')·∫ ∂y_t(x' + α(x − x'))/∂x dα`` (captum), per patch the signed sum.
+
+    :func:`~vitlens.analysis.gradients.integrated_gradients` and
+    :func:`~vitlens.analysis.gradients.pool_to_patches`.
+    """
+    _check_pool(opts.pool)
     logits, layout = _light_forward(model, images)
-    maps = gradcam(model, images, resolve_target(target, logits), layout, layer=layer, relu=relu)
-    return maps, logits, layout, {"layer": layer % len(gradcam_modules(model)[0])}
+    attr = integrated_gradients(model, images, resolve_target(target, logits), baselines=opts.baselines,
+                                n_steps=opts.n_steps, integration=opts.integration,
+                                internal_batch_size=opts.internal_batch_size)
+    maps = reduce_pixels(attr, opts.pool) if opts.pixels else pool_to_patches(attr, layout, opts.pool)
+    return MethodOutput(maps, logits, layout, {})
 
 
-_IMPL: dict[str, Callable[..., tuple]] = {
-    "cls": _cls, "rollout": _rollout, "random": _random,
-    "grad-rollout": _grad_rollout,
-    "chefer": _chefer,
-    "ig": _pixel_method(integrated_gradients),
-    "input-x-gradient": _pixel_method(input_x_gradient),
-    "gradcam": _gradcam,
-}
+@dataclass(frozen=True)
+class PixelOptions:
+    """Options of ``input-x-gradient``."""
 
+    pool: str = "sum"       #: "sum" (signed) or "abs" per patch
+    pixels: bool = False    #: return ``[B, H, W]`` instead of patches
+
+
+@register_method("input-x-gradient", PixelOptions, summary="input ⊙ gradient (captum), pooled to patches",
+                 cost="2 forwards + 1 backward", class_specific=True,
+                 paper="Shrikumar et al. 2016, https://arxiv.org/abs/1605.01713")
+def _input_x_gradient(model: nn.Module, images: torch.Tensor, target: Any, opts: PixelOptions) -> MethodOutput:
+    """Input ⊙ gradient ``x ⊙ ∂y_t/∂x`` (captum's InputXGradient), per patch the signed sum."""
+    _check_pool(opts.pool)
+    logits, layout = _light_forward(model, images)
+    attr = input_x_gradient(model, images, resolve_target(target, logits))
+    maps = reduce_pixels(attr, opts.pool) if opts.pixels else pool_to_patches(attr, layout, opts.pool)
+    return MethodOutput(maps, logits, layout, {})
+
+
+@dataclass(frozen=True)
+class GradcamOptions:
+    """Options of ``gradcam``."""
+
+    layer: int = -1      #: block (Swin: stage) whose input tokens are used; negative counts from the end
+    relu: bool = True    #: apply Grad-CAM's ReLU
+
+
+@register_method("gradcam", GradcamOptions, summary="Grad-CAM (captum) on the patch tokens into a block",
+                 cost="2 forwards + 1 backward", class_specific=True,
+                 paper="Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391")
+def _gradcam(model: nn.Module, images: torch.Tensor, target: Any, opts: GradcamOptions) -> MethodOutput:
+    """Grad-CAM ``ReLU(Σ_k α_k F_k)``, ``α_k = mean_{r,c} ∂y_t/∂F_k[r, c]`` on the tokens entering block ``layer``.
+
+    :func:`~vitlens.analysis.gradients.gradcam` (Swin: stage ``layer``'s output).
+    """
+    logits, layout = _light_forward(model, images)
+    maps = gradcam(model, images, resolve_target(target, logits), layout, layer=opts.layer, relu=opts.relu)
+    return MethodOutput(maps, logits, layout, {"layer": opts.layer % len(gradcam_modules(model)[0])})
+
+
+@dataclass(frozen=True)
+class RandomOptions:
+    """Options of ``random``."""
+
+    seed: int = 0    #: seed of ``torch.Generator``
+
+
+@register_method("random", RandomOptions, summary="seeded uniform noise: the baseline every metric reports",
+                 cost="1 forward", class_specific=False)
+def _random(model: nn.Module, images: torch.Tensor, target: Any, opts: RandomOptions) -> MethodOutput:
+    """``U[0, 1)`` per patch from ``torch.Generator().manual_seed(seed)``: the same for the same seed and batch shape."""
+    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int):
+        raise TypeError(f"seed must be an int, got {type(opts.seed).__name__} {opts.seed!r}")
+    logits, layout = _light_forward(model, images)
+    gen = torch.Generator().manual_seed(opts.seed)
+    maps = torch.rand(images.shape[0], *layout.grid_size, generator=gen).to(images.device)
+    return MethodOutput(maps, logits, layout, {})
 
 # ------------------------------------------------------------------------------- API
-def explanation(model: nn.Module, images: torch.Tensor, method: str = "rollout",
-                target: int | Sequence[int] | torch.Tensor | None = None, **options: Any) -> Explanation:
-    """Like :func:`explain`, but returns an :class:`Explanation` with the logits, targets and layout."""
-    method = check_method(method)
-    opts = _options(method, options)
-    _check_images(images)
-    with preserved_model_state(model):
-        maps, logits, layout, used = _IMPL[method](model, images, target, **opts)
-        logits = logits.detach()
-        tgt = resolve_target(target, logits)
-    return Explanation(maps.detach().float(), logits, tgt, layout, method, {**opts, **used})
+@overload
+def explain(model: nn.Module, images: torch.Tensor, method: str = ...,
+            target: int | Sequence[int] | torch.Tensor | None = ..., *, details: Literal[False] = ...,
+            **options: Any) -> torch.Tensor: ...
+@overload
+def explain(model: nn.Module, images: torch.Tensor, method: str = ...,
+            target: int | Sequence[int] | torch.Tensor | None = ..., *, details: Literal[True],
+            **options: Any) -> Explanation: ...
 
 
 def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
-            target: int | Sequence[int] | torch.Tensor | None = None, **options: Any) -> torch.Tensor:
-    """A patch map per image, by any method, behind one interface.
+            target: int | Sequence[int] | torch.Tensor | None = None, *, details: bool = False,
+            **options: Any) -> torch.Tensor | Explanation:
+    """A patch map per image, by any registered method, behind one interface.
 
     Every method gives ``[B, gh, gw]`` float32 maps on the patch grid of the model's
     :class:`~vitlens.TokenLayout` (a larger value = more important). The model runs on
@@ -203,49 +330,28 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
     parameters' ``requires_grad`` and ``.grad``, hooks and attention flags are restored
     after success and after an exception (it runs in eval mode meanwhile).
 
-    Methods and their options (defaults in :data:`OPTIONS`; formulas in each function
-    and ``docs/methods.md``):
-
-    - ``"cls"``: CLS attention of one layer, ``A_l[:, cls, prefix:]`` fused over heads
-      (:func:`vitlens.cls_attention`). Options ``layer=-1``, ``head="mean"`` (``"max"``,
-      ``"min"``, a head index, or None for ``[B, heads, gh, gw]``). Needs a CLS token.
-    - ``"rollout"``: attention rollout (Abnar & Zuidema 2020; :func:`vitlens.rollout`),
-      maps sum to 1. Options ``head="mean"`` (fusion), ``discard_ratio=0.0``.
-    - ``"grad-rollout"``: rollout of ``Ā_l = mean_h (∇A_l ⊙ A_l)⁺`` with ``0.5·Ā + 0.5·I``,
-      rows renormalised, ``R = Â_L···Â_1``, map ``R[cls, prefix:]`` renormalised
-      (:func:`~vitlens.analysis.gradients.grad_rollout_map`); Swin: the window-aware
-      rollout on the weighted windows (:func:`~vitlens.analysis.gradients.grad_rollout`).
-      No options.
-    - ``"chefer"``: ``R = I; R = R + Ā_l·R`` for each layer from the first, map
-      ``R[cls, prefix:]`` (Chefer, Gur & Wolf, ICCV 2021;
-      :func:`~vitlens.analysis.gradients.chefer_map`). No options.
-    - ``"ig"``: captum Integrated Gradients, per patch the signed sum of the pixel
-      attributions (``pool="abs"``: sum of ``|a|``; ``pixels=True``: ``[B, H, W]``, summed
-      over channels only). Options ``baselines=None`` (0 = the mean image),
-      ``n_steps=32``, ``integration="gausslegendre"``, ``internal_batch_size=None`` (inputs per forward; None = ``max(B, 32)``),
-      ``pool="sum"``, ``pixels=False``.
-    - ``"input-x-gradient"``: captum InputXGradient, pooled like ``ig``. Options
-      ``pool="sum"``, ``pixels=False``.
-    - ``"gradcam"``: captum LayerGradCam on the patch tokens entering block ``layer``'s
-      attention, as a ``[B, D, gh, gw]`` map (Swin: stage ``layer``'s output, placed on
-      the first stage's grid). Options ``layer=-1``, ``relu=True``.
-    - ``"random"``: ``U[0, 1)`` noise per patch from ``torch.Generator().manual_seed(seed)``,
-      the same for the same seed and batch shape; the floor every metric should beat.
-      Option ``seed=0``.
+    The methods, their options (typed dataclasses with defaults), cost and supported
+    families are listed by ``vitlens.methods()``; each method's ``doc`` has its formula
+    and paper, and ``docs/methods.md`` has the table generated from the registry:
+    ``cls``, ``rollout``, ``grad-rollout``, ``chefer``, ``attnlrp``, ``cp-lrp``, ``ig``,
+    ``input-x-gradient``, ``gradcam``, ``random``.
 
     Args:
         model: a supported timm model (``vitlens.supported_families()``).
         images: ``[B, 3, H, W]`` preprocessed batch on the model's device.
-        method: one of :data:`METHODS`.
+        method: a registered method name (``vitlens.methods()``).
         target: the class each map explains: None = the predicted class (argmax of
             the logits), an int for every image, or a sequence / tensor of B ints.
             Class-agnostic methods (``cls``, ``rollout``, ``random``) check it and
             otherwise ignore it.
-        **options: the method's options (see above); unknown ones raise TypeError.
+        details: return an :class:`Explanation` (maps, logits, target, layout, method,
+            options) instead of the maps alone.
+        **options: the method's options (its options dataclass); unknown ones raise TypeError.
 
     Returns:
         ``[B, gh, gw]`` float32 on the images' device (``[B, H, W]`` for ``pixels=True``,
-        ``[B, heads, gh, gw]`` for ``cls`` with ``head=None``).
+        ``[B, heads, gh, gw]`` for ``cls`` with ``head=None``); an :class:`Explanation`
+        with ``details=True``.
 
     Raises:
         ValueError: unknown method (with a close-match suggestion), target out of
@@ -254,4 +360,22 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
             attention: :class:`~vitlens.UnsupportedModelError`).
         TypeError: unknown option, or a target that is not integer.
     """
-    return explanation(model, images, method, target, **options).maps
+    spec = get_method(method)
+    opts = spec.make_options(options)
+    _check_images(images)
+    with preserved_model_state(model):
+        out = spec.run(model, images, target, opts)
+        logits = out.logits.detach()
+        tgt = resolve_target(target, logits)
+    maps = out.maps.detach().float()
+    if not details:
+        return maps
+    return Explanation(maps, logits, tgt, out.layout, spec.name, {**asdict(opts), **out.resolved})
+
+
+def explanation(model: nn.Module, images: torch.Tensor, method: str = "rollout",
+                target: int | Sequence[int] | torch.Tensor | None = None, **options: Any) -> Explanation:
+    """Deprecated: use ``vitlens.explain(..., details=True)``, which returns the same :class:`Explanation`."""
+    warnings.warn("vitlens.explanation(...) is deprecated and will be removed in the next release; "
+                  "use vitlens.explain(..., details=True)", DeprecationWarning, stacklevel=2)
+    return explain(model, images, method, target, details=True, **options)

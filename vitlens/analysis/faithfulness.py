@@ -63,7 +63,7 @@ from .importance import as_batches, check_token_drop_model, count_for, forward_k
 __all__ = ["evaluate", "FaithfulnessResult", "Curve", "METRICS", "PIXEL_METRICS", "TOKEN_DROP_METRICS",
            "BASELINES", "DEFAULT_BASELINES", "PERTURBATION_FRACTIONS", "LOWER_IS_BETTER",
            "deletion_curve", "insertion_curve", "perturbation_curve", "token_drop_curve", "trapezoid",
-           "removal_order", "baseline_image", "gaussian_blur", "cell_mask"]
+           "removal_order", "baseline_image", "gaussian_blur", "cell_mask", "CurveBatch", "MapSource"]
 
 #: Metrics that perturb pixels (any model whose map grid divides the input).
 PIXEL_METRICS: tuple[str, ...] = ("deletion", "insertion", "positive", "negative")
@@ -491,9 +491,41 @@ def default_metrics(model: nn.Module) -> list[str]:
     return list(METRICS)
 
 
+#: What :func:`evaluate` accepts per method: a registered name, precomputed maps, or a map function.
+MapSource = str | torch.Tensor | Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _map_sources(methods: Any) -> dict[str, MapSource]:
+    """``methods`` as name -> source: names (registered methods) or a mapping to tensors / callables / names."""
+    from .registry import get_method
+
+    if isinstance(methods, Mapping):
+        items = list(methods.items())
+    else:
+        items = [(m, m) for m in ([methods] if isinstance(methods, str) else list(methods))]
+    if not items:
+        raise ValueError("no methods given; pass e.g. methods=['rollout', 'random'] or {'mine': maps}")
+    out: dict[str, MapSource] = {}
+    for name, src in items:
+        if not isinstance(name, str):
+            raise TypeError(f"method names must be strings, got {type(name).__name__} {name!r}")
+        if isinstance(src, str):
+            get_method(src)                                # unknown name: ValueError with a close match
+        elif isinstance(src, torch.Tensor):
+            if src.dim() != 3:
+                raise ValueError(f"maps for {name!r} must be a tensor [N, gh, gw] (one map per input image), "
+                                 f"got shape {tuple(src.shape)}")
+        elif not callable(src):
+            raise TypeError(f"methods[{name!r}] must be a registered method name, a tensor [N, gh, gw] of maps, or "
+                            f"a callable (model, images, target) -> maps; got {type(src).__name__}")
+        out[name] = src
+    return out
+
+
 @renamed(target="target_source")
 def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int] | None = None,
-             methods: Sequence[str] | str = ("rollout", "random"), metrics: Sequence[str] | str | None = None, *,
+             methods: Sequence[str] | str | Mapping[str, MapSource] = ("rollout", "random"),
+             metrics: Sequence[str] | str | None = None, *,
              target_source: str = "predicted", baseline: str | None = None, steps: int | None = None,
              fractions: Sequence[float] = PERTURBATION_FRACTIONS, blur_sigma: float | None = None,
              batch_size: int = 64, limit: int | None = None, seed: int = 0,
@@ -502,9 +534,16 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
     """Faithfulness of several map methods on many images: ``result[method][metric]`` -> AUC.
 
     For every batch: one clean forward gives the prediction; each method's maps come
-    from :func:`vitlens.explain` (the class ``target_source`` names, ``options[method]``); each metric's
-    per-image curve and AUC are computed (see the module docstring and the curve
-    functions for the exact definitions) and averaged over all images.
+    from :func:`vitlens.explain` (the class ``target_source`` names, ``options[method]``), from a tensor
+    of precomputed maps, or from a callable; each metric's per-image curve and AUC are
+    computed (see the module docstring and the curve functions
+    :func:`deletion_curve`, :func:`insertion_curve`, :func:`perturbation_curve`,
+    :func:`token_drop_curve` for the exact definitions) and averaged over all images.
+
+    Maps of any origin are scored the same way, e.g. another library's next to vitlens'::
+
+        evaluate(model, x, labels, methods={"chefer": "chefer", "theirs": their_maps,
+                                            "fn": lambda model, images, target: my_maps(images)})
 
     Args:
         model: a supported model in eval mode.
@@ -514,7 +553,13 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
         labels: ``[N]`` true classes, or None. They define "correct" in the perturbation
             tests; without labels the model's prediction on the clean image is used
             (the tests then measure agreement with the unperturbed prediction).
-        methods: :func:`vitlens.explain` methods, e.g. ``["rollout", "random"]``.
+        methods: :func:`vitlens.explain` method names, e.g. ``["rollout", "random"]``, or a
+            mapping from the name to report to: a method name; a tensor ``[N, gh, gw]``
+            with one map per input image in input order (row i for input i, failed
+            inputs included, like ``labels``); or a callable
+            ``(model, images [b, 3, H, W], target [b]) -> maps [b, gh, gw]`` called on
+            each batch. The grid must divide the input size (any grid, not only the
+            ViT's).
         metrics: names from :data:`METRICS`; None = every metric that applies
             (token-drop only for timm VisionTransformer models).
         target_source: where each image's explained class comes from: ``"predicted"``
@@ -532,19 +577,18 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
         seed: the ``"random"`` method's maps use ``seed * 1_000_003 + index of the
             batch's first image`` unless ``options["random"]["seed"]`` is given, so the
             random baseline is deterministic for the same inputs and batch size.
-        options: per-method options for :func:`vitlens.explain`, e.g. ``{"ig": {"n_steps": 16}}``.
+        options: per-method options for :func:`vitlens.explain`, e.g. ``{"ig": {"n_steps": 16}}``
+            (only for methods given by name).
         forward_batch: images per forward pass inside the metrics.
         progress: called with the number of inputs done after each batch.
 
     Returns:
         :class:`FaithfulnessResult` (a mapping method -> metric -> AUC) with the curves.
     """
-    from .explain import check_method, explain  # one place for every map method
+    from .explain import explain  # one place for every map method
 
-    methods = [check_method(m) for m in ([methods] if isinstance(methods, str) else list(methods))]
-    if not methods:
-        raise ValueError("no methods given; pass e.g. methods=['rollout', 'random']")
-    methods = list(dict.fromkeys(methods))
+    sources = _map_sources(methods)
+    methods = list(sources)
     metrics = default_metrics(model) if metrics is None else _check_names(metrics, METRICS, "metrics")
     if any(m in TOKEN_DROP_METRICS for m in metrics):
         check_token_drop_model(model)
@@ -556,10 +600,10 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive number of images, got {limit!r}")
     options = {k: dict(v) for k, v in (options or {}).items()}
-    unknown = sorted(set(options) - set(methods))
+    unknown = sorted(set(options) - {m for m, src in sources.items() if isinstance(src, str)})
     if unknown:
-        raise ValueError(f"options given for method(s) {', '.join(unknown)} that are not evaluated "
-                         f"(methods: {', '.join(methods)})")
+        raise ValueError(f"options given for method(s) {', '.join(unknown)} that are not evaluated by name "
+                         f"(methods by name: {', '.join(m for m, s in sources.items() if isinstance(s, str))})")
     fr = _fractions(fractions)
     baselines = {m: (baseline or DEFAULT_BASELINES[m]) for m in PIXEL_METRICS}
     device = _model_device(model)
@@ -590,13 +634,28 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
         ref = pred if y is None else y.to(device)
         tgt = ref if target_source == "label" else pred
         for method in methods:
-            opts = dict(options.get(method, {}))
-            if method == "random":
-                opts.setdefault("seed", int(seed) * 1_000_003 + int(batch.index[0]) if len(batch.index) else 0)
-            maps = explain(model, x, method=method, target=tgt, **opts).detach().to(device)
+            src = sources[method]
+            if isinstance(src, str):
+                opts = dict(options.get(method, {}))
+                if src == "random":
+                    opts.setdefault("seed", int(seed) * 1_000_003 + int(batch.index[0]) if len(batch.index) else 0)
+                maps = explain(model, x, method=src, target=tgt, **opts)
+            elif isinstance(src, torch.Tensor):
+                idx = batch.index.to(torch.long)
+                if len(idx) and int(idx.max()) >= src.shape[0]:
+                    raise ValueError(f"maps for {method!r} hold {src.shape[0]} maps, but input image "
+                                     f"{int(idx.max())} is evaluated; give one map per input image")
+                maps = src[idx.to(src.device)]
+            else:
+                maps = src(model, x, tgt)
+                if not isinstance(maps, torch.Tensor):
+                    raise TypeError(f"the map function for {method!r} returned {type(maps).__name__}, "
+                                    f"expected a tensor [b, gh, gw]")
+            maps = maps.detach().float().to(device)
             if maps.dim() != 3 or maps.shape[0] != x.shape[0]:
                 raise ValueError(f"method {method!r} gave maps of shape {tuple(maps.shape)}; the metrics need "
-                                 f"one [gh, gw] map per image (for 'cls', use a head fusion, not head=None)")
+                                 f"one [gh, gw] map per image, [{x.shape[0]}, gh, gw] for this batch "
+                                 f"(for 'cls', use a head fusion, not head=None)")
             for metric in metrics:
                 cb = _metric_curve(model, x, maps, metric, tgt, ref, baselines, steps, fr, blur_sigma, forward_batch)
                 xs[metric] = cb.x

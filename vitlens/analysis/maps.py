@@ -1,10 +1,12 @@
-"""Run a model once and turn its attention into patch maps (the ``vitlens attend`` pipeline).
+"""Deprecated: :func:`attention_maps`, the attention-only predecessor of :func:`vitlens.explain`.
 
-Kept for its callers; it is :func:`vitlens.explanation` restricted to the attention
-methods, with the result named as before. New code should call :func:`vitlens.explain`.
+Kept one release for its callers (it warns with a DeprecationWarning); it is
+``vitlens.explain(..., details=True)`` restricted to ``cls`` and ``rollout``, with the
+result named as before.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -12,7 +14,7 @@ from torch import nn
 
 from .._util import maps_html, maps_repr
 from ..capture import TokenLayout
-from .explain import explanation
+from .explain import explain
 
 #: The methods :func:`attention_maps` accepts (the attention-only subset of ``explain``'s).
 ATTENTION_METHODS = ("cls", "rollout")
@@ -42,7 +44,9 @@ class AttentionMaps(NamedTuple):
 
 def attention_maps(model: nn.Module, images: torch.Tensor, *, method: str = "cls", layer: int = -1,
                    head: str | int | None = "mean", discard_ratio: float = 0.0) -> AttentionMaps:
-    """One forward pass of ``model`` on a preprocessed batch; CLS or rollout maps.
+    """Deprecated: use ``vitlens.explain(model, images, method, details=True, ...)``.
+
+    One forward pass of ``model`` on a preprocessed batch; CLS or rollout maps.
 
     ``method="cls"`` records only the CLS query row of ``layer`` (cheap: no T x T matrix);
     ``method="rollout"`` records every layer in full (``head`` then names the fusion).
@@ -55,11 +59,13 @@ def attention_maps(model: nn.Module, images: torch.Tensor, *, method: str = "cls
         head: ``"mean"``/``"max"``/``"min"``, a head index (cls only), or None for every head (cls only).
         discard_ratio: rollout's discard ratio.
     """
+    warnings.warn("vitlens.attention_maps(...) is deprecated and will be removed in the next release; use "
+                  "vitlens.explain(model, images, method, details=True, ...)", DeprecationWarning, stacklevel=2)
     if method not in ATTENTION_METHODS:
         raise ValueError(f"method must be one of {ATTENTION_METHODS}, got {method!r}; "
                          f"vitlens.explain has every method")
     if method == "cls":
-        res = explanation(model, images, "cls", layer=layer, head=head)
+        res = explain(model, images, "cls", layer=layer, head=head, details=True)
         return AttentionMaps(res.logits, res.maps, res.layout, method, res.options["layer"], head)
-    res = explanation(model, images, "rollout", head=head, discard_ratio=discard_ratio)
+    res = explain(model, images, "rollout", head=head, discard_ratio=discard_ratio, details=True)
     return AttentionMaps(res.logits, res.maps, res.layout, method, None, head)
