@@ -18,7 +18,11 @@ Commands behind the table in docs/faithfulness.md::
     python scripts/faithfulness_table.py --merge /tmp/ft/*.json
 
 A stopped run continues where its JSON file ends with ``--resume`` (same chunks and
-seeds as an uninterrupted run; wall time adds up).
+seeds as an uninterrupted run; wall time adds up). ``--chunks A:B`` runs only chunks
+A..B-1 (same chunks and seeds as a whole run), so one method can run as several
+processes; ``--merge`` joins the parts of a method (in image order, checked contiguous).
+``--versus chefer`` adds a paired per-image comparison with that method (mean
+difference, 95 % confidence interval, Wilcoxon signed-rank test).
 """
 from __future__ import annotations
 
@@ -99,8 +103,15 @@ def run(args: argparse.Namespace) -> int:
         correct = round(done["clean_accuracy"] * first)
         t0 -= done["wall_time_s"]
         print(f"  resuming after {first} images", file=sys.stderr, flush=True)
+    lo, hi = 0, math.ceil(len(x) / args.chunk)
+    if args.chunks:
+        a, _, b = args.chunks.partition(":")
+        lo, hi = int(a or 0), int(b) if b else hi
+        if args.resume:
+            raise SystemExit("--chunks and --resume do not combine; run the missing chunks as another part")
+    start_image = lo * args.chunk
     for c, s in enumerate(range(0, len(x), args.chunk)):
-        if s < first:
+        if s < first or not lo <= c < hi:
             continue
         xc, yc = x[s:s + args.chunk], y[s:s + args.chunk]
         r = vitlens.evaluate(model, xc, yc, methods=methods,
@@ -115,10 +126,11 @@ def run(args: argparse.Namespace) -> int:
                 curve_x[k] = cur.x
                 prev = curve_sum.setdefault(m, {}).get(k, [0.0] * len(cur.y))
                 curve_sum[m][k] = [a + b * len(xc) for a, b in zip(prev, cur.y)]
-        n = s + len(xc)
+        n = s + len(xc) - start_image
         wall = time.perf_counter() - t0
         payload = {
-            "model": "demo", "n_images": n, "per_class_requested": args.per_class, "steps": args.steps,
+            "model": "demo", "n_images": n, "first_image": start_image, "chunk": args.chunk,
+            "per_class_requested": args.per_class, "steps": args.steps,
             "methods": methods, "metrics": r.metrics, "params": {k: v for k, v in r.to_dict()["params"].items()
                                                                 if k not in ("seed", "limit")},
             "clean_accuracy": correct / n, "wall_time_s": wall, "threads": args.threads,
@@ -130,9 +142,101 @@ def run(args: argparse.Namespace) -> int:
             tmp = Path(str(args.json_path) + ".tmp")
             tmp.write_text(json.dumps(payload))
             tmp.replace(args.json_path)
-        print(f"  {n}/{len(x)} images, {wall:.0f} s", file=sys.stderr, flush=True)
+        print(f"  {n}/{len(x) - start_image} images, {wall:.0f} s", file=sys.stderr, flush=True)
     print(table([payload]))
     return 0
+
+
+def combine(payloads: list[dict]) -> list[dict]:
+    """Join the parts of each method (``--chunks`` runs) into one payload, images in order.
+
+    Parts of one method must be contiguous from image 0 (``first_image`` of each part is
+    the previous part's end); the mean curves are weighted by the parts' image counts.
+    """
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for p in payloads:
+        groups.setdefault(tuple(p["methods"]), []).append(p)
+    out = []
+    for methods, parts in groups.items():
+        parts = sorted(parts, key=lambda p: p.get("first_image", 0))
+        end = 0
+        for p in parts:
+            if p.get("first_image", 0) != end:
+                raise SystemExit(f"parts of {','.join(methods)} are not contiguous: one starts at image "
+                                 f"{p.get('first_image', 0)}, the previous ended at {end}")
+            end += p["n_images"]
+        if len(parts) == 1:
+            out.append(parts[0])
+            continue
+        n = end
+        joined = dict(parts[0])
+        joined["n_images"] = n
+        joined["first_image"] = 0
+        joined["per_image"] = {m: {k: sum((p["per_image"][m][k] for p in parts), []) for k in d}
+                               for m, d in parts[0]["per_image"].items()}
+        joined["curves"] = {m: {k: [sum(p["curves"][m][k][j] * p["n_images"] for p in parts) / n
+                                    for j in range(len(ys))] for k, ys in d.items()}
+                            for m, d in parts[0]["curves"].items()}
+        joined["clean_accuracy"] = sum(p["clean_accuracy"] * p["n_images"] for p in parts) / n
+        joined["wall_time_s"] = sum(p["wall_time_s"] for p in parts)
+        joined["date"] = max(p["date"] for p in parts)
+        out.append(joined)
+    return out
+
+
+def wilcoxon_p(d: list[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value, normal approximation with tie correction (zeros dropped)."""
+    d = [v for v in d if v != 0]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    order = sorted(range(n), key=lambda i: abs(d[i]))
+    ranks = [0.0] * n
+    i, ties = 0, 0.0
+    while i < n:
+        j = i
+        while j + 1 < n and abs(d[order[j + 1]]) == abs(d[order[i]]):
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        t = j - i + 1
+        ties += t ** 3 - t
+        i = j + 1
+    w = sum(r for r, v in zip(ranks, d) if v > 0)
+    mean = n * (n + 1) / 4
+    var = n * (n + 1) * (2 * n + 1) / 24 - ties / 48
+    z = (w - mean) / math.sqrt(var) if var > 0 else 0.0
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def versus(payloads: list[dict], reference: str,
+           metrics: tuple[str, ...] = ("deletion", "insertion", "positive", "negative", "positive_drop",
+                                       "negative_drop")) -> str:
+    """Paired per-image difference method − reference on the same images: mean, 95 % CI, Wilcoxon p."""
+    rows = _rows(payloads, common=False)
+    if reference not in rows:
+        return ""
+    from vitlens.analysis.faithfulness import LOWER_IS_BETTER
+
+    metrics = tuple(m for m in metrics if m in rows[reference])
+    out = [f"| method − {reference} | " + " | ".join(f"{m} {'↓' if LOWER_IS_BETTER[m] else '↑'}" for m in metrics)
+           + " |", "|---|" + "---:|" * len(metrics)]
+    for method in [m for m in ALL_METHODS if m in rows and m != reference] + \
+            [m for m in rows if m not in ALL_METHODS and m != reference]:
+        cells = []
+        for m in metrics:
+            a, b = rows[method].get(m), rows[reference].get(m)
+            if not a or not b:
+                cells.append("")
+                continue
+            d = [x - y for x, y in zip(a, b)]
+            mean = sum(d) / len(d)
+            sem = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+            digits = 3 if m in ("deletion", "insertion") else 2
+            cells.append(f"{mean:+.{digits}f} [{mean - 1.96 * sem:+.{digits}f}, {mean + 1.96 * sem:+.{digits}f}], "
+                         f"p = {wilcoxon_p(d):.1g}")
+        out.append(f"| {method} (n = {len(d)}) | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def _rows(payloads: list[dict], common: bool) -> dict[str, dict[str, list[float]]]:
@@ -232,17 +336,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="print the table of these run files instead of running")
     ap.add_argument("--plot", default=None, help="with --merge: write the mean curves (.png/.pdf/.svg)")
     ap.add_argument("--title", default=None, help="with --plot: figure title")
+    ap.add_argument("--chunks", default=None, metavar="A:B", help="run only chunks A..B-1 (a part of the run)")
+    ap.add_argument("--versus", default=None, metavar="METHOD",
+                    help="with --merge: also print the paired comparison of every method with METHOD")
     ap.add_argument("--common", action="store_true",
                     help="with --merge: cut every method to the first n images that all files have")
     args = ap.parse_args(argv)
     if args.merge:
-        payloads = [json.loads(Path(p).read_text()) for p in args.merge]
+        payloads = combine([json.loads(Path(p).read_text()) for p in args.merge])
         for p in payloads:
             print(f"{','.join(p['methods'])}: {p['n_images']} images, clean top-1 {100 * p['clean_accuracy']:.1f}%, "
                   f"wall {p['wall_time_s']:.0f} s, {p['date']}", file=sys.stderr)
         print(table(payloads, common=args.common))
         print()
         print(versus_random(payloads))
+        if args.versus:
+            print()
+            print(versus(payloads, args.versus))
         if args.plot:
             from vitlens.export.curves import faithfulness_curves
             from vitlens.export.figures import save_figure
