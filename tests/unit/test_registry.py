@@ -33,7 +33,9 @@ def test_every_method_is_a_complete_registered_object():
 
 
 def test_old_tables_are_views_of_the_registry():
-    from vitlens.analysis import explain as ex
+    import importlib
+
+    ex = importlib.import_module("vitlens.analysis.explain")
 
     assert ex.METHODS == vitlens.EXPLAIN_METHODS
     assert ex.OPTIONS["rollout"] == {"head": "mean", "discard_ratio": 0.0}
@@ -51,7 +53,7 @@ def test_docs_table_is_the_generated_one():
 
 
 def test_cli_choices_come_from_the_registry():
-    from cli.attend import EXPLAIN_METHODS, attend
+    from vitlens.cli.attend import EXPLAIN_METHODS, attend
 
     opt = next(p for p in attend.params if p.name == "method")
     assert list(opt.type.choices) == [m.name for m in vitlens.methods()] == list(EXPLAIN_METHODS)

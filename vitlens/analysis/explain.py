@@ -199,7 +199,7 @@ _ATTNLRP.__doc__ = """AttnLRP (Achtibat et al., ICML 2024): relevance of the tar
 
 ``R(x) = x ⊙ ∂̃y_t/∂x`` with the modified gradients of :mod:`vitlens.analysis.lrp`:
 linear layers ε-rule (γ-rule with ``gamma > 0``), LayerNorm with σ constant,
-elementwise non-linearities the identity rule, softmax ``R_i = x_i (R_i − s_i Σ_j R_j)``,
+elementwise non-linearities the identity rule, softmax ``R_i = x_i (R_i − s_i Σ_j R_j)`` (Prop. 3.1),
 ``q·kᵀ`` and ``A·v`` (and any product of activations) the uniform rule. The patch map is
 the signed sum of the pixel relevance over each patch (``pixels=True``: per pixel,
 summed over channels).
