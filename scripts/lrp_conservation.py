@@ -5,8 +5,9 @@ For the first ``--per-class`` CIFAR-10 test images of each class (the images of
 median and 5-95 % range over images of
 
 - ``pixels``: ``Σ R(pixels) / y_t``, the share of the target logit that reaches the image;
-- ``inputs``: ``(Σ R(pixels) + R(cls_token) + R(pos_embed)) / y_t``, everything that enters
-  the first block (the rest is absorbed by biases and, for AttnLRP, the softmax rule);
+- ``inputs``: ``Σ R(tokens entering blocks[0]) / y_t`` (patch embeddings + CLS token +
+  position embeddings: everything that enters the first block; the rest is absorbed by
+  the biases of the blocks and the head and, for AttnLRP, by the softmax rule);
 
 once for the model as it is and once for a bias-free copy (every bias set to 0), where
 CP-LRP must give exactly 1 for ``inputs`` and AttnLRP shows what its softmax rule absorbs.
@@ -26,9 +27,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faithfulness_table import find_archive, load_split  # noqa: E402
 
 
+def relevances(model, x, variant):
+    """Per image: ``Σ R(pixels) / y_t`` and ``Σ R(tokens entering blocks[0]) / y_t`` from one batched pass."""
+    from vitlens.analysis.gradients import preserved_model_state
+    from vitlens.analysis.lrp import relevance_rules
+
+    seen = {}
+
+    def grab(_m, args):
+        seen["tokens"] = args[0]
+
+    with preserved_model_state(model), torch.enable_grad():
+        for p in model.parameters():
+            p.requires_grad_(False)
+        xi = x.detach().clone().requires_grad_(True)
+        h = model.blocks[0].register_forward_pre_hook(grab)
+        try:
+            with relevance_rules(model, variant):
+                logits = model(xi)
+        finally:
+            h.remove()
+        tgt = logits.argmax(-1)
+        yt = logits.gather(1, tgt[:, None])[:, 0]
+        gx, gt = torch.autograd.grad(yt.sum(), [xi, seen["tokens"]])
+    yt = yt.detach().double()
+    return ((xi * gx).double().sum((1, 2, 3)) / yt,
+            (seen["tokens"] * gt).double().sum((1, 2)) / yt)
+
+
 def main() -> None:
     import vitlens
-    from vitlens.analysis.lrp import lrp_relevance
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-class", type=int, default=20)
@@ -43,20 +71,11 @@ def main() -> None:
     print(f"demo model, {len(x)} CIFAR-10 test images, target = predicted class")
     for label, m in (("as trained", model), ("biases set to 0", free)):
         for variant in ("attnlrp", "cp-lrp"):
-            pix, inp = [], []
-            for s in range(0, len(x), 50):
-                xb = x[s:s + 50]
-                rel, logits, tgt, _layout, _ = lrp_relevance(m, xb, variant=variant)
-                yt = logits.gather(1, tgt[:, None])[:, 0].double()
-                pix.append(rel.double().sum((1, 2, 3)) / yt)
-                for b in range(len(xb)):   # per image: prefix token + position embedding relevance
-                    _r, lg, tg, _l, ex = lrp_relevance(m, xb[b:b + 1], tgt[b:b + 1], variant=variant,
-                                                       extra_inputs=[m.cls_token, m.pos_embed])
-                    inp.append(((_r.double().sum() + sum(e.double().sum() for e in ex))
-                                / lg[0, tg[0]].double()).reshape(1))
-            for what, v in (("pixels", torch.cat(pix)), ("inputs", torch.cat(inp))):
+            pix, inp = relevances(m, x, variant)
+            for what, v in (("pixels", pix), ("inputs", inp)):
                 q = torch.quantile(v, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
-                print(f"  {label:>16} {variant:>8} {what:>6}: median {q[1]:.4f} (5-95 %: {q[0]:.4f} .. {q[2]:.4f})")
+                print(f"  {label:>16} {variant:>8} {what:>6}: median {q[1]:.4f} (5-95 %: {q[0]:.4f} .. {q[2]:.4f})",
+                      flush=True)
 
 
 if __name__ == "__main__":
