@@ -10,7 +10,8 @@ comparison), ``chefer``, ``attnlrp``, ``cp-lrp``, ``attnlrp-gamma`` (``gamma=0.2
 
 The cases take turns within each round (order rotated per round, one warm-up each);
 the ratio printed is the median over rounds of the case's time over plain's time in the
-same round, with quartiles and best-of, as ``capture_overhead.py`` does. CPU,
+same round, with quartiles and best-of, as ``capture_overhead.py`` does, and the
+median ratio of process CPU time (what a loaded machine distorts least). CPU,
 random-init weights (the weights do not change the cost). A benchmark prints numbers;
 it never fails.
 """
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cases", default=None, help="comma-separated subset of the cases (plain is always run)")
+    ap.add_argument("--warmup-batch", type=int, default=2, help="images in each case's warm-up call")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,15 +91,27 @@ def main() -> None:
         "cp-lrp": lambda: vitlens.explain(model, x, "cp-lrp"),
         "attnlrp-gamma": lambda: vitlens.explain(model, x, "attnlrp", gamma=0.25),
     }
+    if args.cases:
+        keep = ["plain"] + [c for c in args.cases.split(",") if c and c != "plain"]
+        unknown = [c for c in keep if c not in cases]
+        if unknown:
+            raise SystemExit(f"unknown case(s) {unknown}; cases: {', '.join(cases)}")
+        cases = {c: cases[c] for c in keep}
+    full = x
+    x = full[:args.warmup_batch]
     for fn in cases.values():
-        fn()   # warm-up
+        fn()   # warm-up (a small batch: kernels, lazy imports, allocator)
+    x = full
     times: dict[str, list[float]] = {c: [] for c in cases}
+    cpu: dict[str, list[float]] = {c: [] for c in cases}
     names = list(cases)
     for r in range(args.repeats):
         for c in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             cases[c]()
             times[c].append(time.perf_counter() - t0)
+            cpu[c].append(time.process_time() - c0)
+        print(f"  round {r + 1}/{args.repeats} done", flush=True)
     plain_med = statistics.median(times["plain"])
     print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}: "
           f"plain forward {plain_med * 1e3:.0f} ms (median of {args.repeats})")
@@ -104,8 +119,9 @@ def main() -> None:
         r = [a / b for a, b in zip(times[c], times["plain"])]
         q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
         best = min(times[c]) / min(times["plain"])
+        rc = statistics.median(a / b for a, b in zip(cpu[c], cpu["plain"]))
         print(f"  {c:>21}: {statistics.median(r):.2f}x plain (quartiles {q[0]:.2f}-{q[2]:.2f}, best-of {best:.2f}x; "
-              f"{statistics.median(times[c]) * 1e3:.0f} ms)")
+              f"{statistics.median(times[c]) * 1e3:.0f} ms); CPU time {rc:.2f}x plain", flush=True)
 
 
 if __name__ == "__main__":
