@@ -472,7 +472,7 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: int | Sequence
         ``(relevance [B, 3, H, W], logits [B, C], target [B], layout, [extra relevance])``,
         all detached.
     """
-    from ..capture import capture
+    from ..capture import adapter_for, capture
     from .gradients import _fresh_input, _grad_mode, preserved_model_state, resolve_target
 
     _check_variant(variant)
@@ -486,7 +486,7 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: int | Sequence
         for t in extras:
             t.requires_grad_(True)
         x = _fresh_input(images)
-        rows = "prefix" if getattr(model, "num_prefix_tokens", 0) else "all"
+        rows = "prefix" if adapter_for(model).num_prefix_tokens else "all"
         with capture(model, layers=[-1], rows=rows) as cache, \
                 relevance_rules(model, variant, gamma, conv_gamma):
             logits = model(x)
