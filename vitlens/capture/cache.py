@@ -417,8 +417,9 @@ class AttentionCache(Mapping):
         """Raise ValueError unless the layers are square self-attention over :attr:`layout`.
 
         For analyses defined on ``[B, H, T, T]`` matrices over one token sequence (CLS maps,
-        token rollout, distances, attention received). Windowed layers (Swin) have their own
-        paths in those analyses and pass; class-attention, pooling heads and layers whose
+        token rollout, distances, attention received). Windowed layers with a Swin
+        :class:`WindowLayout` have their own paths in those analyses and pass; windows of
+        other geometry (MaxViT's grid partitions, local blocks without a WindowLayout), class-attention, pooling heads and layers whose
         queries and keys sit on other grids (spatial reduction, hierarchical stages) are
         refused with the reason.
         """
@@ -433,7 +434,7 @@ class AttentionCache(Mapping):
                     f"{self.model_name} records weights that are not softmax probabilities (rows need not sum "
                     f"to 1 or be positive, e.g. talking-heads attention mixes the heads after the softmax). "
                     f"Pass layers= without it, or read cache.attention(layer) directly")
-            if spec.kind == "window" or spec.on_layout(self.layout):
+            if (spec.kind == "window" and spec.index in self._windows) or spec.on_layout(self.layout):
                 continue
             raise ValueError(
                 f"{what} needs square token self-attention over the input's token layout "

@@ -20,7 +20,10 @@ class LayerSpec:
         index: layer index in forward order (across stages for hierarchical models).
         hook_point: module path it is recorded from, e.g. ``"blocks.3.attn"``.
         kind: ``"self"`` (token self-attention over the whole sequence), ``"window"``
-            (self-attention inside windows, Swin), ``"class"`` (class-attention: only the
+            (self-attention inside windows: Swin, MaxViT's block attention, local
+            blocks), ``"grid"`` (self-attention inside the dilated partitions of MaxViT's grid
+            attention: window w holds every (H/g)-th row and (W/g)-th column token from
+            offset w; ``num_queries``/``num_keys`` per partition), ``"class"`` (class-attention: only the
             class token queries, CaiT), ``"pool"`` (an attention-pool head whose queries
             are learned latents, SigLIP/MAP).
         heads: heads of this layer.
@@ -62,7 +65,7 @@ class LayerSpec:
     @property
     def square(self) -> bool:
         """Queries and keys are the same token set (what rollout needs)."""
-        return self.kind in ("self", "window") and self.num_queries == self.num_keys
+        return self.kind in ("self", "window", "grid") and self.num_queries == self.num_keys
 
     def on_layout(self, layout: TokenLayout) -> bool:
         """Token self-attention over exactly ``layout``'s sequence (prefix + patch grid)."""

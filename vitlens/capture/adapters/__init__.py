@@ -155,7 +155,7 @@ class Adapter:
         return []
 
     def layer_kind(self, layer: int) -> str:
-        """``"self"``, ``"window"``, ``"class"`` or ``"pool"`` (see :class:`LayerSpec`)."""
+        """``"self"``, ``"window"``, ``"grid"``, ``"class"`` or ``"pool"`` (see :class:`LayerSpec`)."""
         return "self"
 
     def layer_softmax(self, layer: int) -> bool:
@@ -197,7 +197,7 @@ class Adapter:
             kind = self.layer_kind(i)
             geo = self.layer_geometry(i, layout, windows)
             nq, nk = geo["num_queries"], geo["num_keys"]
-            shape = ("[B, nW, H, n, n]" if kind == "window" else "[B, H, Tq, Tk]" if nq != nk else "[B, H, T, T]")
+            shape = ("[B, nW, H, n, n]" if kind in ("window", "grid") else "[B, H, Tq, Tk]" if nq != nk else "[B, H, T, T]")
             geo.setdefault("stage", windows[i].stage if windows else 0)
             geo.setdefault("softmax", self.layer_softmax(i))
             specs.append(LayerSpec(index=i, hook_point=path, kind=kind, heads=self.heads_of(i),
