@@ -215,7 +215,9 @@ class TapAdapter(Adapter):
         """The module's ``[N, H, Tq, Tk]`` probabilities -> ``[B, H, Tq, Tk]`` or ``[B, nW, H, n, n]`` (a view)."""
         g = self._current[layer]
         B = self._batch
-        if p.shape[-2:] != (g.num_queries, g.num_keys) or p.shape[0] != B * g.windows:
+        if p.dim() == 5 and p.shape[:2] == (B, g.windows) and p.shape[-2:] == (g.num_queries, g.num_keys):
+            return p  # windows computed batched as [B, nW, H, n, n]
+        if p.shape[-2:] != (g.num_queries, g.num_keys) or p.shape[0] != B * g.windows or p.dim() != 4:
             raise UnsupportedModelError(
                 f"{path} computed attention of shape {tuple(p.shape)} but vitlens predicted "
                 f"{B * g.windows} x [heads, {g.num_queries}, {g.num_keys}] for a batch of {B}; this model's "
