@@ -65,7 +65,8 @@ class LayerSpec:
     @property
     def square(self) -> bool:
         """Queries and keys are the same token set (what rollout needs)."""
-        return self.kind in ("self", "window", "grid") and self.num_queries == self.num_keys
+        return (self.kind in ("self", "window", "grid") and self.num_queries == self.num_keys
+                and self.query_grid == self.key_grid)
 
     def on_layout(self, layout: TokenLayout) -> bool:
         """Token self-attention over exactly ``layout``'s sequence (prefix + patch grid)."""
