@@ -14,12 +14,10 @@ token ``(r*b + i, c*b + j)``; no shift, no padding). Level grids change, so thes
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from . import register_adapter
 from .tap import LayerGeo, TapAdapter, pair
-from ...errors import UnsupportedModelError
 
 _M = "timm.models.nest"
 
@@ -31,6 +29,7 @@ class NestAdapter(TapAdapter):
     timm_modules = ("nest",)
     model_classes = (f"{_M}:Nest",)
     attention_classes = (f"{_M}:Attention",)
+    windows_heads_first = True
     test_models = (("nest_tiny", dict(img_size=32, patch_size=2)),)
 
     @classmethod
@@ -53,16 +52,3 @@ class NestAdapter(TapAdapter):
             out += [LayerGeo("window", b * b, b * b, (h, w), (h, w), (stride, stride), i, windows=n)
                     for _ in lv.transformer_encoder]
         return out
-
-    def arrange(self, layer: int, p: torch.Tensor, path: str) -> torch.Tensor:
-        g = self._current[layer]
-        if p.dim() != 5 or p.shape[0] != self._batch or p.shape[2] != g.windows \
-                or p.shape[-2:] != (g.num_queries, g.num_keys):
-            raise UnsupportedModelError(
-                f"{path} computed attention of shape {tuple(p.shape)} but vitlens predicted "
-                f"[{self._batch}, heads, {g.windows}, {g.num_queries}, {g.num_keys}]; this model's forward "
-                f"differs from what vitlens expects")
-        return p.transpose(1, 2)
-
-    def unarrange(self, layer: int, rec: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return rec.transpose(1, 2)

@@ -211,10 +211,20 @@ class TapAdapter(Adapter):
             f"vitlens does not map back to the input. Use method 'ig', 'input-x-gradient' or 'random'")
 
     # ------------------------------------------------------------------ recording
+    #: windowed layers compute ``[B, H, nW, n_q, n_k]`` (heads before windows): recorded transposed
+    windows_heads_first: bool = False
+
     def arrange(self, layer: int, p: torch.Tensor, path: str) -> torch.Tensor:
         """The module's ``[N, H, Tq, Tk]`` probabilities -> ``[B, H, Tq, Tk]`` or ``[B, nW, H, n, n]`` (a view)."""
         g = self._current[layer]
         B = self._batch
+        if self.windows_heads_first and p.dim() == 5:
+            if p.shape[0] != B or p.shape[2] != g.windows or p.shape[-2:] != (g.num_queries, g.num_keys):
+                raise UnsupportedModelError(
+                    f"{path} computed attention of shape {tuple(p.shape)} but vitlens predicted "
+                    f"[{B}, heads, {g.windows}, {g.num_queries}, {g.num_keys}]; this model's forward "
+                    f"differs from what vitlens expects")
+            return p.transpose(1, 2)
         if p.dim() == 5 and p.shape[:2] == (B, g.windows) and p.shape[-2:] == (g.num_queries, g.num_keys):
             return p  # windows computed batched as [B, nW, H, n, n]
         if p.shape[-2:] != (g.num_queries, g.num_keys) or p.shape[0] != B * g.windows or p.dim() != 4:
@@ -228,6 +238,8 @@ class TapAdapter(Adapter):
 
     def unarrange(self, layer: int, rec: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Inverse of :meth:`arrange` (a view of ``rec`` with the module's own shape)."""
+        if self.windows_heads_first and len(shape) == 5:
+            return rec.transpose(1, 2)
         return rec.reshape(shape)
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
