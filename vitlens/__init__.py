@@ -16,6 +16,7 @@ click; ``vitlens.export`` and the CLI bring those in when used.
 """
 from .analysis import (AttentionMaps, ShapeBiasResult, attention_maps, attention_received, cls_attention, rollout,
                        shape_bias)
+from .analysis import reductions
 from .analysis.artefacts import HighNormTokens, high_norm_tokens
 from .analysis.distance import HeadStatistics, attention_entropy, head_statistics, mean_attention_distance
 from .analysis import METHODS as EXPLAIN_METHODS, Explanation, explain, explanation
@@ -48,6 +49,7 @@ __all__ = [
 ]
 __all__ += ["mean_attention_distance", "attention_entropy", "HeadStatistics", "head_statistics"]
 __all__ += ["high_norm_tokens", "HighNormTokens"]
+__all__ += ["reductions"]
 __all__ += ["explain", "explanation", "Explanation", "EXPLAIN_METHODS", "methods", "Method", "register_method"]
 __all__ += ["deletion_curve", "insertion_curve", "perturbation_curve", "token_drop_curve"]
 __all__ += ["explore", "Explorer"]

@@ -8,6 +8,7 @@ from .faithfulness import FaithfulnessResult, evaluate
 from .importance import KeepRatioCurve, keep_ratio_curve, keep_tokens, token_importance
 from .maps import AttentionMaps, attention_maps
 from .received import attention_received
+from . import reductions
 from .rollout import rollout
 from .shape_bias import ShapeBiasResult, shape_bias
 

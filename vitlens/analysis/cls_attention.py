@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from .._util import renamed
-from ..capture.cache import AttentionCache
+from ..capture.cache import AttentionCache, TokenLayout
+from ..capture.reduce import reduction_of
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -23,6 +24,22 @@ def fuse_heads(attn: torch.Tensor, head: str, dim: int = 1) -> torch.Tensor:
         return attn.amin(dim=dim)
     raise ValueError(f"head must be one of {HEAD_FUSIONS} to fuse the heads, got {how!r} "
                      f"(cls_attention and attention_received also take a head index, or None for every head)")
+
+
+def require_cls(layout: TokenLayout | None) -> int:
+    """The CLS token's index in ``layout``, or the ValueError of a model without one."""
+    if layout is None or layout.cls_index is None:
+        raise ValueError(
+            "this model has no CLS token (global-pool model), so it has no CLS attention map; "
+            "use vitlens.rollout(cache), which averages over patch rows for such models")
+    return layout.cls_index
+
+
+def cls_rows(attn: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """``A_l[:, :, cls, prefix:]`` in float32: ``[B, H, N]`` from one layer's ``[B, H, T, T]``
+    (or ``[B, H, P, T]`` prefix rows). The one place this definition is written; the full-cache
+    :func:`cls_attention` and the reduce-on-record ``ClsRows`` both use it."""
+    return attn[:, :, require_cls(layout), layout.num_prefix_tokens:].float()
 
 
 def cls_attention(cache: AttentionCache, layer: int = -1, head: str | int | None = "mean",
@@ -51,15 +68,18 @@ def cls_attention(cache: AttentionCache, layer: int = -1, head: str | int | None
             back to the mean over patch rows), or layer/head out of range.
     """
     cache.require_token_attention("cls_attention", [layer])
-    layout = cache.layout
-    attn = cache.attention(layer)
-    assert layout is not None
-    if layout.cls_index is None:
-        raise ValueError(
-            "this model has no CLS token (global-pool model), so it has no CLS attention map; "
-            "use vitlens.rollout(cache), which averages over patch rows for such models")
+    reduced = reduction_of(cache, "cls")
+    idx = cache.resolve_layer(layer)
+    if reduced is not None and reduced.has(idx):   # captured with reduce=["cls", ...]
+        layout = cache.layout
+        require_cls(layout)
+        row = reduced.rows_of(idx)
+    else:
+        attn = cache.attention(layer)
+        layout = cache.layout
+        assert layout is not None
+        row = cls_rows(attn, layout)  # [B, H, N]
     gh, gw = layout.grid_size
-    row = attn[:, :, layout.cls_index, layout.num_prefix_tokens:].float()  # [B, H, N]
     if head is None:
         out = row
     elif isinstance(head, str):

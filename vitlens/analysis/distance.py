@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .._util import describe, html_table, model_device, renamed
-from ..capture.cache import AttentionCache, WindowLayout
+from ..capture.cache import AttentionCache, TokenLayout, WindowLayout
+from ..capture.reduce import reduction_of
 
 #: Statistics :func:`head_statistics` can compute, name -> (function of a cache, unit).
 STATISTICS: dict[str, tuple[str, str]] = {
@@ -111,27 +112,38 @@ def _windowed_stat(attn: torch.Tensor, window: WindowLayout, kind: str) -> torch
     return torch.cat(out, dim=0)
 
 
-def _per_layer(cache: AttentionCache, layers: Sequence[int] | int | None, kind: str) -> torch.Tensor:
-    chosen = _resolve_layers(cache, layers)
-    assert cache.layout is not None
-    cache.require_token_attention("mean attention distance and entropy", chosen)
-    per: list[torch.Tensor] = []
-    for layer in chosen:
-        attn = cache.attention(layer).detach()
-        if cache.windowed:
-            window = cache.layout_of(layer)
-            assert isinstance(window, WindowLayout)
-            per.append(_windowed_stat(attn, window, kind))
-        else:
-            layout = cache.layout
-            dist = (patch_distance_matrix(layout.grid_size, layout.patch_size, attn.device)
-                    if kind == "distance" else None)
-            per.append(_flat_stat(attn, layout.num_prefix_tokens, kind, dist))
+def layer_statistic(attn: torch.Tensor, geometry: TokenLayout | WindowLayout, kind: str) -> torch.Tensor:
+    """One layer's ``[B, H]`` statistic (``kind`` ``"distance"`` or ``"entropy"``) from its recorded
+    probabilities and geometry (``cache.layout_of(layer)``). The full-cache functions and the
+    reduce-on-record ``HeadStatistic`` both call this, so the formulas exist once."""
+    if isinstance(geometry, WindowLayout):
+        return _windowed_stat(attn, geometry, kind)
+    dist = (patch_distance_matrix(geometry.grid_size, geometry.patch_size, attn.device)
+            if kind == "distance" else None)
+    return _flat_stat(attn, geometry.num_prefix_tokens, kind, dist)
+
+
+def stack_layers(per: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-layer ``[B, H_l]`` -> ``[B, L, max H_l]``, NaN for heads a layer does not have."""
     width = max(p.shape[1] for p in per)
     out = torch.full((per[0].shape[0], len(per), width), float("nan"), dtype=torch.float32, device=per[0].device)
     for i, p in enumerate(per):
         out[:, i, :p.shape[1]] = p
     return out
+
+
+def _per_layer(cache: AttentionCache, layers: Sequence[int] | int | None, kind: str) -> torch.Tensor:
+    chosen = _resolve_layers(cache, layers)
+    assert cache.layout is not None
+    cache.require_token_attention("mean attention distance and entropy", chosen)
+    reduced = reduction_of(cache, "statistic", statistic=kind)
+    per: list[torch.Tensor] = []
+    for layer in chosen:
+        if reduced is not None and reduced.has(layer):   # captured with reduce=[kind, ...]
+            per.append(reduced.values_of(layer))
+        else:
+            per.append(layer_statistic(cache.attention(layer).detach(), cache.layout_of(layer), kind))
+    return stack_layers(per)
 
 
 def mean_attention_distance(cache: AttentionCache, layers: Sequence[int] | int | None = None) -> torch.Tensor:

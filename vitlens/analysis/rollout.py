@@ -1,10 +1,13 @@
 """Attention rollout (Abnar & Zuidema, 2020)."""
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 
 from ..capture.cache import AttentionCache, WindowLayout, from_windows, to_windows
 from .._util import renamed
+from ..capture.reduce import reduction_of
 from .cls_attention import HEAD_FUSIONS, fuse_heads
 
 
@@ -58,6 +61,53 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float, keep_col: int | No
 _CHUNK_BYTES = 1 << 20  # float32 bytes of one head-fused chunk in rollout: fits a core's cache
 
 
+def fused_layer(layer_attn: torch.Tensor, head_fusion: str, discard_ratio: float, P: int, cls: int | None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+    """Steps 1-2 of rollout for one token-level layer: ``[b, H, T, T]`` -> fused ``A_l`` ``[b, T, T]``
+    float32 (heads fused, lowest entries discarded sparing the CLS column, excluded keys zeroed)."""
+    a = fuse_heads(layer_attn.float(), head_fusion)  # [b, T, T]
+    a = discard_lowest(a, discard_ratio, cls)
+    if drop is not None:
+        a = a.clone()
+        a[:, :, P:] = a[:, :, P:].masked_fill(drop.to(a.device)[:, None, :], 0.0)
+    return a
+
+
+def residual_step(a: torch.Tensor, x: torch.Tensor, *, left: bool) -> torch.Tensor:
+    """Step 3 applied: ``Â = D⁻¹(½·A + ½·I)`` with ``D = diag(½·rowsum(A) + ½)`` (rows renormalised).
+
+    The one implementation of the formula, for both orders of the product:
+
+    - ``left=True``: ``Â·x`` for the running product ``x = R`` ``[b, T, T]`` (forward order,
+      ``R ← Â_l·R``, as reduce-on-record sees the layers);
+    - ``left=False``: ``x·Â`` for a row vector ``x`` ``[..., q]`` over ``a`` ``[..., q, k]``
+      (pushed down from the last layer, ``v ← v·Â_l``; windowed ``[B, nW, n]`` too).
+    """
+    d = 0.5 * a.sum(dim=-1) + 0.5
+    if left:
+        return torch.baddbmm(x, a, x, beta=0.5, alpha=0.5).div_(d.unsqueeze(-1))
+    w = x / d
+    return 0.5 * torch.einsum("...q,...qk->...k", w, a) + 0.5 * w
+
+
+def readout_vector(b: int, T: int, P: int, cls: int | None, like: torch.Tensor) -> torch.Tensor:
+    """``[b, T]``: the row of R the map is: the CLS row, or the mean of the patch rows without CLS."""
+    v = like.new_zeros(b, T)
+    if cls is not None:
+        v[:, cls] = 1.0
+    else:
+        v[:, P:] = 1.0 / (T - P)
+    return v
+
+
+def finish_map(m: torch.Tensor, drop: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, N]`` unnormalised patch part -> ``[B, gh, gw]`` summing to 1 (0 on excluded tokens)."""
+    if drop is not None:
+        m = m.masked_fill(drop.to(m.device), 0.0)
+    m = m / m.sum(dim=-1, keepdim=True)
+    return m.reshape(m.shape[0], *grid)
+
+
 def _token_rollout(attn: list[torch.Tensor], head_fusion: str, discard_ratio: float, P: int, cls: int | None,
                    drop: torch.Tensor | None) -> torch.Tensor:
     """Token-level rollout of one chunk of images: ``attn`` is every layer's ``[b, H, T, T]``.
@@ -69,19 +119,10 @@ def _token_rollout(attn: list[torch.Tensor], head_fusion: str, discard_ratio: fl
     # image instead of the O(L·T³) of forming R = Â_L ··· Â_1; the result is identical.
     v = None
     for layer_attn in reversed(attn):
-        a = fuse_heads(layer_attn.float(), head_fusion)  # [b, T, T]
-        a = discard_lowest(a, discard_ratio, cls)
-        if drop is not None:
-            a = a.clone()
-            a[:, :, P:] = a[:, :, P:].masked_fill(drop.to(a.device)[:, None, :], 0.0)
+        a = fused_layer(layer_attn, head_fusion, discard_ratio, P, cls, drop)
         if v is None:
-            v = a.new_zeros(a.shape[0], a.shape[-1])
-            if cls is not None:
-                v[:, cls] = 1.0
-            else:
-                v[:, P:] = 1.0 / (a.shape[-1] - P)
-        w = v / (0.5 * a.sum(dim=-1) + 0.5)              # rows of 0.5·A + 0.5·I renormalised
-        v = 0.5 * torch.einsum("bq,bqk->bk", w, a) + 0.5 * w
+            v = readout_vector(a.shape[0], a.shape[-1], P, cls, a)
+        v = residual_step(a, v, left=False)
     assert v is not None
     return v[:, P:]
 
@@ -150,6 +191,9 @@ def rollout(cache: AttentionCache, head: str = "mean", discard_ratio: float = 0.
     if cache.rows != "all":
         raise ValueError("rollout needs the full T x T attention; capture with rows='all' "
                          f"(this cache has rows={cache.rows!r})")
+    reduced = reduction_of(cache, "rollout", head=head_fusion, discard_ratio=float(discard_ratio))
+    if reduced is not None and exclude is None and reduced.ready():   # captured with reduce=["rollout", ...]
+        return reduced.maps()
     if cache.windowed:
         if exclude is not None:
             raise ValueError("rollout(exclude=...) needs a token-level model: a windowed (Swin) model's tokens "
@@ -195,10 +239,7 @@ def rollout(cache: AttentionCache, head: str = "mean", discard_ratio: float = 0.
     m = torch.cat([_token_rollout([a[s:s + step] for a in attn], head_fusion, discard_ratio, P, cls,
                                   None if drop is None else drop[s:s + step])
                    for s in range(0, max(B, 1), step)])
-    if drop is not None:
-        m = m.masked_fill(drop.to(m.device), 0.0)
-    m = m / m.sum(dim=-1, keepdim=True)
-    return m.reshape(m.shape[0], *layout.grid_size)
+    return finish_map(m, drop, layout.grid_size)
 
 
 def discard_lowest_allowed(fused: torch.Tensor, allowed: torch.Tensor, discard_ratio: float) -> torch.Tensor:
@@ -241,6 +282,37 @@ def _merge_rows_to_previous(v: torch.Tensor, grid: tuple[int, int], prev: tuple[
     return (v / size)[:, parent]
 
 
+def windowed_fused_layer(attn: torch.Tensor, window: WindowLayout, head_fusion: str,
+                         discard_ratio: float) -> torch.Tensor:
+    """Steps 1-2 of rollout for one windowed block: ``[B, nW, h, n, n]`` -> fused ``[B, nW, n, n]``
+    float32, padding keys and cross-region pairs 0, lowest allowed entries discarded."""
+    a = fuse_heads(attn.float(), head_fusion, dim=2)   # [B, nW, n, n]
+    allowed = window.allowed_pairs(a.device)
+    a = a * allowed                                     # padding keys cropped, masked pairs 0
+    return discard_lowest_allowed(a, allowed, discard_ratio)
+
+
+def windowed_chain(fused_of: Callable[[int], torch.Tensor], windows: Sequence[WindowLayout],
+                   grid: tuple[int, int]) -> torch.Tensor:
+    """Step 4 for windowed models: the mean row of ``R_{S-1}·M_{S-2}···M_0·R_0`` pushed down from the
+    last block, ``fused_of(layer)`` giving each block's fused ``A_l`` (:func:`windowed_fused_layer`);
+    ``[B, gh, gw]`` on the first stage's ``grid``, summing to 1."""
+    v = None
+    here = windows[-1].grid_size
+    for wl in reversed(windows):
+        if wl.grid_size != here:                        # crossed a patch merging, going down
+            v = _merge_rows_to_previous(v, here, wl.grid_size)
+            here = wl.grid_size
+        a = fused_of(wl.layer)
+        if v is None:                                   # mean over the pooled last-stage tokens
+            v = a.new_full((a.shape[0], wl.num_tokens), 1.0 / wl.num_tokens)
+        v = from_windows(residual_step(a, to_windows(v, wl), left=False), wl)
+    assert v is not None
+    v = _merge_rows_to_previous(v, here, grid)
+    v = v / v.sum(dim=-1, keepdim=True)
+    return v.reshape(v.shape[0], *grid)
+
+
 def _windowed_rollout(cache: AttentionCache, head_fusion: str, discard_ratio: float) -> torch.Tensor:
     layers = cache.layers
     if layers != list(range(cache.num_layers)):
@@ -251,23 +323,6 @@ def _windowed_rollout(cache: AttentionCache, head_fusion: str, discard_ratio: fl
     layout = cache.layout
     assert layout is not None
     windows: list[WindowLayout] = [cache.layout_of(i) for i in layers]  # type: ignore[misc]
-    v = None
-    grid = windows[-1].grid_size
-    for layer in reversed(layers):
-        wl = windows[layer]
-        if wl.grid_size != grid:                      # crossed a patch merging, going down
-            v = _merge_rows_to_previous(v, grid, wl.grid_size)
-            grid = wl.grid_size
-        a = fuse_heads(cache.attention(layer).float(), head_fusion, dim=2)   # [B, nW, n, n]
-        if v is None:                                   # mean over the pooled last-stage tokens
-            v = a.new_full((a.shape[0], wl.num_tokens), 1.0 / wl.num_tokens)
-        allowed = wl.allowed_pairs(a.device)
-        a = a * allowed                                  # padding keys cropped, masked pairs 0
-        a = discard_lowest_allowed(a, allowed, discard_ratio)
-        d = 0.5 * a.sum(-1) + 0.5                        # row sums of 0.5·A + 0.5·I
-        vw = to_windows(v, wl) / d                       # [B, nW, n]
-        v = from_windows(0.5 * torch.einsum("bwq,bwqk->bwk", vw, a) + 0.5 * vw, wl)
-    assert v is not None
-    v = _merge_rows_to_previous(v, grid, layout.grid_size)
-    v = v / v.sum(dim=-1, keepdim=True)
-    return v.reshape(v.shape[0], *layout.grid_size)
+    return windowed_chain(lambda layer: windowed_fused_layer(cache.attention(layer), windows[layer], head_fusion,
+                                                             discard_ratio),
+                          windows, layout.grid_size)

@@ -253,6 +253,10 @@ class AttentionCache(Mapping):
         layout: the :class:`TokenLayout`; None until a forward ran. For windowed models
             (Swin) it describes the *first* stage's grid, with no prefix tokens: maps
             over the whole model (rollout) come out on that grid.
+        reductions: the :class:`~vitlens.capture.reduce.Reduction` objects fed during the
+            forward (``capture(reduce=...)``); the analyses read their results.
+        kept: recorded layers whose full tensors are stored; None = every recorded layer
+            (a plain capture). ``capture(reduce=...)`` keeps none unless ``keep=`` asks.
     """
 
     model_name: str
@@ -265,6 +269,8 @@ class AttentionCache(Mapping):
     hook_points: dict[int, str]
     layer_heads: tuple[int, ...] = ()
     layout: TokenLayout | None = None
+    reductions: list = field(default_factory=list, repr=False)
+    kept: tuple[int, ...] | None = None
     _store: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
     _windows: dict[int, WindowLayout] = field(default_factory=dict, repr=False)
     _describe: Callable[[tuple[int, int]], "ModelDescription"] | None = field(default=None, repr=False)
@@ -355,6 +361,10 @@ class AttentionCache(Mapping):
             if self.layout is None:
                 raise ValueError("nothing was recorded: run the model inside the "
                                  "`with vitlens.capture(model) as cache:` block")
+            if idx in self.layers and self.kept is not None and idx not in self.kept:
+                raise ValueError(f"layer {idx} was recorded into reductions only (reductions: {self.reductions}; "
+                                 f"full tensors kept for layers {list(self.kept)}); capture with keep=True "
+                                 f"(or keep=[{idx}, ...]) to keep its full attention")
             raise ValueError(f"layer {idx} was not recorded (recorded layers: {self.layers}); "
                              f"pass layers=None (all) or include it in layers= when capturing")
         chunks = self._store[idx]
@@ -492,6 +502,8 @@ class AttentionCache(Mapping):
     def clear(self) -> None:
         """Drop every recorded tensor (keeps the configuration; the layout is reset)."""
         self._store.clear()
+        for r in self.reductions:
+            r.clear()
         self._windows.clear()
         self.layout = None
         self._description = None
@@ -501,7 +513,7 @@ class AttentionCache(Mapping):
         """Set the model-wide :class:`TokenLayout`, or one layer's :class:`WindowLayout`."""
         if isinstance(layout, WindowLayout):
             old = self._windows.get(layout.layer)
-            if old is not None and old != layout and self._store:
+            if old is not None and old != layout and self._holds_data():
                 raise ValueError(
                     f"one capture holds one input geometry: layer {layout.layer} had stage grid "
                     f"{old.grid_size} (window {old.window_size}) in the first forward, now "
@@ -509,13 +521,16 @@ class AttentionCache(Mapping):
                     f"`with vitlens.capture(...)` block per input size, or call cache.clear()")
             self._windows[layout.layer] = layout
             return
-        if self.layout is not None and self.layout != layout and self._store:
+        if self.layout is not None and self.layout != layout and self._holds_data():
             raise ValueError(
                 f"one capture holds one input geometry: the first forward had grid "
                 f"{self.layout.grid_size} (input {self.layout.input_size}), this one "
                 f"{layout.grid_size} (input {layout.input_size}); use a separate "
                 f"`with vitlens.capture(...)` block per input size, or call cache.clear()")
         self.layout = layout
+
+    def _holds_data(self) -> bool:
+        return bool(self._store) or any(r.held_bytes() for r in self.reductions)
 
     def _record(self, layer: int, probs: torch.Tensor) -> None:
         self._store.setdefault(layer, []).append(probs)

@@ -9,6 +9,7 @@ from torch import nn
 
 from .adapters import adapter_for
 from .cache import AttentionCache
+from .reduce import Reduction, make_reductions
 
 _ROWS = ("all", "prefix")
 
@@ -17,7 +18,8 @@ _ROWS = ("all", "prefix")
 def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             heads: Sequence[int] | None = None, rows: str = "all",
             dtype: torch.dtype | None = None, to: torch.device | str | None = None,
-            grad: bool = False) -> Iterator[AttentionCache]:
+            grad: bool = False, reduce: Sequence[Reduction | str] | Reduction | str | None = None,
+            keep: bool | Sequence[int] | int | None = None) -> Iterator[AttentionCache]:
     """Record per-layer, per-head attention probabilities of a timm ViT (or Swin).
 
     Example::
@@ -73,13 +75,24 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         raise ValueError(f"rows='prefix' records the prefix-token rows, but "
                          f"{type(model).__name__} has no prefix tokens; use rows='all'")
     target = torch.device(to) if to is not None else None
+    reductions = make_reductions(reduce) if reduce is not None else []
+    if keep is None:
+        keep = not reductions
+    kept = None if keep is True else (() if keep is False else tuple(_resolve_indices(keep, n_layers, "layer", "keep")))
+    if kept is not None and any(i not in layer_list for i in kept):
+        raise ValueError(f"keep={list(kept)} names layers that are not recorded (layers={layer_list}); "
+                         f"keep only recorded layers")
+    if kept == () and not reductions:
+        raise ValueError("keep=False with no reduce= records nothing; pass reduce=[...] or keep=True")
 
     cache = AttentionCache(
         model_name=str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
         family=adapter.family, num_layers=n_layers, num_heads=n_heads, layers=layer_list,
         heads=tuple(head_list) if head_list is not None else tuple(range(n_heads)),
         rows=rows, hook_points={i: modules[i][0] for i in layer_list},
-        layer_heads=layer_heads if varies else (), _describe=adapter.describe)
+        layer_heads=layer_heads if varies else (), _describe=adapter.describe, reductions=reductions, kept=kept)
+    for r in reductions:
+        r.check(cache)
 
     checked: set[int] = set()
 
@@ -91,7 +104,10 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             probs = probs.detach()
         if dtype is not None or target is not None:
             probs = probs.to(device=target, dtype=dtype)
-        cache._record(layer, probs)
+        if kept is None or layer in kept:
+            cache._record(layer, probs)
+        for r in reductions:  # each consumes the layer now; nothing else holds probs afterwards
+            r.update(layer, probs, cache)
 
     # Every hook and flag is registered on the stack as it is installed, so an install
     # that fails half-way, a forward that raises and a normal exit all undo everything.
