@@ -70,6 +70,11 @@ class ExportOptions:
         virtual: under torchrun, join the shards into a view of HDF5 virtual datasets
             (instant, but the shard files must stay beside OUTPUT) instead of copying their
             rows into a self-contained OUTPUT (the default).
+        reduce: reduce each layer's attention as it is recorded (default): the analyses
+            hold a CLS row per layer, ``[B, H]`` statistics and one running rollout
+            product instead of every layer's ``[B, H, T, T]``; full tensors are kept only
+            for ``full``. False keeps every layer for the batch first (the older path,
+            for comparison; same values, rollout within 1e-6).
     """
 
     analyses: Sequence[str] | None = None
@@ -86,6 +91,7 @@ class ExportOptions:
     resume: bool = False
     overwrite: bool = False
     virtual: bool = False
+    reduce: bool = True
 
     def __post_init__(self) -> None:
         """Check every option that does not depend on the model (ValueError naming the option)."""
@@ -145,10 +151,19 @@ class _Plan:
     rows: str
     num_layers: int
     has_cls: bool
+    reductions: tuple[str, ...] = ()         # capture(reduce=...) names; () = keep full tensors
+
+
+#: analysis -> the reduce-on-record reduction that computes it (vitlens.reductions).
+_REDUCTIONS = {"cls": "cls", "rollout": "rollout", "distance": "distance"}
 
 
 def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     """Check the requested analyses against the model; decide what to capture.
+
+    Args:
+        model: the model to export from.
+        options: the export options.
 
     Raises:
         VitlensError: unknown analysis, CLS maps of a model without CLS token, bad
@@ -202,17 +217,18 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
         full_layers = resolve(options.layers, n_layers, "layer") or tuple(range(n_layers))
         min_heads = min(int(adapter.heads_of(i)) for i in full_layers)
         full_heads = resolve(options.heads, min_heads, "head")
+    attention_analyses = tuple(a for a in analyses if a in _REDUCTIONS)
     needs_all = {"rollout", "distance"} & set(analyses) or full_layers
-    if needs_all or "cls" in analyses:
+    if attention_analyses:
         capture_layers: tuple[int, ...] | None = tuple(range(n_layers))
-        if not ({"rollout", "distance", "cls"} & set(analyses)):
-            capture_layers = full_layers
+    elif full_layers:
+        capture_layers = full_layers
     else:
         capture_layers = None
-    rows = "all" if needs_all else "prefix"
-    if rows == "prefix" and not desc.num_prefix_tokens:
-        rows = "all"
-    return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed)
+    rows = "all" if needs_all or not desc.num_prefix_tokens else "prefix"
+    reductions = tuple(_REDUCTIONS[a] for a in attention_analyses) if options.reduce else ()
+    return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed,
+                 reductions)
 
 
 # ------------------------------------------------------------------------ compute
@@ -239,8 +255,12 @@ def _analyse(model: nn.Module, x: torch.Tensor, plan: _Plan, precision: str) -> 
             # probabilities they multiply with v (capture's grad=True; no graph under no_grad),
             # instead of the fused kernel plus a recomputation: measured ~10% faster end to end
             # (benchmarks/export_throughput.py); logits agree with the fused forward to ~1e-6.
-            with capture(model, layers=list(plan.capture_layers), rows=plan.rows,
-                         grad=plan.rows == "all") as cache:
+            # Reduce on record (plan.reductions): each layer's probabilities go to the CLS-row,
+            # rollout and distance reductions as the forward produces them and are dropped;
+            # only the --full layers are kept whole.
+            with capture(model, layers=list(plan.capture_layers), rows=plan.rows, grad=plan.rows == "all",
+                         reduce=list(plan.reductions) or None,
+                         keep=(list(plan.full_layers) or False) if plan.reductions else None) as cache:
                 logits = model(x)
             layout = cache.layout
     if "logits" in plan.analyses:
@@ -363,8 +383,8 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
         inputs = resolve_inputs(inputs)
     paths = list(inputs.paths)[: options.limit] if options.limit else list(inputs.paths)
     rels = [relative_name(p, inputs.root) for p in paths]
-    plan = plan_analyses(model, options)
     model.eval()
+    plan = plan_analyses(model, options)
     device = next(model.parameters()).device
     _autocast(device, options.precision)  # refuse fp16 on CPU before any work
 

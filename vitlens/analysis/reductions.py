@@ -34,7 +34,7 @@ from .distance import STATISTICS, layer_statistic
 from .rollout import (finish_map, fused_layer, readout_vector, residual_step, windowed_chain,
                       windowed_fused_layer)
 
-__all__ = ["Reduction", "ClsRows", "Rollout", "HeadStatistic"]
+__all__ = ["Reduction", "ClsRows", "Rollout", "HeadStatistic", "held_bytes_estimate"]
 
 
 class _PerLayer(Reduction):
@@ -195,3 +195,36 @@ class HeadStatistic(_PerLayer):
 
 register_reduction("distance")(lambda: HeadStatistic("distance"))
 register_reduction("entropy")(lambda: HeadStatistic("entropy"))
+
+
+def held_bytes_estimate(*, batch: int, layers: int, heads: int, tokens: int, prefix: int = 1,
+                        reduce: tuple[str, ...] = ("cls", "rollout", "distance"), itemsize: int = 4) -> dict[str, Any]:
+    """Predicted bytes of attention held by one forward of a token-level model (no windows).
+
+    What the capture holds between layers (the recorded layer's own ``[B, H, T, T]`` exists
+    while that layer runs in both cases, as in the model's unfused forward):
+
+    - ``"full"``: a plain capture after the last layer, ``L·B·H·T²·itemsize``;
+    - ``"reduced_after_layer"``: ``capture(reduce=reduce)`` after each layer: the running
+      rollout product ``B·T²`` (the ``B·N`` maps after the last layer), a CLS row
+      ``B·H·N`` per layer, ``B·H`` per layer for each statistic; float32 (``itemsize``
+      applies to the full cache only, which stores the model's dtype);
+    - ``"reduced_peak"``: the largest of those;
+    - ``"layer_transient"``: while a layer is reduced: its probabilities plus rollout's
+      fused ``A_l`` and the new product, ``B·H·T²·itemsize + 2·B·T²·4``.
+
+    ``tests/unit/test_reduce.py`` checks ``full`` and ``reduced_after_layer`` against live
+    tensor storage counted after every layer.
+    """
+    B, L, H, T, N = batch, layers, heads, tokens, tokens - prefix
+    after = []
+    for layer in range(L):
+        n = 0
+        if "rollout" in reduce:
+            n += B * N * 4 if layer == L - 1 else B * T * T * 4
+        if "cls" in reduce:
+            n += (layer + 1) * B * H * N * 4
+        n += sum((layer + 1) * B * H * 4 for s in ("distance", "entropy") if s in reduce)
+        after.append(n)
+    return {"full": L * B * H * T * T * itemsize, "reduced_after_layer": after, "reduced_peak": max(after),
+            "layer_transient": B * H * T * T * itemsize + (2 * B * T * T * 4 if "rollout" in reduce else 0)}
