@@ -2,7 +2,11 @@
 
     python benchmarks/capture_overhead.py [--batch 32] [--repeats 11] [--models vit_small_patch16_224 ...]
 
-Prints one line per case. The cases of a model take turns within each of --repeats
+Prints one line per case: ``full`` (a plain capture keeping every layer's ``[B, H, T, T]``),
+``cls_rows`` (``rows="prefix"``), ``reduce`` (``reduce=["cls", "rollout", "distance"]``:
+each layer reduced as it is recorded, nothing kept whole). Then the depth check: the
+memory one forward adds with a 12-layer and a 24-layer ViT-S (``full`` grows with depth,
+``reduce`` must not). The cases of a model take turns within each of --repeats
 rounds (after one warm-up each, order rotated per round); the ratio printed is the
 median over rounds of the case's time over plain's time in the same round, with its
 quartiles and the best-of ratio (fastest over fastest), so a shared machine's slow
@@ -64,10 +68,13 @@ def _ratios(times: dict[str, list[float]], case: str, base: str = "plain") -> tu
 
 
 def _build(name: str, batch: int):
+    """``name`` is a timm name, optionally with ``:depth=N`` (e.g. ``vit_small_patch16_224:depth=24``)."""
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False).eval()
+    name, _, extra = name.partition(":")
+    kwargs = {k: int(v) for k, v in (kv.split("=") for kv in extra.split(",") if kv)}
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
     size = model.pretrained_cfg["input_size"][-2:]
     return model, torch.randn(batch, 3, *size)
 
@@ -77,7 +84,8 @@ def _case_fn(model, x, case: str):
 
     if case == "plain":
         return lambda: model(x)
-    kwargs = {"full": {}, "cls_rows": {"rows": "prefix"}}[case]
+    kwargs = {"full": {}, "cls_rows": {"rows": "prefix"}, "reduce": {"reduce": ["cls", "rollout", "distance"]},
+              "reduce_nocls": {"reduce": ["rollout", "distance"]}}[case]
 
     def run():
         with vitlens.capture(model, **kwargs) as cache:
@@ -119,7 +127,7 @@ def _peak(name: str, batch: int, case: str) -> float:
 
 def bench_model(name: str, batch: int, repeats: int, memory: bool) -> None:
     model, x = _build(name, batch)
-    cases = ("full", "cls_rows") if getattr(model, "num_prefix_tokens", 0) else ("full",)
+    cases = ("full", "cls_rows", "reduce") if getattr(model, "num_prefix_tokens", 0) else ("full", "reduce_nocls")
     with torch.no_grad():
         t = _interleaved({case: _case_fn(model, x, case) for case in ("plain", *cases)}, repeats)
     plain = statistics.median(t["plain"])
@@ -132,6 +140,17 @@ def bench_model(name: str, batch: int, repeats: int, memory: bool) -> None:
             plain_mem, case_mem = _peak(name, batch, "plain"), _peak(name, batch, case)
             line += f"; peak memory {case_mem / max(plain_mem, 1e-9):.2f}x plain ({case_mem:.0f} vs {plain_mem:.0f} MiB)"
         print(line, flush=True)
+
+
+def bench_depth(batch: int) -> None:
+    """Memory one forward adds (fresh processes) for a 12- and a 24-layer ViT-S: full cache vs reduce."""
+    got = {(d, case): _peak(f"vit_small_patch16_224:depth={d}", batch, case)
+           for d in (12, 24) for case in ("plain", "full", "reduce")}
+    for case in ("full", "reduce"):
+        extra = {d: got[d, case] - got[d, "plain"] for d in (12, 24)}
+        print(f"depth check, vit_small_patch16_224 batch {batch}, {case}: one forward adds {extra[12]:.0f} MiB over "
+              f"plain with 12 layers, {extra[24]:.0f} MiB with 24 layers (peak {got[12, case]:.0f} / "
+              f"{got[24, case]:.0f} MiB; plain {got[12, 'plain']:.0f} / {got[24, 'plain']:.0f} MiB)", flush=True)
 
 
 def bench_rollout(images: int, repeats: int) -> None:
@@ -183,10 +202,13 @@ def main() -> None:
                     default=["vit_small_patch16_224", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"])
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--rollout-images", type=int, default=64)
+    ap.add_argument("--depth-batch", type=int, default=8, help="batch of the 12- vs 24-layer memory check")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU", flush=True)
     for name in args.models:
         bench_model(name, args.batch, args.repeats, memory=not args.no_memory)
+    if not args.no_memory:
+        bench_depth(args.depth_batch)
     bench_rollout(args.rollout_images, args.repeats)
 
 

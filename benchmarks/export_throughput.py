@@ -1,20 +1,34 @@
-"""``vitlens export`` throughput, peak memory and file size, against plain timm inference in the same run.
+"""``vitlens export`` peak memory and throughput against plain inference over the same DataLoader.
 
-    python benchmarks/export_throughput.py [--images DIR] [--n 2000] [--models demo vit_small_patch16_224]
-                                           [--batch 64] [--workers 1] [--repeats 3] [--memory 2000 10000]
+    python benchmarks/export_throughput.py [--models vit_small_patch16_224 vit_base_patch16_224
+                                            swin_tiny_patch4_window7_224] [--batch 32] [--n 96]
+                                           [--workers 1] [--repeats 3] [--no-memory] [--no-speed]
 
-* Throughput: images/s of ``vitlens.batch.run_export`` (logits, cls, rollout, distance;
-  float16 maps, gzip) and of a plain ``model(x)`` loop over the *same* DataLoader
-  (``vitlens.data.image_batches``, same batch size and workers) and the same images,
-  alternating, median of ``--repeats``; the ratio export / plain (target >= 0.85).
-* Peak memory: ``VmHWM`` (peak RSS) of a fresh subprocess exporting ``--memory`` image
-  counts (e.g. 2,000 vs 10,000): streaming means it must not grow with the count.
-* Bytes per image on disk.
+Three runs of each model over the *same* images and DataLoader
+(``vitlens.data.image_batches``, same batch size and workers):
+
+* ``plain``: ``model(x)`` under ``torch.no_grad`` (timm's fused attention, its default);
+* ``export``: ``vitlens.batch.run_export`` with the default analyses (logits, cls, rollout,
+  distance; float16 maps, gzip), which reduces each layer's attention as it is recorded;
+* ``export-full``: the same with ``ExportOptions(reduce=False)``, the older path that keeps
+  every layer's ``[B, H, T, T]`` for the batch before analysing it (the "before").
+
+Peak memory: each run in a fresh process (``VmHWM``, peak RSS, as ``/usr/bin/time`` reports
+it), printed as a ratio to ``plain`` (target for ``export``: <= 1.1x on ViT-S/ViT-B).
+Throughput: images/s of the three runs alternating in one process over ``--repeats``
+rounds (order rotated), the ratio being the median of per-round ratios to ``plain``
+(target for ``export``: >= 0.95x), since a shared machine's speed drifts between rounds.
+Then the bytes of attention one batch holds, predicted by
+:func:`vitlens.analysis.reductions.held_bytes_estimate` (the formula the tests check
+against counted live tensor storage), for ViT-L/14 at 336 px and batch 64, before and after.
+
+``--streaming 2000 10000``: peak RSS of the demo model's export of those image counts, each in a
+fresh process: streaming means it must not grow with the count.
 
 Images: ``--images DIR`` (any folder), else the CIFAR-10 test JPEGs from the shared data
-archive extracted to a temporary folder, else generated noise images. Random-init
-weights for timm models (the weights do not change the cost); ``demo`` is the bundled
-CIFAR-10 ViT. A benchmark prints numbers; it never fails.
+archive extracted to a temporary folder (resized to the model's input by its transform),
+else generated noise images. Random-init weights (the weights do not change the cost).
+A benchmark prints numbers; it never fails.
 """
 from __future__ import annotations
 
@@ -28,6 +42,11 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capture_overhead import _interleaved, _ratios  # noqa: E402  (the same paired-round statistics)
+
+MODES = ("plain", "export", "export-full")
 
 
 def _images(folder: str | None, need: int, tmp: Path) -> Path:
@@ -52,16 +71,6 @@ def _images(folder: str | None, need: int, tmp: Path) -> Path:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(tar.extractfile(m).read())
                     written += 1
-        # the test split holds 10,000; repeat it (under other names) if more are asked for
-        base_files = sorted(root.rglob("*.jpg"))
-        k = 0
-        while written < need and base_files:
-            src = base_files[k % len(base_files)]
-            dest = root / "copies" / f"{k // len(base_files)}" / f"{src.parent.name}_{src.name}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, dest) if not dest.exists() else None
-            written += 1
-            k += 1
     else:
         import numpy as np
         from PIL import Image
@@ -83,108 +92,144 @@ def _load(name: str):
     return vitlens.load_model(name, pretrained=False, device="cpu")
 
 
-def _plain(model, cfg, paths, batch: int, workers: int) -> float:
+def _run(mode: str, model, cfg, root: Path, paths, batch: int, workers: int, out: Path) -> float:
+    """One pass of ``mode`` over ``paths``; returns images/s."""
     import torch
 
-    from vitlens.data import image_batches
+    from vitlens.batch import ExportOptions, run_export
+    from vitlens.data import Inputs, image_batches
 
     t0 = time.perf_counter()
-    n = 0
-    with torch.no_grad():
-        for b in image_batches(paths, cfg, batch_size=batch, workers=workers):
-            model(b.images)
-            n += len(b.index)
+    if mode == "plain":
+        n = 0
+        with torch.no_grad():
+            for b in image_batches(paths, cfg, batch_size=batch, workers=workers):
+                model(b.images)
+                n += len(b.index)
+    else:
+        n = run_export(model, cfg, Inputs(root, paths), out,
+                       ExportOptions(batch_size=batch, workers=workers, dtype="float16", overwrite=True,
+                                     reduce=mode == "export")).rows
     return n / (time.perf_counter() - t0)
 
 
-def _export(model, cfg, paths, root, batch: int, workers: int, out: Path) -> tuple[float, int]:
-    from vitlens.batch import ExportOptions, run_export
-    from vitlens.data import Inputs
-
-    t0 = time.perf_counter()
-    s = run_export(model, cfg, Inputs(root, paths), out,
-                   ExportOptions(batch_size=batch, workers=workers, dtype="float16", overwrite=True))
-    return s.rows / (time.perf_counter() - t0), out.stat().st_size
-
-
-def _vmhwm_kib() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return -1
 
 
-def _memory_child(name: str, root: str, n: int, batch: int, workers: int, out: str) -> None:
+def _memory_child(mode: str, name: str, root: str, n: int, batch: int, workers: int, out: str) -> None:
+    """Runs in a fresh process: one pass of ``mode``; prints peak RSS and images/s."""
     from vitlens.data import resolve_inputs
 
     model, cfg = _load(name)
     inputs = resolve_inputs(root)
-    paths = inputs.paths[:n]
-    _export(model, cfg, paths, inputs.root, batch, workers, Path(out))
-    print(json.dumps({"vmhwm_mib": _vmhwm_kib() / 1024, "n": len(paths)}))
+    loaded = _status_kib("VmRSS")
+    rate = _run(mode, model, cfg, Path(inputs.root), inputs.paths[:n], batch, workers, Path(out))
+    print(json.dumps({"vmhwm_mib": _status_kib("VmHWM") / 1024, "loaded_mib": loaded / 1024, "rate": rate}))
+
+
+def _memory(name: str, root: Path, n: int, batch: int, workers: int, tmp: Path) -> dict[str, dict]:
+    got: dict[str, dict] = {}
+    for mode in MODES:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", mode, name, str(root), str(n), str(batch),
+                              str(workers), str(tmp / f"mem-{mode}.h5")], capture_output=True, text=True)
+        try:
+            got[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        except Exception:  # noqa: BLE001 - a benchmark reports, never fails
+            print(f"{name} {mode}: memory run failed: {out.stderr[-800:]}", flush=True)
+    return got
+
+
+def _predictions() -> None:
+    from vitlens.analysis.reductions import held_bytes_estimate
+
+    gib = 2 ** 30
+    for label, (L, H, T, B) in {"ViT-S/16@224 batch 32": (12, 6, 197, 32),
+                                "ViT-B/16@224 batch 32": (12, 12, 197, 32),
+                                "ViT-L/16@224 batch 32 (24 layers)": (24, 16, 197, 32),
+                                "ViT-L/14@336 batch 64": (24, 16, 577, 64)}.items():
+        e = held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1)
+        print(f"predicted attention held per batch, {label}: before (full cache, float32) {e['full'] / gib:.2f} GiB; "
+              f"after (reduce on record) {e['reduced_peak'] / 2**20:.0f} MiB held across layers "
+              f"+ {e['layer_transient'] / 2**20:.0f} MiB transient within one layer "
+              f"(its own probabilities, which the model's unfused path makes too)", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default=None, help="folder of images (default: CIFAR-10 test JPEGs)")
-    ap.add_argument("--n", type=int, default=2000, help="images per throughput run (demo model)")
-    ap.add_argument("--n-large", type=int, default=128, help="images per run for models other than demo")
-    ap.add_argument("--models", nargs="+", default=["demo", "vit_small_patch16_224"])
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--n", type=int, default=96, help="images per run")
+    ap.add_argument("--models", nargs="+",
+                    default=["vit_small_patch16_224", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"])
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--memory", type=int, nargs="*", default=[2000, 10000], help="image counts for peak RSS")
-    ap.add_argument("--memory-child", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
+    ap.add_argument("--no-speed", action="store_true", help="skip the in-process throughput rounds")
+    ap.add_argument("--streaming", type=int, nargs="*", default=[],
+                    help="image counts for the demo model's streaming peak-RSS check, e.g. 2000 10000")
+    ap.add_argument("--memory-child", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        name, root, n, batch, workers, out = args.memory_child
-        _memory_child(name, root, int(n), int(batch), int(workers), out)
+        mode, name, root, n, batch, workers, out = args.memory_child
+        _memory_child(mode, name, root, int(n), int(batch), int(workers), out)
         return
 
     import torch
 
     from vitlens.data import resolve_inputs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"batch {args.batch}, workers {args.workers}")
+          f"batch {args.batch}, workers {args.workers}, {args.n} images per run", flush=True)
+    _predictions()
     with tempfile.TemporaryDirectory(prefix="vitlens-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        need = max([args.n, *args.memory]) if args.images is None else 0
-        root = _images(args.images, need, tmp)
+        root = _images(args.images, max([args.n, *args.streaming]) if args.images is None else 0, tmp)
         inputs = resolve_inputs(root)
+        paths = inputs.paths[: args.n]
+        for count in args.streaming:
+            out = subprocess.run([sys.executable, __file__, "--memory-child", "export", "demo", str(inputs.root),
+                                  str(count), str(args.batch), str(args.workers), str(tmp / "stream.h5")],
+                                 capture_output=True, text=True)
+            try:
+                info = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"demo: peak RSS exporting {min(count, len(inputs.paths))} images: {info['vmhwm_mib']:.0f} MiB "
+                      f"({info['rate']:.0f} img/s)", flush=True)
+            except Exception:  # noqa: BLE001
+                print(f"demo: streaming run of {count} images failed: {out.stderr[-500:]}", flush=True)
         for name in args.models:
+            if not args.no_memory:
+                mem = _memory(name, Path(inputs.root), args.n, args.batch, args.workers, tmp)
+                if "plain" in mem:
+                    p = mem["plain"]["vmhwm_mib"]
+                    parts = [f"{mode} {m['vmhwm_mib']:.0f} MiB = {m['vmhwm_mib'] / p:.2f}x"
+                             for mode, m in mem.items()]
+                    print(f"{name}: peak RSS, fresh processes (model loaded: {mem['plain']['loaded_mib']:.0f} MiB): "
+                          + ", ".join(parts) + " (target export <= 1.1x plain)", flush=True)
+            if args.no_speed:
+                continue
             try:
                 model, cfg = _load(name)
             except Exception as e:  # noqa: BLE001 - a benchmark reports, never fails
                 print(f"{name}: skipped ({type(e).__name__}: {e})")
                 continue
-            n = args.n if name == "demo" else args.n_large
-            paths = inputs.paths[:n]
-            plain, export, size = [], [], 0
-            _plain(model, cfg, paths[: args.batch], args.batch, args.workers)  # warm-up
-            for _ in range(args.repeats):
-                plain.append(_plain(model, cfg, paths, args.batch, args.workers))
-                rate, size = _export(model, cfg, paths, inputs.root, args.batch, args.workers, tmp / "bench.h5")
-                export.append(rate)
-            p, e = statistics.median(plain), statistics.median(export)
-            print(f"{name}: {len(paths)} images, input {tuple(cfg['input_size'][1:])}: plain {p:.1f} img/s, "
-                  f"export {e:.1f} img/s, ratio {e / p:.3f} (target >= 0.85); "
-                  f"{size / len(paths):.0f} bytes/image on disk")
-            if name == "demo" and args.memory:
-                for count in args.memory:
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--memory-child", name, str(root), str(count), str(args.batch),
-                         str(args.workers), str(tmp / f"mem{count}.h5")], capture_output=True, text=True)
-                    try:
-                        info = json.loads(out.stdout.strip().splitlines()[-1])
-                        print(f"{name}: peak RSS exporting {info['n']} images: {info['vmhwm_mib']:.0f} MiB "
-                              f"(file {os.path.getsize(tmp / f'mem{count}.h5') / info['n']:.0f} bytes/image)")
-                    except Exception:  # noqa: BLE001
-                        print(f"{name}: memory run for {count} images failed: {out.stderr[-500:]}")
+            rates: dict[str, list[float]] = {m: [] for m in MODES}
+
+            def case(mode: str):
+                return lambda: rates[mode].append(
+                    _run(mode, model, cfg, Path(inputs.root), paths, args.batch, args.workers, tmp / f"{mode}.h5"))
+
+            t = _interleaved({mode: case(mode) for mode in MODES}, args.repeats)
+            line = [f"{name}: plain {statistics.median(rates['plain'][1:]):.1f} img/s"]
+            for mode in MODES[1:]:
+                med, q1, q3, best = _ratios(t, mode)
+                line.append(f"{mode} {statistics.median(rates[mode][1:]):.1f} img/s, throughput {1 / med:.3f}x "
+                            f"plain (rounds {1 / q3:.3f}-{1 / q1:.3f}, best-of {1 / best:.3f}x)")
+            print("; ".join(line) + f" (median of {args.repeats} paired rounds; target export >= 0.95x)", flush=True)
 
 
 if __name__ == "__main__":

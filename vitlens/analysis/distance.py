@@ -19,8 +19,11 @@ STATISTICS: dict[str, tuple[str, str]] = {
     "entropy": ("attention_entropy", "nats"),
 }
 
-# Upper bound on elements of one temporary [chunk, H, N, N] block (64 MB in float32).
-_CHUNK_ELEMENTS = 1 << 24
+# Upper bound on elements of one temporary [chunk, H, N, N] block (1 MB in float32): small enough
+# that the patch-mass sum, the distance product and its sum read the block from the CPU cache
+# (one ViT-S layer at batch 16, one thread: 5.4 ms instead of 7.2 ms with 64 MB blocks; same values,
+# since each image is computed alike in any chunk).
+_CHUNK_ELEMENTS = 1 << 18
 
 
 def patch_distance_matrix(grid_size: tuple[int, int], patch_size: tuple[int, int],
@@ -170,7 +173,7 @@ def mean_attention_distance(cache: AttentionCache, layers: Sequence[int] | int |
     cannot exceed its window's extent, so values are bounded by the window diagonal.
 
     Memory: one ``[N, N]`` distance matrix per layer shared across images and heads; the
-    products are computed in chunks of images (at most ~64 MB of temporaries).
+    products are computed in chunks of images (about 1 MB of temporaries; one image when larger).
 
     Args:
         cache: from :func:`vitlens.capture` with ``rows="all"``.
