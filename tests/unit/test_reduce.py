@@ -127,7 +127,7 @@ def test_keep_layers_and_errors():
     with pytest.raises(ValueError, match="not recorded"):
         with vitlens.capture(model, layers=[0], reduce="cls", keep=[1]):
             pass
-    with pytest.raises(ValueError, match="head_fusion"):
+    with pytest.raises(ValueError, match="head must be"):
         Rollout("median")
     with pytest.raises(ValueError, match="statistic"):
         HeadStatistic("variance")
