@@ -61,11 +61,11 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float, keep_col: int | No
 _CHUNK_BYTES = 1 << 20  # float32 bytes of one head-fused chunk in rollout: fits a core's cache
 
 
-def fused_layer(layer_attn: torch.Tensor, head_fusion: str, discard_ratio: float, P: int, cls: int | None,
+def fused_layer(layer_attn: torch.Tensor, head: str, discard_ratio: float, P: int, cls: int | None,
                 drop: torch.Tensor | None = None) -> torch.Tensor:
     """Steps 1-2 of rollout for one token-level layer: ``[b, H, T, T]`` -> fused ``A_l`` ``[b, T, T]``
     float32 (heads fused, lowest entries discarded sparing the CLS column, excluded keys zeroed)."""
-    a = fuse_heads(layer_attn.float(), head_fusion)  # [b, T, T]
+    a = fuse_heads(layer_attn.float(), head)  # [b, T, T]
     a = discard_lowest(a, discard_ratio, cls)
     if drop is not None:
         a = a.clone()
@@ -282,11 +282,11 @@ def _merge_rows_to_previous(v: torch.Tensor, grid: tuple[int, int], prev: tuple[
     return (v / size)[:, parent]
 
 
-def windowed_fused_layer(attn: torch.Tensor, window: WindowLayout, head_fusion: str,
+def windowed_fused_layer(attn: torch.Tensor, window: WindowLayout, head: str,
                          discard_ratio: float) -> torch.Tensor:
     """Steps 1-2 of rollout for one windowed block: ``[B, nW, h, n, n]`` -> fused ``[B, nW, n, n]``
     float32, padding keys and cross-region pairs 0, lowest allowed entries discarded."""
-    a = fuse_heads(attn.float(), head_fusion, dim=2)   # [B, nW, n, n]
+    a = fuse_heads(attn.float(), head, dim=2)   # [B, nW, n, n]
     allowed = window.allowed_pairs(a.device)
     a = a * allowed                                     # padding keys cropped, masked pairs 0
     return discard_lowest_allowed(a, allowed, discard_ratio)
