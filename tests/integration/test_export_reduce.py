@@ -61,10 +61,10 @@ def test_reduced_export_equals_full_cache_export(case, inputs, tmp_path, demo):
 
 def test_plan_reduces_only_what_the_analyses_need(demo):
     model, cfg = demo
-    plan = plan_analyses(model, ExportOptions(), cfg["input_size"])
+    plan = plan_analyses(model, ExportOptions())
     assert plan.reductions == ("cls", "rollout", "distance") and plan.rows == "all"
-    plan = plan_analyses(model, ExportOptions(analyses=["logits", "cls"]), cfg["input_size"])
+    plan = plan_analyses(model, ExportOptions(analyses=["logits", "cls"]))
     assert plan.reductions == ("cls",) and plan.rows == "prefix"
-    plan = plan_analyses(model, ExportOptions(analyses=["logits"], full=True, layers=[1]), cfg["input_size"])
+    plan = plan_analyses(model, ExportOptions(analyses=["logits"], full=True, layers=[1]))
     assert plan.reductions == () and plan.capture_layers == (1,)
-    assert plan_analyses(model, ExportOptions(reduce=False), cfg["input_size"]).reductions == ()
+    assert plan_analyses(model, ExportOptions(reduce=False)).reductions == ()
