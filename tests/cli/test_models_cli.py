@@ -27,8 +27,9 @@ def test_unsupported_and_unknown():
     assert run("models", "nothing_is_called_this*").exit_code == 1
     res = run("models", "--family", "ConvNeXt")
     assert res.exit_code == 2 and all(f in res.stderr for f in supported_families()[:2])
-    assert supported_models("xcit_nano*") == []  # channel attention: not token attention
-    assert_one_line_error(run("attend", "x.jpg", "--model", "xcit_nano_12_p16_224", "--no-pretrained"),
+    # XCiT: only the class-attention layers are token attention (the XCA channel attention is skipped)
+    assert {f for _, f in supported_models("xcit_nano*")} == {"XCiT (class attention)"}
+    assert_one_line_error(run("attend", "x.jpg", "--model", "resnet18", "--no-pretrained"),
                           "unsupported architecture", "VisionTransformer", "Swin")
 
 
