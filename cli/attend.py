@@ -167,7 +167,9 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
         except vitlens.ImageLoadError as e:
             if debug or os.environ.get("VITLENS_DEBUG") == "1":
                 raise
-            click.echo(f"vitlens: error: {e}", err=True)
+            from .flags import to_flags
+
+            click.echo(f"vitlens: error: {to_flags(str(e))}", err=True)
             failed += 1
             continue
         warn_small(str(path), img.size, cfg)

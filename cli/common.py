@@ -300,7 +300,9 @@ class FailedItems:
 def warn_failed(failed: list[tuple[str, str]], limit: int = 10) -> None:
     """One stderr warning per skipped file (at most ``limit``), then a count of the rest."""
     for path, reason in failed[:limit]:
-        click.echo(f"vitlens: warning: skipped {path}: {reason}", err=True)
+        from .flags import to_flags
+
+        click.echo(f"vitlens: warning: skipped {path}: {to_flags(str(reason))}", err=True)
     if len(failed) > limit:
         click.echo(f"vitlens: warning: ... and {len(failed) - limit} more skipped file(s) (see --json)", err=True)
 

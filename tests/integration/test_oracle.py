@@ -107,8 +107,9 @@ def test_recorded_attention_equals_the_models_own_softmax(cls, name, kwargs):
         if not spec.softmax:  # declared non-probabilities: they must not be (rows away from 1)
             assert (got.sum(-1) - 1).abs().max() > 1e-3, f"{spec.hook_point} is declared softmax=False"
         if spec.kind in ("window", "grid"):
-            # timm computes windows batched as [B*nW, H, n, n], or heads-first [B, H, nW, n, n]
-            if want.dim() == 4:
+            # timm computes windows batched as [B*nW, H, n, n] (SAM: [B*nW*H, n, n]), or
+            # heads-first [B, H, nW, n, n]
+            if want.dim() in (3, 4):
                 want = want.reshape(got.shape)
             elif want.shape != got.shape:
                 want = want.transpose(1, 2)

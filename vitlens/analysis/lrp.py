@@ -465,14 +465,14 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: int | Sequence
         target: the class per image (None: the predicted class).
         variant: ``"attnlrp"`` or ``"cp-lrp"``.
         gamma, conv_gamma: γ-rule for the linear layers / the patch-embedding convolution.
-        extra_inputs: tensors (e.g. ``model.cls_token``) whose relevance ``t ⊙ ∂̃y_t/∂t`` is
+        extra_inputs: tensors (e.g. the model's class-token parameter) whose relevance ``t ⊙ ∂̃y_t/∂t`` is
             returned too (they are made to require grad for the pass).
 
     Returns:
         ``(relevance [B, 3, H, W], logits [B, C], target [B], layout, [extra relevance])``,
         all detached.
     """
-    from ..capture import adapter_for, capture
+    from ..capture import adapter_for
     from .gradients import _fresh_input, _grad_mode, preserved_model_state, resolve_target
 
     _check_variant(variant)
@@ -486,14 +486,12 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: int | Sequence
         for t in extras:
             t.requires_grad_(True)
         x = _fresh_input(images)
-        rows = "prefix" if adapter_for(model).num_prefix_tokens else "all"
-        with capture(model, layers=[-1], rows=rows) as cache, \
-                relevance_rules(model, variant, gamma, conv_gamma):
+        layout = adapter_for(model).layout_for(tuple(images.shape[-2:]))
+        with relevance_rules(model, variant, gamma, conv_gamma):
             logits = model(x)
         tgt = resolve_target(target, logits)
         score = logits.gather(1, tgt[:, None]).sum()
         grads = torch.autograd.grad(score, [x, *extras], allow_unused=True)
         rel = (x * grads[0]).detach()
         extra_rel = [(t * g).detach() if g is not None else torch.zeros_like(t) for t, g in zip(extras, grads[1:])]
-    assert cache.layout is not None
-    return rel, logits.detach(), tgt, cache.layout, extra_rel
+    return rel, logits.detach(), tgt, layout, extra_rel

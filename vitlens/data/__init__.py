@@ -451,9 +451,9 @@ def _bomb_reason(pixels: int | None) -> str:
     count = f"image has {pixels} pixels" if pixels is not None else "image is too large"
     return (
         f"{count}, more than the decompression-bomb limit of {limit} pixels "
-        "(PIL.Image.MAX_IMAGE_PIXELS); if you trust this file, raise the limit: on the command "
-        f"line --max-image-pixels N (or the environment variable {MAX_PIXELS_ENV}=N; 'none' "
-        "disables the check), in Python `PIL.Image.MAX_IMAGE_PIXELS = N`; or downscale the image"
+        "(PIL.Image.MAX_IMAGE_PIXELS); if you trust this file, raise the limit: `max_image_pixels=N` "
+        f"(or the environment variable {MAX_PIXELS_ENV}=N; 'none' disables the check), or in Python "
+        "`PIL.Image.MAX_IMAGE_PIXELS = N`; or downscale the image"
     )
 
 
