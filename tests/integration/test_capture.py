@@ -240,7 +240,7 @@ def test_grad_mode_keeps_graph():
     assert not plain.attention(-1).requires_grad
 
 
-@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "xcit_nano_12_p16_224"])
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])  # XCiT: class attention is recorded
 def test_unsupported_architectures_name_supported_families(name):
     import timm
 

@@ -96,7 +96,7 @@ class ClsOptions:
     head: str | int | None = "mean"  #: "mean"/"max"/"min" fusion, a head index, or None for every head
 
 
-@register_method("cls", ClsOptions, summary="CLS-token attention of one layer (DESIGN.md §4)",
+@register_method("cls", ClsOptions, summary="CLS-token attention of one layer",
                  cost="1 forward (the CLS row only)", class_specific=False,
                  families=("VisionTransformer", "BEiT", "EVA"))
 def _cls(model: nn.Module, images: torch.Tensor, target: Any, opts: ClsOptions) -> MethodOutput:
@@ -121,7 +121,7 @@ class RolloutOptions:
     discard_ratio: float = 0.0       #: fraction of the lowest fused entries set to 0 per layer, in [0, 1)
 
 
-@register_method("rollout", RolloutOptions, summary="attention rollout (DESIGN.md §4)",
+@register_method("rollout", RolloutOptions, summary="attention rollout",
                  cost="1 forward + O(L·T²) per image", class_specific=False,
                  paper="Abnar & Zuidema, ACL 2020, https://arxiv.org/abs/2005.00928")
 def _rollout(model: nn.Module, images: torch.Tensor, target: Any, opts: RolloutOptions) -> MethodOutput:
