@@ -16,7 +16,9 @@ FLAG = re.compile(r"(?<![\w-])--[a-z]")
 
 
 def _sources() -> list[Path]:
-    return sorted(p for p in PKG.rglob("*.py"))
+    """The library's sources. A non-editable install puts the CLI (top-level cli/ in the
+    repository) inside the package as vitlens/cli: it is the front end, not the library."""
+    return sorted(p for p in PKG.rglob("*.py") if p.relative_to(PKG).parts[0] != "cli")
 
 
 def _docstring_nodes(tree: ast.AST) -> set[int]:
