@@ -168,14 +168,18 @@ def test_clear_and_reuse_of_reduction_objects():
 
 
 # ----------------------------------------------------------------- memory held per batch
-def _live_storages() -> dict[int, int]:
-    out: dict[int, int] = {}
+def _live_storages() -> dict[int, torch.UntypedStorage]:
+    """Every tensor storage reachable from Python, by address. The storages are returned (not just
+    their sizes) so that a caller holding the dict keeps their memory allocated: otherwise one freed
+    during the forward (garbage from an earlier test, collected mid-run) could hand its address to a
+    recorded attention tensor, which would then be left out of the count as "already alive"."""
+    out: dict[int, torch.UntypedStorage] = {}
     with warnings.catch_warnings():   # isinstance() on torch.distributed's deprecated reduce_op warns
         warnings.simplefilter("ignore", FutureWarning)
         tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
     for t in tensors:
         s = t.untyped_storage()
-        out[s.data_ptr()] = s.nbytes()
+        out[s.data_ptr()] = s
     return out
 
 
@@ -184,7 +188,8 @@ def _held_after_each_layer(model, x, at: set[int] | None = None, **capture_kw) -
     leaving out the residual stream (the block's input and output, and the first block's input,
     which the caller's frame holds): what the capture holds for attention. ``at``: only after
     these layers (a scan of every Python object costs ~0.1 s)."""
-    base = _live_storages()
+    gc.collect()
+    base = _live_storages()            # held until the forward ends: their addresses cannot be reused
     stream: set[int] = set()
     held: list[int] = []
 
@@ -195,7 +200,7 @@ def _held_after_each_layer(model, x, at: set[int] | None = None, **capture_kw) -
         if at is not None and list(model.blocks).index(m) not in at:
             return
         skip = stream | {inp[0].untyped_storage().data_ptr(), out.untyped_storage().data_ptr()}
-        held.append(sum(b for p, b in _live_storages().items() if p not in base and p not in skip))
+        held.append(sum(s.nbytes() for p, s in _live_storages().items() if p not in base and p not in skip))
 
     handles = [model.blocks[0].register_forward_pre_hook(pre)]
     handles += [b.register_forward_hook(post) for b in model.blocks]
