@@ -69,3 +69,18 @@ def test_gpu_page_covers_device_precision_memory_and_torchrun():
         assert needle in text, needle
     nav = (REPO / "mkdocs.yml").read_text()
     assert "howto/gpu.md" in nav and "datasets.md" in nav and "howto/own-checkpoint.md" in nav
+
+
+def test_every_library_package_is_installed_by_a_plain_pip_install():
+    """pyproject lists the packages explicitly (cli/ installs as vitlens.cli): a package missing there
+    works in an editable checkout and is absent from a plain `pip install .`, as CI installs it."""
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "vitlens").rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
+    data = tool.get("package-data", {})
+    for pkg in listed - {"vitlens.cli"}:
+        folder = REPO.joinpath(*pkg.split("."))
+        shipped = {f.suffix for f in folder.iterdir() if f.is_file() and f.suffix not in (".py", ".pyc")}
+        patterns = {pat.lstrip("*") for pat in data.get(pkg, [])}
+        assert shipped <= patterns, f"{pkg}: files {sorted(shipped - patterns)} are not in package-data"

@@ -7,6 +7,7 @@ attention maps the same export stored (``--full``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -268,14 +269,14 @@ def test_reader_arriving_as_the_file_appears_does_not_break_the_writer(exported,
         with h5py.File(out, "r+") as f:
             f.attrs.update(rows_committed=np.int64(BATCH), complete=False, open_for_writing=True)
     readers = []
-    real_replace = hdf5.os.replace
+    real_replace = os.replace
 
     def replace_then_read(src, dst):
         real_replace(src, dst)
         if Path(dst) == out:
             readers.append(vitlens.export.read(out))  # HDF5's default locking
 
-    monkeypatch.setattr(hdf5.os, "replace", replace_then_read)
+    monkeypatch.setattr(os, "replace", replace_then_read)
     try:
         s = run_export(model, cfg, inputs, out, ExportOptions(**opts, resume=resume))
         assert len(readers) == 1

@@ -343,12 +343,12 @@ def test_old_format_file_reads_and_resumes(setup, demo, tmp_path, monkeypatch):
     """Files of vitlens before SWMR writing (superblock 0, v1 B-tree chunk index) still read and resume."""
     import h5py
 
-    from vitlens.export import hdf5
+    from vitlens.export.hdf5 import writer
 
     inputs, ref = setup
     out = tmp_path / "old.h5"
     model, cfg = demo
-    monkeypatch.setattr(hdf5, "LIBVER", ("earliest", "latest"))   # the format earlier versions wrote
+    monkeypatch.setattr(writer, "LIBVER", ("earliest", "latest"))   # the format earlier versions wrote
     run_export(model, cfg, inputs, out, ExportOptions(**OPTS, limit=4))
     with h5py.File(out, "r") as h:
         assert h.id.get_create_plist().get_version()[0] == 0
