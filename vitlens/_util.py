@@ -1,5 +1,5 @@
 """Small internal helpers shared across vitlens: index resolution, JSON conversion, model
-device lookup, renamed-parameter deprecation, and result reprs. Not public API."""
+device lookup, image batching, renamed-parameter deprecation, and result reprs. Not public API."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +7,7 @@ import html
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -80,6 +80,83 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+# ------------------------------------------------------------------------ batches
+class Batch(NamedTuple):
+    """One batch as the evaluation loops see it."""
+
+    offset: int                   #: position of the first image in the whole input
+    images: torch.Tensor          #: ``[B, 3, H, W]`` (only decoded images)
+    labels: torch.Tensor | None   #: ``[B]`` or None
+    index: torch.Tensor           #: ``[B]`` position of each image in the whole input
+    skipped: int                  #: images of this batch left out (failed to decode)
+
+
+def as_batches(images: Any, labels: torch.Tensor | Sequence[int] | None = None,
+               batch_size: int = 64) -> Iterator[Batch]:
+    """Normalise the accepted image inputs to batches.
+
+    ``images`` may be
+
+    * a tensor ``[N, 3, H, W]``: split into chunks of ``batch_size``; ``labels`` is
+      ``[N]`` or None;
+    * an iterable of batches, each a tensor ``[B, 3, H, W]``, a pair
+      ``(images, labels)``, or a :class:`vitlens.data.ImageBatch` from
+      :func:`vitlens.data.image_batches` (its failed items, ``ok == False``, are skipped
+      and counted). A global ``labels`` tensor is indexed by the batch's position in
+      the whole input (``ImageBatch.index``, or the running count).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    lab = None if labels is None else torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N, 3, H, W], got shape {tuple(images.shape)}; "
+                             f"add a batch dimension with images[None] for one image")
+        if lab is not None and lab.shape[0] != images.shape[0]:
+            raise ValueError(f"got {lab.shape[0]} labels for {images.shape[0]} images; give one label per image")
+        for s in range(0, images.shape[0], batch_size):
+            idx = torch.arange(s, min(s + batch_size, images.shape[0]))
+            yield Batch(s, images[s:s + batch_size], None if lab is None else lab[idx], idx, 0)
+        return
+    if isinstance(images, (str, bytes)) or not isinstance(images, Iterable):
+        raise TypeError(f"images must be a tensor [N, 3, H, W] or an iterable of batches, got {type(images).__name__}; "
+                        f"use vitlens.data.image_batches(paths, data_config) to read files")
+    pos = 0
+    for item in images:
+        skipped = 0
+        if hasattr(item, "images") and hasattr(item, "ok"):       # vitlens.data.ImageBatch
+            ok = item.ok.bool()
+            x = item.images[ok]
+            idx = item.index[ok] if hasattr(item, "index") else torch.arange(pos, pos + len(ok))[ok]
+            batch_labels = getattr(item, "labels", None)
+            y = batch_labels[ok] if batch_labels is not None else None
+            skipped = int((~ok).sum())
+            n_seen = len(ok)
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            x, y = item[0], torch.as_tensor(item[1], dtype=torch.long).reshape(-1)
+            idx = torch.arange(pos, pos + x.shape[0])
+            n_seen = x.shape[0]
+        elif isinstance(item, torch.Tensor):
+            x, y = item, None
+            idx = torch.arange(pos, pos + x.shape[0])
+            n_seen = x.shape[0]
+        else:
+            raise TypeError(f"expected batches as image tensors [B, 3, H, W], pairs (images, labels) or "
+                            f"ImageBatch objects, got {type(item).__name__}; use "
+                            f"vitlens.data.image_batches(paths, data_config) to read files")
+        if x.dim() != 4:
+            raise ValueError(f"each batch must be [B, 3, H, W], got shape {tuple(x.shape)}")
+        if y is None and lab is not None:
+            if idx.numel() and int(idx.max()) >= lab.shape[0]:
+                raise ValueError(f"got {lab.shape[0]} labels but image number {int(idx.max())} in the input; "
+                                 f"give one label per image")
+            y = lab[idx]
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise ValueError(f"a batch has {x.shape[0]} images but {y.shape[0]} labels")
+        yield Batch(pos, x, y, idx, skipped)
+        pos += n_seen
 
 
 # ------------------------------------------------------------------------ renamed parameters

@@ -30,7 +30,7 @@ from torch import nn
 
 from .analysis import attention_received, rollout
 from .analysis.distance import attention_entropy, mean_attention_distance
-from .analysis.explain import CLASS_AGNOSTIC, check_method, explanation
+from .analysis.explain import CLASS_AGNOSTIC, check_method, explain
 from .capture import capture
 from .capture.cache import WindowLayout, from_windows
 
@@ -235,12 +235,12 @@ def explorer_data(model: Any, image: Any, *, data_config: dict[str, Any] | None 
                 "prob": float(q)} for q, i in zip(p.tolist(), idx.tolist())]
     for m in methods:
         if m in CLASS_AGNOSTIC:
-            res = explanation(model, x, m)
+            res = explain(model, x, m, details=True)
             maps.append(MapData(m, m, tuple(res.layout.grid_size), res.layout.patch_size,
                                 res.maps.float().cpu().numpy()))
         else:
             targets = [c["index"] for c in classes]
-            res = explanation(model, x.expand(len(targets), *x.shape[1:]), m, target=targets)
+            res = explain(model, x.expand(len(targets), *x.shape[1:]), m, target=targets, details=True)
             maps.append(MapData(m, m, tuple(res.layout.grid_size), res.layout.patch_size,
                                 res.maps.float().cpu().numpy(), targets))
     for md in maps:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from .._util import describe, html_table, model_device, renamed
+from .._util import as_batches, describe, html_table, model_device, renamed
 from ..capture.cache import AttentionCache, TokenLayout, WindowLayout
 from ..capture.reduce import reduction_of
 
@@ -341,7 +341,7 @@ class HeadStatistics:
     def _repr_html_(self) -> str:
         if self._mean is None:
             return f"<p>HeadStatistics ({self.statistic}): nothing accumulated yet</p>"
-        mean, std = self.mean, self.std()
+        mean = self.mean
         lmean, lstd = self.layer_summary()
         H = mean.shape[1]
         rows = [[str(layer), f"{float(lmean[i]):.3g} ± {float(lstd[i]):.2g}"]
@@ -408,27 +408,6 @@ class HeadStatistics:
         }
 
 
-def _batches(images: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(images [B,3,H,W], ok [B] | None)`` from a tensor, a sequence/iterator of tensors,
-    or of :class:`vitlens.data.ImageBatch`-like objects (``.images``, ``.ok``)."""
-    if isinstance(images, torch.Tensor):
-        if images.dim() == 3:
-            images = images[None]
-        if images.dim() != 4:
-            raise ValueError(f"images must be [B, 3, H, W] (or one [3, H, W] image), got {tuple(images.shape)}")
-        for b0 in range(0, images.shape[0], batch_size):
-            yield images[b0:b0 + batch_size], None
-        return
-    for item in images:
-        if isinstance(item, torch.Tensor):
-            yield from _batches(item, batch_size)
-        elif hasattr(item, "images"):
-            yield item.images, getattr(item, "ok", None)
-        else:
-            raise TypeError(f"expected image tensors [B, 3, H, W] or ImageBatch objects, got {type(item).__name__}; "
-                            f"use vitlens.data.image_batches(paths, data_config) to read files")
-
-
 @renamed(on_batch="progress")
 def head_statistics(model: nn.Module, images: Any, *, statistics: Sequence[str] = ("distance", "entropy"),
                     layers: Sequence[int] | int | None = None, batch_size: int = 32,
@@ -468,25 +447,23 @@ def head_statistics(model: nn.Module, images: Any, *, statistics: Sequence[str] 
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     out = {s: HeadStatistics(statistic=s, unit=STATISTICS[s][1]) for s in statistics}
     device = model_device(model)
-    for x, ok in _batches(images, batch_size):
-        n = int(x.shape[0])
-        if ok is not None and not bool(torch.as_tensor(ok).any()):
-            for acc in out.values():
-                acc.failed += n
-            if progress is not None:
-                progress(n)
-            continue
-        with torch.no_grad(), capture(model, layers, rows="all") as cache:
-            model(x.to(device))
-        for name, acc in out.items():
-            values = _FUNCTIONS[name](cache, None)
-            if not acc.layers:
-                acc.layers = list(cache.layers)
-                acc.params = _params(model, cache)
-            acc.update(values, ok)
-        del cache
+    if isinstance(images, torch.Tensor) and images.dim() == 3:     # one image
+        images = images[None]
+    for batch in as_batches(images, None, batch_size):    # failed items are left out and counted
+        for acc in out.values():
+            acc.failed += batch.skipped
+        if batch.images.shape[0]:
+            with torch.no_grad(), capture(model, layers, rows="all") as cache:
+                model(batch.images.to(device))
+            for name, acc in out.items():
+                values = _FUNCTIONS[name](cache, None)
+                if not acc.layers:
+                    acc.layers = list(cache.layers)
+                    acc.params = _params(model, cache)
+                acc.update(values)
+            del cache
         if progress is not None:
-            progress(n)
+            progress(int(batch.images.shape[0]) + batch.skipped)
     return out
 
 

@@ -49,16 +49,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import describe, html_table, jsonable as _jsonable, model_device as _model_device, renamed
+from .._util import as_batches, describe, html_table, jsonable as _jsonable, model_device as _model_device, renamed
 from ..errors import VitlensError
-from .importance import as_batches, check_token_drop_model, count_for, forward_kept
+from .importance import check_token_drop_model, count_for, forward_kept
 
 __all__ = ["evaluate", "FaithfulnessResult", "Curve", "METRICS", "PIXEL_METRICS", "TOKEN_DROP_METRICS",
            "BASELINES", "DEFAULT_BASELINES", "PERTURBATION_FRACTIONS", "LOWER_IS_BETTER",
