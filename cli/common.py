@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -270,12 +270,15 @@ def check_plot_path(plot_path: str | None, option: str = "--plot") -> None:
 
 
 class FailedItems:
-    """Wrap :func:`vitlens.data.image_batches`: remember failed items and decoded paths; stop after ``limit`` decoded images."""
+    """Wrap :func:`vitlens.data.image_batches`: remember failed items, decoded paths and (given the
+    model's ``data_config``) decoded images smaller than the model's input; stop after ``limit``
+    decoded images."""
 
-    def __init__(self, batches, root, limit: int | None = None) -> None:
-        self.batches, self.root, self.limit = batches, root, limit
+    def __init__(self, batches, root, limit: int | None = None, data_config: dict[str, Any] | None = None) -> None:
+        self.batches, self.root, self.limit, self.data_config = batches, root, limit, data_config
         self.failed: list[tuple[str, str]] = []
         self.ok_paths: list[str] = []
+        self.small: list[tuple[str, tuple[int, int]]] = []   # (path, (width, height))
 
     def __iter__(self):
         from vitlens.data import ImageBatch, relative_name
@@ -286,12 +289,17 @@ class FailedItems:
                 room = self.limit - len(self.ok_paths)
                 if len(ok_idx) > room:       # trim the batch after the last image that fits
                     cut = int(ok_idx[room - 1]) + 1 if room > 0 else 0
-                    b = ImageBatch(b.index[:cut], b.images[:cut], b.ok[:cut], b.errors[:cut], b.paths[:cut])
+                    b = ImageBatch(b.index[:cut], b.images[:cut], b.ok[:cut], b.errors[:cut], b.paths[:cut],
+                                   None if b.sizes is None else b.sizes[:cut])
             for ok, err, p in zip(b.ok.tolist(), b.errors, b.paths):
                 if ok:
                     self.ok_paths.append(relative_name(p, self.root))
                 else:
                     self.failed.append((relative_name(p, self.root), err))
+            if self.data_config is not None:
+                for i in b.smaller_than_input(self.data_config):
+                    w, h = b.sizes[i].tolist()
+                    self.small.append((relative_name(b.paths[i], self.root), (w, h)))
             yield b
             if self.limit is not None and len(self.ok_paths) >= self.limit:
                 return
@@ -418,6 +426,18 @@ def max_pixels_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Accept images with up to N pixels (Pillow's decompression-bomb limit, default "
                              "89478485); 'none' disables the check. Same as the environment variable "
                              "VITLENS_MAX_IMAGE_PIXELS.")(f)
+
+
+def warn_small_inputs(small: Sequence[tuple[str, tuple[int, int]]], data_config: dict[str, Any], total: int) -> None:
+    """One stderr warning for a batch command whose inputs include images smaller than the model's
+    input (see :meth:`vitlens.data.ImageBatch.smaller_than_input`): how many, and the first few."""
+    if not small:
+        return
+    h, w = (int(v) for v in data_config["input_size"][-2:])
+    shown = ", ".join(f"{p} ({sz[0]}x{sz[1]})" for p, sz in small[:3])
+    more = f" and {len(small) - 3} more" if len(small) > 3 else ""
+    click.echo(f"vitlens: warning: {len(small)} of {total} image(s) are smaller than the model's {w}x{h} input: "
+               f"{shown}{more}; they are upsampled, so predictions and maps may be unreliable", err=True)
 
 
 def warn_small(path: str, size: tuple[int, int], data_config: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ import click
 from vitlens.errors import VitlensError
 
 from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, FailedItems, Progress, check_output, check_plot_path, fail, geometry,
-                     handle_errors, load_cli_model, max_pixels_option, model_options, warn_failed, write_late)
+                     handle_errors, load_cli_model, max_pixels_option, model_options, warn_failed, warn_small_inputs, write_late)
 
 #: Warning lines about skipped files printed before summarising the rest.
 _MAX_SKIP_LINES = 10
@@ -66,7 +66,8 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
     paths = inputs.paths[:limit] if limit is not None else inputs.paths
     model, data_config = load_cli_model(model_name, checkpoint, pretrained, device)
 
-    batches = FailedItems(image_batches(paths, data_config, batch_size=batch_size, workers=workers), inputs.root)
+    batches = FailedItems(image_batches(paths, data_config, batch_size=batch_size, workers=workers), inputs.root,
+                          data_config=data_config)
     failures = batches.failed
     with Progress(total=len(paths), label="distance", quiet=quiet) as bar:
         stats = head_statistics(model, batches, layers=layer_list, progress=bar.update)
@@ -77,6 +78,7 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
         fail(f"none of the {len(paths)} input image(s) could be read{first}", EXIT_UNREADABLE)
     if not quiet:
         warn_failed(failures, limit=_MAX_SKIP_LINES)
+        warn_small_inputs(batches.small, data_config, len(paths))
 
     name = model_name or dist.params.get("model", "")
 

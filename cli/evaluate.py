@@ -9,7 +9,7 @@ from vitlens.analysis.registry import methods as registered_methods
 from vitlens.errors import VitlensError
 
 from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, FailedItems, Progress, check_output, check_plot_path, handle_errors,
-                     load_cli_model, max_pixels_option, model_options, warn_failed, write_late)
+                     load_cli_model, max_pixels_option, model_options, warn_failed, warn_small_inputs, write_late)
 
 
 def split_names(value: str | None) -> list[str] | None:
@@ -32,7 +32,8 @@ def read_inputs(input_spec: str, loaded, with_labels: bool, batch_size: int, lim
     if with_labels:
         names = class_names(loaded.model)
         labels = labels_from_folders(inputs.paths, names)
-    batches = FailedItems(image_batches(inputs.paths, loaded.data_config, batch_size=batch_size), inputs.root, limit)
+    batches = FailedItems(image_batches(inputs.paths, loaded.data_config, batch_size=batch_size), inputs.root, limit,
+                          data_config=loaded.data_config)
     return inputs, labels, batches
 
 
@@ -89,6 +90,7 @@ def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with
                               target_source=target, baseline=baseline, steps=steps, limit=limit, seed=seed,
                               progress=bar.update)
     warn_failed(batches.failed)
+    warn_small_inputs(batches.small, loaded.data_config, total)
     if as_json:
         payload = result.to_dict()
         if random_weights(loaded.model, checkpoint, pretrained):

@@ -181,6 +181,11 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
         click.echo(f"wrote {output}{shards}: {summary.rows} image(s), {summary.ok} ok, {summary.failed} failed "
                    f"({summary.new_rows} new in {summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s"
                    f"{extra})", err=True)
+        if summary.smaller_than_input:
+            h, w = (int(v) for v in cfg["input_size"][-2:])
+            click.echo(f"vitlens: warning: {summary.smaller_than_input} of the {summary.new_rows} new image(s) are "
+                       f"smaller than the model's {w}x{h} input; they are upsampled, so predictions and maps "
+                       f"may be unreliable", err=True)
     if summary.failed:
         if not quiet:
             click.echo(f"vitlens: {summary.failed} image(s) could not be read; see images/error "

@@ -8,7 +8,7 @@ import click
 from vitlens.errors import VitlensError
 
 from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, Progress, check_output, check_plot_path, handle_errors, load_cli_model,
-                     max_pixels_option, model_options, warn_failed, write_late)
+                     max_pixels_option, model_options, warn_failed, warn_small_inputs, write_late)
 from .evaluate import read_inputs
 
 
@@ -65,6 +65,7 @@ def importance(input_spec, model_name, checkpoint, pretrained, device, debug, me
         curve = keep_ratio_curve(loaded.model, batches, labels, method=method, ratios=ratio_list, seed=seed,
                                  progress=bar.update)
     warn_failed(batches.failed)
+    warn_small_inputs(batches.small, loaded.data_config, total)
     if as_json:
         payload = curve.to_dict()
         scores = curve.scores.tolist() if curve.scores is not None else []

@@ -40,6 +40,12 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 MODEL_CONFIG = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=6,
                     num_heads=4, mlp_ratio=4.0, class_token=True, global_pool="token")
+#: ``--arch swin``: a small timm SwinTransformer on the same data (stages 16x16, 8x8, 4x4 tokens,
+#: 4x4 windows, shifted in the first two stages), for Swin figures and tests on trained weights.
+SWIN_CONFIG = dict(img_size=32, patch_size=2, window_size=4, num_classes=10, embed_dim=32,
+                   depths=(2, 2, 2), num_heads=(2, 4, 8), mlp_ratio=4.0)
+ARCHS = {"vit": ("VisionTransformer", MODEL_CONFIG, "demo_vit"),
+         "swin": ("SwinTransformer", SWIN_CONFIG, "demo_swin")}
 
 
 def load_split(archive: Path, split: str, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +79,10 @@ def load_split(archive: Path, split: str, cache_dir: Path) -> tuple[np.ndarray, 
     return x, y
 
 
-def build_model(drop_path: float = 0.0) -> torch.nn.Module:
+def build_model(drop_path: float = 0.0, arch: str = "vit") -> torch.nn.Module:
+    if arch == "swin":
+        from timm.models.swin_transformer import SwinTransformer
+        return SwinTransformer(**SWIN_CONFIG, drop_path_rate=drop_path)
     from timm.models.vision_transformer import VisionTransformer
     return VisionTransformer(**MODEL_CONFIG, drop_path_rate=drop_path)
 
@@ -119,15 +128,16 @@ def export(model: torch.nn.Module, xte: np.ndarray, yte: np.ndarray, args: argpa
 
     acc = evaluate(model, xte, yte)
     args.out.mkdir(parents=True, exist_ok=True)
+    architecture, config, stem = ARCHS[args.arch]
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(args.out / "demo_vit.safetensors"))
-    meta = {"architecture": "VisionTransformer", "model_config": MODEL_CONFIG,
+              str(args.out / f"{stem}.safetensors"))
+    meta = {"architecture": architecture, "model_config": config,
             "labels": list(CLASSES), "mean": MEAN, "std": STD, "input_size": [3, 32, 32],
             "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center", "test_accuracy": acc,
             "train_minutes": round(elapsed / 60, 1), "epochs_trained": epochs_done,
             "epochs_scheduled": args.epochs,
             "dataset": "CIFAR-10 (Krizhevsky 2009), train split; accuracy on the test split"}
-    (args.out / "demo_vit.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
     log(f"final test_acc {acc:.4f} after epoch {epochs_done}/{args.epochs} "
         f"train_minutes {elapsed / 60:.1f} -> {args.out}")
 
@@ -138,6 +148,8 @@ def main() -> None:
                     help="CIFAR-10 as JPEG: a folder train/<class>/*.jpg + test/<class>/*.jpg, or a .tar.gz of "
                          "it (docs/datasets.md)")
     ap.add_argument("--epochs", type=int, default=18)
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="vit",
+                    help="vit: the bundled demo ViT; swin: a small Swin on the same data (demo_swin.*)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -169,7 +181,7 @@ def main() -> None:
     xte, yte = load_split(args.data, "test", args.workdir)
 
     torch.manual_seed(args.seed)
-    model = build_model(args.drop_path)
+    model = build_model(args.drop_path, args.arch)
     from timm.optim import param_groups_weight_decay
     opt = torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=args.lr)
     steps_per_epoch = len(xtr) // args.batch_size  # drop the last partial batch
@@ -197,7 +209,7 @@ def main() -> None:
         log(f"resumed after epoch {start_epoch} ({elapsed / 60:.1f} min so far)")
     else:
         log("settings " + json.dumps({k: str(v) for k, v in vars(args).items()}))
-        log("model " + json.dumps(MODEL_CONFIG) +
+        log(f"model {ARCHS[args.arch][0]} " + json.dumps(ARCHS[args.arch][1]) +
             f" params={sum(p.numel() for p in model.parameters())}")
 
     if args.export_only:

@@ -135,6 +135,8 @@ class ExportSummary:
     seconds: float
     interrupted: bool = False
     shards: list[Path] = field(default_factory=list)
+    #: decoded images smaller than the model's input in width or height (upsampled by preprocessing)
+    smaller_than_input: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -423,6 +425,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
 
     t0 = time.perf_counter()
     interrupted = False
+    small = 0
     method = "rollout" if "rollout" in plan.analyses else ("cls" if "cls" in plan.analyses else None)
     overlay_root = Path(options.overlays) if options.overlays else None
     taken: set[Path] = set()
@@ -435,6 +438,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
             batches = image_batches(paths, data_config, batch_size=options.batch_size, workers=options.workers,
                                     pin_memory=device.type == "cuda", start=start + resumed, stop=stop)
             for batch in batches:
+                small += len(batch.smaller_than_input(data_config))
                 x = batch.images.to(device, non_blocking=True)
                 rows, _ = _analyse(model, x, plan, options.precision)
                 ok = batch.ok.numpy().astype(bool)
@@ -459,7 +463,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
         committed = writer.committed
     seconds = time.perf_counter() - t0
     counts = torch.tensor([committed, int(okcol.sum()), int((~okcol).sum()), committed - resumed,
-                           resumed, int(interrupted)], dtype=torch.long)
+                           resumed, int(interrupted), small], dtype=torch.long)
     shards: list[Path] = []
     if world > 1:
         import torch.distributed as dist
@@ -470,7 +474,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
             hdf5.merge_shards(output, shards, virtual=options.virtual, command=command)
         dist.barrier()
     return ExportSummary(Path(output), int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]),
-                         int(counts[4]), seconds, bool(counts[5]), shards)
+                         int(counts[4]), seconds, bool(counts[5]), shards, int(counts[6]))
 
 
 def _columns(probe: dict[str, torch.Tensor], options: ExportOptions, plan: _Plan) -> list:

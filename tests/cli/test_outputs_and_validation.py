@@ -253,6 +253,40 @@ def test_tiny_input_warns(tmp_path):
     assert stderr_lines(r) == []
 
 
+@pytest.mark.parametrize("command", ["export", "evaluate", "distance", "importance"])
+def test_tiny_inputs_warn_once_in_batch_commands(tmp_path, command):
+    """Batch commands warn once, with a count and the first names, not once per image."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    big = Image.open(CHELSEA).convert("RGB")
+    for i, size in enumerate([(20, 16), (64, 48), (31, 40), (40, 40), (12, 12), (8, 30)]):
+        big.resize(size).save(folder / f"{i}.png")
+    args = {"export": [tmp_path / "o.h5", "--analyses", "logits,cls"], "evaluate": ["--methods", "cls"],
+            "distance": [], "importance": ["--ratios", "0.5,1"]}[command]
+    r = run(command, folder, *args, "--model", "demo")
+    assert r.exit_code == 0, r.stderr
+    warnings = [line for line in stderr_lines(r) if "smaller than the model's" in line]
+    assert len(warnings) == 1, r.stderr
+    if command == "export":
+        assert warnings[0].startswith("vitlens: warning: 4 of the 6 new image(s) are smaller than the model's 32x32")
+    else:
+        assert warnings[0].startswith("vitlens: warning: 4 of 6 image(s) are smaller than the model's 32x32 input: "
+                                      "0.png (20x16), 2.png (31x40), 4.png (12x12) and 1 more; they are upsampled")
+
+
+def test_batch_smaller_than_input_uses_the_decoded_size(tmp_path):
+    from vitlens.data import image_batches
+
+    for i, size in enumerate([(32, 32), (31, 64), (64, 31), (100, 100)]):
+        Image.new("RGB", size).save(tmp_path / f"{i}.png")
+    (tmp_path / "4.png").write_bytes(b"not an image")
+    cfg = vitlens.load_model("demo").data_config
+    (b,) = image_batches(sorted(tmp_path.glob("*.png")), cfg, batch_size=8)
+    assert b.sizes.tolist() == [[32, 32], [31, 64], [64, 31], [100, 100], [0, 0]]
+    assert b.smaller_than_input(cfg) == [1, 2]          # the failed item is not "small"
+    assert b.smaller_than_input({**cfg, "input_size": (3, 101, 101)}) == [0, 1, 2, 3]
+
+
 def test_max_image_pixels_option_and_env(tmp_path, monkeypatch):
     from vitlens.data import MAX_PIXELS_ENV
 

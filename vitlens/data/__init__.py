@@ -255,6 +255,17 @@ class ImageBatch(NamedTuple):
     ok: "torch.Tensor"       #: ``[B]`` bool, decoded and preprocessed
     errors: list[str]        #: ``""`` where ok, else why the item failed
     paths: list[Path]
+    #: ``[B, 2]`` int64, (width, height) of each decoded file before preprocessing (0, 0 where not ok)
+    sizes: "torch.Tensor | None" = None
+
+    def smaller_than_input(self, data_config: dict[str, Any]) -> list[int]:
+        """Positions in this batch of decoded images smaller than the model's input in width or
+        height: preprocessing upsamples them, so the model sees an enlarged, blurred picture."""
+        if self.sizes is None:
+            return []
+        h, w = (int(v) for v in data_config["input_size"][-2:])
+        small = self.ok.bool() & ((self.sizes[:, 0] < w) | (self.sizes[:, 1] < h))
+        return small.nonzero().flatten().tolist()
 
 
 class ImageDataset:
@@ -280,24 +291,27 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, "torch.Tensor", bool, str]:
+    def __getitem__(self, i: int) -> tuple[int, "torch.Tensor", bool, str, tuple[int, int]]:
+        """``(i, image [3, H, W], ok, error, (width, height) of the decoded file)``."""
         import torch
 
         try:
-            return i, self.transform(load_image(self.paths[i])), True, ""
+            img = load_image(self.paths[i])
+            return i, self.transform(img), True, "", img.size
         except ImageLoadError as exc:
             error = exc.reason
         except Exception as exc:  # noqa: BLE001 - a batch job records any per-item failure
             error = f"preprocessing failed: {' '.join(str(exc).split()) or type(exc).__name__}"
-        return i, torch.zeros(self.input_size), False, error
+        return i, torch.zeros(self.input_size), False, error, (0, 0)
 
 
-def _collate(items: list[tuple[int, "torch.Tensor", bool, str]], paths: list[Path]) -> ImageBatch:
+def _collate(items: list[tuple[int, "torch.Tensor", bool, str, tuple[int, int]]], paths: list[Path]) -> ImageBatch:
     import torch
 
     index = torch.tensor([it[0] for it in items], dtype=torch.long)
     return ImageBatch(index, torch.stack([it[1] for it in items]), torch.tensor([it[2] for it in items]),
-                      [it[3] for it in items], [paths[i] for i in index.tolist()])
+                      [it[3] for it in items], [paths[i] for i in index.tolist()],
+                      torch.tensor([it[4] for it in items], dtype=torch.long).reshape(-1, 2))
 
 
 class _Collate:  # picklable for spawn-started workers
