@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from ..conftest import shared_data
 from ._support import NOTEBOOKS, require
 
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -53,6 +54,9 @@ def kernel():
     km = KernelManager(kernel_name="python3")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    cifar = shared_data("cifar10", "cifar10-jpg.tar.gz")   # as a user points the notebooks at CIFAR-10
+    if cifar is not None and not env.get("VITLENS_CIFAR10"):
+        env["VITLENS_CIFAR10"] = str(cifar)
     env.pop("MPLBACKEND", None)  # the kernel's inline backend draws the figures
     km.start_kernel(cwd=str(NOTEBOOKS), env=env)
     try:

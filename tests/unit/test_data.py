@@ -549,3 +549,53 @@ def test_labels_from_folders(tmp_path: Path) -> None:
     assert labels_from_folders(paths, ["dog", "cat", "frog", "automobile"]).tolist() == [1, 0, 3]
     with pytest.raises(VitlensError, match=r"'cats' \(did you mean 'cat'\?\)"):
         labels_from_folders([tmp_path / "cats" / "1.png"], ["dog", "cat"])
+
+
+# ------------------------------------------------------------------ CIFAR-10 reader
+def _fake_cifar10(root):
+    """test/<class>/NNNN.jpg for two classes (three images each, distinct colours) and one train image."""
+    from vitlens.data.cifar10 import CLASSES
+
+    for k, cls in enumerate(CLASSES[:2]):
+        for i in range(3):
+            p = root / "test" / cls / f"{i:04d}.jpg"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (40 * k + 10 * i, 0, 0)).save(p, quality=100)
+    (root / "train" / "cat").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(root / "train" / "cat" / "0000.jpg")
+
+
+def test_cifar10_images_from_folder_and_archive(tmp_path, monkeypatch):
+    import tarfile
+
+    from vitlens.data.cifar10 import ENV, cifar10_images
+
+    root = tmp_path / "CIFAR-10-images"
+    _fake_cifar10(root)
+    archive = tmp_path / "cifar10-jpg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for f in sorted(root.rglob("*")):
+            tar.add(f, arcname=str(f.relative_to(root)), recursive=False)
+    for source in (root, archive):
+        all_test = cifar10_images(source)
+        assert [(c, n) for c, n, _ in all_test] == [("airplane", f"{i:04d}.jpg") for i in range(3)] + \
+                                                   [("automobile", f"{i:04d}.jpg") for i in range(3)]
+        assert all(im.size == (32, 32) and im.mode == "RGB" for _, _, im in all_test)
+        assert abs(all_test[4][2].getpixel((5, 5))[0] - 50) <= 2          # automobile 0001: red 40 + 10
+        assert [(c, n) for c, n, _ in cifar10_images(source, per_class=1)] == [("airplane", "0000.jpg"),
+                                                                              ("automobile", "0000.jpg")]
+        only = cifar10_images(source, names=["0002.jpg"], decode=False)
+        assert [(c, n) for c, n, _ in only] == [("airplane", "0002.jpg"), ("automobile", "0002.jpg")]
+        assert only[0][2] == (root / "test" / "airplane" / "0002.jpg").read_bytes()
+        assert [(c, n) for c, n, _ in cifar10_images(source, split="train")] == [("cat", "0000.jpg")]
+    monkeypatch.delenv(ENV, raising=False)
+    assert cifar10_images() == []                          # not configured: the caller falls back
+    monkeypatch.setenv(ENV, str(archive))
+    assert len(cifar10_images(per_class=2)) == 4
+    monkeypatch.setenv(ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"\$VITLENS_CIFAR10 .*nowhere' does not exist"):
+        cifar10_images()
+    with pytest.raises(ValueError, match="no CIFAR-10 test images in"):
+        cifar10_images(tmp_path / "CIFAR-10-images" / "test")
+    with pytest.raises(ValueError, match="split must be"):
+        cifar10_images(root, split="val")
