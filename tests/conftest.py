@@ -95,5 +95,11 @@ def demo():
 
 
 @pytest.fixture(scope="session")
+def cifar10_archive() -> Path | None:
+    """The CIFAR-10 JPEG archive of the shared data (CI has it), or None."""
+    return shared_data("cifar10", "cifar10-jpg.tar.gz")
+
+
+@pytest.fixture(scope="session")
 def chelsea_path() -> Path:
     return EXAMPLES / "chelsea.jpg"

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from ..conftest import shared_data
 from ._support import NOTEBOOKS, require
 
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -47,16 +46,15 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.fixture(scope="module")
-def kernel():
+def kernel(cifar10_archive):
     require("nbclient", "nbformat", "ipykernel", extra="dev")
     from jupyter_client.manager import KernelManager
 
     km = KernelManager(kernel_name="python3")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    cifar = shared_data("cifar10", "cifar10-jpg.tar.gz")   # as a user points the notebooks at CIFAR-10
-    if cifar is not None and not env.get("VITLENS_CIFAR10"):
-        env["VITLENS_CIFAR10"] = str(cifar)
+    if cifar10_archive is not None and not env.get("VITLENS_CIFAR10"):   # as a user points the notebooks at it
+        env["VITLENS_CIFAR10"] = str(cifar10_archive)
     env.pop("MPLBACKEND", None)  # the kernel's inline backend draws the figures
     km.start_kernel(cwd=str(NOTEBOOKS), env=env)
     try:
