@@ -17,31 +17,50 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ------------------------------------------------------------------------ indices
-def resolve_index(value: Any, n: int, what: str, *, owner: str = "model") -> int:
+def resolve_index(value: Any, n: int, what: str, *, owner: str = "model", arg: str | None = None,
+                  detail: str | None = None) -> int:
     """A Python-style index into ``n`` items as a non-negative int.
 
     Args:
         value: the index given, negative counts from the end.
         n: how many items there are.
         what: the singular noun for the message (``"layer"``, ``"block"``, ``"stage"``).
-        owner: what has the items (``"model"``).
+        owner: what has the items (``"model"``): "for this 12-layer model".
+        arg: the parameter's name, for "valid `layers` are ..." (default: the plural of ``what``).
+        detail: replaces the "for this n-what owner" part, e.g. why fewer items are valid.
 
     Raises:
         TypeError: not an int (bools are refused).
         ValueError: outside ``-n..n-1``, naming the valid range.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{f'`{arg}`' if arg else what} must be {'ints' if arg else 'an int'}, got "
+                        f"{type(value).__name__} {value!r}")
     v = int(value)
     if not -n <= v < n:
-        raise ValueError(f"{what} {v} is out of range for this {n}-{what} {owner}; "
-                         f"valid {what}s are 0..{n - 1} (or -{n}..-1 counting from the end)")
+        where = f": {detail}" if detail else f" for this {n}-{what} {owner}"
+        valid = f"`{arg}`" if arg else f"{what}s"
+        raise ValueError(f"{what} {v} is out of range{where}; valid {valid} are 0..{n - 1} "
+                         f"(or -{n}..-1 counting from the end)")
     return v % n
 
 
-def resolve_indices(values: Iterable[Any], n: int, what: str, *, owner: str = "model") -> tuple[int, ...]:
-    """Several indices (see :func:`resolve_index`) as a sorted tuple without repeats."""
-    return tuple(sorted({resolve_index(v, n, what, owner=owner) for v in values}))
+def resolve_indices(values: Iterable[Any] | int | None, n: int, what: str, *, owner: str = "model",
+                    arg: str | None = None, detail: str | None = None, allow_empty: bool = True) -> tuple[int, ...]:
+    """Several indices (see :func:`resolve_index`) as a sorted tuple without repeats; one int is one
+    index and None is every index.
+
+    Raises:
+        ValueError: an index out of range, or (``allow_empty=False``) no index at all.
+    """
+    if values is None:
+        return tuple(range(n))
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        values = [values]
+    out = tuple(sorted({resolve_index(v, n, what, owner=owner, arg=arg, detail=detail) for v in values}))
+    if not out and not allow_empty:
+        raise ValueError(f"{f'`{arg}`' if arg else what + 's'} is empty; pass None for every {what}")
+    return out
 
 
 # ------------------------------------------------------------------------ JSON

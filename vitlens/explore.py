@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._util import resolve_indices
 from .analysis import attention_received, rollout
 from .analysis.distance import attention_entropy, mean_attention_distance
 from .analysis.explain import CLASS_AGNOSTIC, check_method, explain
@@ -144,21 +145,10 @@ def _resolve_image(image: Any) -> tuple[Any, str]:
 
 
 def _select(values: Sequence[int] | int | None, n: int, what: str, arg: str) -> list[int] | None:
+    """Layers or heads the page keeps (None: every one; an empty selection is an error)."""
     if values is None:
         return None
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = [values]
-    out: list[int] = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"`{arg}` must be ints, got {type(v).__name__} {v!r}")
-        if not -n <= v < n:
-            raise ValueError(f"{what} {v} is out of range: valid `{arg}` are 0..{n - 1} (or -{n}..-1)")
-        if int(v) % n not in out:
-            out.append(int(v) % n)
-    if not out:
-        raise ValueError(f"`{arg}` is empty; leave it out (`{arg}=None`) to keep every {what}")
-    return sorted(out)
+    return list(resolve_indices(values, n, what, arg=arg, allow_empty=False))
 
 
 def explorer_data(model: Any, image: Any, *, data_config: dict[str, Any] | None = None,

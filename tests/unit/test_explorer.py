@@ -78,7 +78,7 @@ def test_layers_and_heads_choose_what_the_page_holds(demo):
     assert all(ly.heads == [1, 3] and ly.attention.shape[0] == 2 for ly in d.layers)
     p = payload(d)
     assert p["stats"]["distance"][1] == [round(float(d.stats["distance"][5, h]), 5) for h in (1, 3)]
-    with pytest.raises(ValueError, match=r"layer 9 is out of range: valid `layers` are 0\.\.5"):
+    with pytest.raises(ValueError, match=r"layer 9 is out of range for this 6-layer model; valid `layers` are 0\.\.5"):
         explorer_data(demo, CHELSEA, layers=[9])
     with pytest.raises(ValueError, match="head"):
         explorer_data(demo, CHELSEA, heads=[99])

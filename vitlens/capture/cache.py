@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from .._util import resolve_index
+
 if TYPE_CHECKING:
     from .spec import LayerSpec, ModelDescription
 
@@ -320,23 +322,12 @@ class AttentionCache(Mapping):
     # ----------------------------------------------------------------- access
     def resolve_layer(self, layer: int) -> int:
         """Turn a possibly negative layer index into ``0..num_layers-1`` or raise ValueError."""
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"layer must be an int, got {type(layer).__name__} {layer!r}")
-        n = self.num_layers
-        if not -n <= layer < n:
-            raise ValueError(f"layer {layer} is out of range for this {n}-layer model; "
-                             f"valid layers are 0..{n - 1} (or -{n}..-1 counting from the end)")
-        return layer % n
+        return resolve_index(layer, self.num_layers, "layer")
 
     def resolve_head(self, head: int) -> int:
         """Position of model head ``head`` (negative counts from the end) in the recorded tensor."""
-        if isinstance(head, bool) or not isinstance(head, int):
-            raise TypeError(f"head must be an int, got {type(head).__name__} {head!r}")
         n = self.num_heads
-        if not -n <= head < n:
-            raise ValueError(f"head {head} is out of range: the model has {n} heads per layer; "
-                             f"valid heads are 0..{n - 1} (or -{n}..-1)")
-        h = head % n
+        h = resolve_index(head, n, "head", detail=f"the model has {n} heads per layer")
         if h not in self.heads:
             raise ValueError(f"head {h} was not recorded (recorded heads: {list(self.heads)}); "
                              f"capture with heads=None to record every head")

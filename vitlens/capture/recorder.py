@@ -7,6 +7,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .._util import resolve_indices
 from .adapters import adapter_for
 from .cache import AttentionCache
 from .reduce import Reduction, make_reductions
@@ -150,19 +151,6 @@ def _check_first_record(adapter, layer: int, probs: torch.Tensor, head_list: lis
 
 def _resolve_indices(values: Sequence[int] | int | None, n: int, what: str, arg: str,
                      has: str | None = None) -> list[int]:
-    if values is None:
-        return list(range(n))
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = [values]
-    out: list[int] = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{arg} must be ints, got {type(v).__name__} {v!r}")
-        if not -n <= v < n:
-            raise ValueError(f"{what} {v} is out of range: {has or f'the model has {n} {what}s'}; "
-                             f"valid {arg} are 0..{n - 1} (or -{n}..-1 counting from the end)")
-        if v % n not in out:
-            out.append(v % n)
-    if not out:
-        raise ValueError(f"{arg} is empty; pass None to record every {what}")
-    return sorted(out)
+    """Layers or heads to record: every one for None; an empty selection is an error."""
+    return list(resolve_indices(values, n, what, arg=arg, detail=has or f"the model has {n} {what}s",
+                                allow_empty=False))
