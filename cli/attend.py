@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from vitlens._util import model_device
 from vitlens.analysis.registry import methods as registered_methods
 
 # --method choices, help and the class-agnostic set come from the method registry
@@ -149,7 +150,7 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
     model_label = _model_label(model_name, model, checkpoint)
     random = random_weights(model, checkpoint, pretrained)
     adapter_for(model)  # unsupported architecture: fail before decoding any image
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     names = vitlens.class_names(model)
     target_idx = _target_option(target, names)
     given = {"layer": layer, "head": head_sel, "discard_ratio": discard_ratio}

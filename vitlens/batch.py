@@ -34,7 +34,7 @@ from torch import nn
 from .analysis import cls_attention, rollout
 from .capture import capture
 from .data import Inputs, image_batches, relative_name, resolve_inputs
-from ._util import resolve_indices
+from ._util import model_device, resolve_indices
 from .errors import VitlensError
 
 __all__ = ["ANALYSES", "ExportOptions", "ExportSummary", "run_export", "plan_analyses", "dist_info"]
@@ -387,7 +387,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     rels = [relative_name(p, inputs.root) for p in paths]
     model.eval()
     plan = plan_analyses(model, options)
-    device = next(model.parameters()).device
+    device = model_device(model)
     _autocast(device, options.precision)  # refuse fp16 on CPU before any work
 
     rank, world = dist_info()

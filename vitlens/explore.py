@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._util import resolve_indices
+from ._util import model_device, resolve_indices
 from .analysis import attention_received, rollout
 from .analysis.distance import attention_entropy, mean_attention_distance
 from .analysis.explain import CLASS_AGNOSTIC, check_method, explain
@@ -179,7 +179,7 @@ def explorer_data(model: Any, image: Any, *, data_config: dict[str, Any] | None 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"`top_k` must be a positive int, got {top_k!r}")
     pre = preprocess(img, cfg)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     x = pre.tensor[None].to(dev)
     model.eval()
     with torch.no_grad(), capture(model) as cache:
@@ -446,7 +446,7 @@ def global_data(model: Any, images: Sequence[Any], *, data_config: dict[str, Any
     names = list(names) if names is not None else [f"image {i}" for i in range(len(imgs))]
     hrefs = list(hrefs) if hrefs is not None else [""] * len(imgs)
     pre = [preprocess(im, cfg) for im in imgs]
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     qs: dict[int, list[torch.Tensor]] = {}
     ks: dict[int, list[torch.Tensor]] = {}
     layout = None
