@@ -5,6 +5,13 @@ The reference is independent of the adapters' hooks: the model runs its own unfu
 model computes inside each attention module. The recorded attention must equal those
 probabilities to 1e-5, and on the default path the model's outputs must be bit-identical
 inside and outside ``capture``.
+
+An entry of ``test_models`` is either ``(timm name, create_model kwargs)`` or a builder, a
+callable returning the model (Hugging Face transformers families: ``builder()`` gives the
+model with its default attention implementation, sdpa, and ``builder("eager")`` the same
+weights on transformers' eager path). For builders the reference is transformers' own
+probabilities: ``output_attentions=True`` on the eager twin (the weights each attention
+module returns, which is what ``output_attentions`` collects).
 """
 from __future__ import annotations
 
@@ -17,15 +24,66 @@ from torch.overrides import TorchFunctionMode
 import vitlens
 from vitlens.capture.adapters import adapter_for, registered_adapters
 
-CASES = [pytest.param(cls, name, kwargs, id=f"{cls.family}-{name}-{i}")
-         for cls in registered_adapters() for i, (name, kwargs) in enumerate(cls.test_models)]
+def _entry(entry) -> tuple[object, dict]:
+    """``(timm name or builder, kwargs)`` of one ``test_models`` entry."""
+    return (entry, {}) if callable(entry) else (entry[0], entry[1])
+
+
+def _transformers_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _param(cls, entry, i):
+    name, kwargs = _entry(entry)
+    label = getattr(name, "__name__", name)
+    marks = [] if not callable(name) or _transformers_available() else \
+        [pytest.mark.skip(reason="transformers is not installed (vitlens[hf])")]
+    return pytest.param(cls, name, kwargs, id=f"{cls.family}-{label}-{i}", marks=marks)
+
+
+CASES = [_param(cls, entry, i) for cls in registered_adapters() for i, entry in enumerate(cls.test_models)]
 _SOFTMAX = {torch.Tensor.softmax, torch.softmax, torch.nn.functional.softmax}
 _MATMUL = {torch.Tensor.__matmul__, torch.matmul, torch.Tensor.matmul}
 
 
-def build(name: str, kwargs: dict) -> nn.Module:
+def build(name, kwargs: dict) -> nn.Module:
+    if callable(name):
+        return name()
     torch.manual_seed(0)
     return timm.create_model(name, pretrained=False, num_classes=5, **kwargs).eval()
+
+
+def transformers_reference(builder, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{attention module path: probabilities}`` from transformers' eager path, ``output_attentions=True``."""
+    eager = builder("eager")
+    assert torch.equal(next(iter(eager.state_dict().values())), next(iter(model.state_dict().values())))
+    paths = [p for p, _ in adapter_for(model).attention_modules()]
+    seen: dict[str, torch.Tensor] = {}
+    handles = [eager.get_submodule(p).register_forward_hook(
+        lambda _m, _a, out, p=p: seen.__setitem__(p, out[1].detach().clone())) for p in paths]
+    try:
+        with torch.no_grad():
+            out = eager(x, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    attentions = getattr(out, "attentions", None)
+    if attentions is not None and len(attentions) == len(paths):  # flat models: one per layer
+        for p, a in zip(paths, attentions):
+            assert torch.equal(a, seen[p])
+    missing = [p for p in paths if seen.get(p) is None]
+    assert not missing, f"no eager attention weights from {missing}"
+    return seen
+
+
+def logits_or_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
 def input_for(model: nn.Module) -> torch.Tensor:
@@ -93,11 +151,11 @@ def test_recorded_attention_equals_the_models_own_softmax(cls, name, kwargs):
     assert type(adapter_for(model)) is cls, f"{name} is claimed by {adapter_for(model).family}, not {cls.family}"
     x = input_for(model)
     with torch.no_grad():
-        plain = model(x)
+        plain = logits_or_tensor(model(x))
     with torch.no_grad(), vitlens.capture(model) as cache:
-        inside = model(x)
+        inside = logits_or_tensor(model(x))
     assert torch.equal(plain, inside), "outputs differ inside capture on the default path"
-    ref = oracle(model, x)
+    ref = transformers_reference(name, model, x) if callable(name) else oracle(model, x)
     desc = adapter_for(model).describe(tuple(x.shape[-2:]))
     assert len(desc.layers) == cache.num_layers == len(ref)
     weights = oracle(model, x, multiplied=True) if not all(s.softmax for s in desc.layers) else {}

@@ -98,6 +98,12 @@ class WindowLayout:
         num_windows: windows per image, ``(Hp / wh) * (Wp / ww)``.
         patch_size: input pixels per stage token (effective stride), ``(ph, pw)``:
             the patch-embedding patch times 2 per patch merging before this stage.
+        pad_then_shift: the block pads the grid first and rolls the *padded* grid
+            (Hugging Face transformers' Swin and SwinV2) instead of rolling the stage grid
+            and padding after it (timm). Then window ``(wr, wc)``, position ``(i, j)`` holds
+            padded-grid cell ``((wr*wh + i + sh) % Hp, (wc*ww + j + sw) % Wp)``, padding
+            when that row is ``>= H`` or column ``>= W``. The two orders agree without
+            padding; the shift-mask regions are the same bands of the padded grid in both.
     """
 
     layer: int
@@ -107,6 +113,7 @@ class WindowLayout:
     shift_size: tuple[int, int]
     num_windows: int
     patch_size: tuple[int, int]
+    pad_then_shift: bool = False
 
     def __post_init__(self) -> None:
         (hp, wp), (wh, ww) = self.padded_size, self.window_size
@@ -146,8 +153,12 @@ class WindowLayout:
         (hp, wp) = self.padded_size
         ys = torch.arange(hp, device=device).view(-1, 1).expand(hp, wp)   # shifted, padded coordinates
         xs = torch.arange(wp, device=device).view(1, -1).expand(hp, wp)
-        idx = ((ys + sh) % h) * w + (xs + sw) % w
-        idx = torch.where((ys < h) & (xs < w), idx, torch.full_like(idx, -1))
+        if self.pad_then_shift:  # roll of the padded grid: padding moves with the shift
+            yy, xx = (ys + sh) % hp, (xs + sw) % wp
+            idx = torch.where((yy < h) & (xx < w), yy * w + xx, torch.full_like(ys, -1))
+        else:  # roll of the stage grid, then padding at the bottom/right
+            idx = ((ys + sh) % h) * w + (xs + sw) % w
+            idx = torch.where((ys < h) & (xs < w), idx, torch.full_like(idx, -1))
         nwh, nww = self.window_grid
         return idx.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)
 
