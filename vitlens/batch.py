@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .analysis import cls_attention, rollout
-from .capture import capture
+from .capture import capture, logits_of
 from .data import Inputs, image_batches, relative_name, resolve_inputs
 from ._util import model_device, resolve_indices
 from .errors import VitlensError
@@ -249,7 +249,7 @@ def _analyse(model: nn.Module, x: torch.Tensor, plan: _Plan, precision: str) -> 
     out: dict[str, torch.Tensor] = {}
     with _autocast(x.device, precision):
         if plan.capture_layers is None:
-            logits = model(x)
+            logits = logits_of(model, model(x))
             layout = None
             cache = None
         else:
@@ -263,7 +263,7 @@ def _analyse(model: nn.Module, x: torch.Tensor, plan: _Plan, precision: str) -> 
             with capture(model, layers=list(plan.capture_layers), rows=plan.rows, grad=plan.rows == "all",
                          reduce=list(plan.reductions) or None,
                          keep=(list(plan.full_layers) or False) if plan.reductions else None) as cache:
-                logits = model(x)
+                logits = logits_of(model, model(x))
             layout = cache.layout
     if "logits" in plan.analyses:
         out["logits"] = logits.float()

@@ -32,7 +32,7 @@ from ._util import model_device, resolve_indices
 from .analysis import attention_received, rollout
 from .analysis.distance import attention_entropy, mean_attention_distance
 from .analysis.explain import CLASS_AGNOSTIC, check_method, explain
-from .capture import capture
+from .capture import capture, logits_of
 from .capture.cache import WindowLayout, from_windows
 
 __all__ = ["explore", "explore_folder", "explorer_data", "Explorer", "ExplorerData", "LayerData", "MapData",
@@ -183,7 +183,7 @@ def explorer_data(model: Any, image: Any, *, data_config: dict[str, Any] | None 
     x = pre.tensor[None].to(dev)
     model.eval()
     with torch.no_grad(), capture(model) as cache:
-        logits = model(x)
+        logits = logits_of(model, model(x))
     layout = cache.layout
     assert layout is not None
     n_layers = cache.num_layers

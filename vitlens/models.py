@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, VitlensError, WeightsUnavailableError
+from .hf_models import HF_PREFIX, class_names_hf, data_config_hf, is_hf_model, load_hf
 
 #: Name under which the bundled CIFAR-10 demo model loads.
 DEMO_NAME = "demo"
@@ -368,6 +369,8 @@ def data_config_of(model: nn.Module) -> dict[str, Any]:
     """
     from timm.data import resolve_data_config
 
+    if is_hf_model(model):  # transformers: the model's image processor (vitlens/hf_models.py)
+        return data_config_hf(model)
     cfg = resolve_data_config({}, model=model)
     out = {k: cfg[k] for k in _DATA_CONFIG_KEYS if k in cfg}
     size = fixed_input_size(model)
@@ -493,7 +496,10 @@ def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str |
     Args:
         name: a timm model name, optionally with a pretrained tag
             (``"vit_base_patch16_224.augreg2_in21k_ft_in1k"``); ``"demo"`` for the bundled
-            CIFAR-10 ViT; or an ``nn.Module`` you already built.
+            CIFAR-10 ViT; ``"hf:<repo id>"`` or ``"hf:PATH"`` (a ``save_pretrained`` folder)
+            for a Hugging Face transformers model (extra ``vitlens[hf]``); or an
+            ``nn.Module`` you already built (a transformers ``PreTrainedModel`` included:
+            its preprocessing then comes from the family's image-processor defaults).
         pretrained: download/cache the timm pretrained weights (ignored with
             ``checkpoint`` and for ``"demo"``, which always has its weights).
         checkpoint: a local ``.safetensors`` file or torch state_dict (read with
@@ -520,6 +526,8 @@ def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str |
             (:class:`~vitlens.errors.WeightsUnavailableError`), bad device.
     """
     dev = resolve_device(device)
+    if isinstance(name, str) and name.startswith(HF_PREFIX) or is_hf_model(name):
+        return _load_transformers(name, pretrained, checkpoint, dev)
     if isinstance(name, nn.Module):
         model = name
         if checkpoint is not None:
@@ -579,9 +587,12 @@ def build_skeleton(name: str) -> nn.Module:
 def class_names(model: nn.Module) -> list[str] | None:
     """Human-readable class names of ``model``'s outputs, when known.
 
-    The demo model's CIFAR-10 labels, or ImageNet names for timm ImageNet-1k/22k heads
-    (from timm's bundled ImageNet info, offline). None otherwise.
+    The demo model's CIFAR-10 labels, ImageNet names for timm ImageNet-1k/22k heads
+    (from timm's bundled ImageNet info, offline), or a transformers model's
+    ``config.id2label``. None otherwise.
     """
+    if is_hf_model(model):
+        return class_names_hf(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     n = getattr(model, "num_classes", None)
     if cfg.get("label_names"):  # e.g. the demo's CIFAR-10 names; not for a checkpoint with another head
@@ -597,6 +608,21 @@ def class_names(model: nn.Module) -> list[str] | None:
     except Exception:  # names are a nicety; never fail a run over them
         return None
     return None
+
+
+# ------------------------------------------------------------ transformers (hf:)
+def _load_transformers(name: str | nn.Module, pretrained: bool, checkpoint: str | os.PathLike | None,
+                       device: torch.device) -> LoadedModel:
+    """``hf:NAME`` or an already-built transformers model (see vitlens/hf_models.py)."""
+    label = name if isinstance(name, str) else type(name).__name__
+    if checkpoint is not None:
+        raise VitlensError(f"`checkpoint=PATH` is for timm models; a transformers model ({label}) loads its "
+                           f"weights with it: pass the folder written by save_pretrained as `name=hf:PATH`")
+    if isinstance(name, str):
+        model, cfg = load_hf(name, pretrained=pretrained)
+    else:
+        model, cfg = name.eval(), data_config_hf(name)
+    return LoadedModel(model.to(device).eval(), cfg)
 
 
 def make_transform(data_config: dict[str, Any]):

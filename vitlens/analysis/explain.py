@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._util import maps_html, maps_repr
-from ..capture import TokenLayout, adapter_for, capture
+from ..capture import TokenLayout, adapter_for, capture, logits_of
 from .cls_attention import HEAD_FUSIONS, cls_attention
 from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout, gradcam, gradcam_modules,
                         input_x_gradient, integrated_gradients, pool_to_patches, preserved_model_state,
@@ -78,7 +78,7 @@ def _light_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor
     """Logits and token layout from one forward that records as little as possible."""
     rows = "prefix" if adapter_for(model).num_prefix_tokens else "all"
     with torch.no_grad(), capture(model, layers=[-1], rows=rows) as cache:
-        logits = model(images)
+        logits = logits_of(model, model(images))
     assert cache.layout is not None
     return logits, cache.layout
 
@@ -107,7 +107,7 @@ def _cls(model: nn.Module, images: torch.Tensor, target: Any, opts: ClsOptions) 
     """
     rows = "prefix" if adapter_for(model).num_prefix_tokens else "all"
     with torch.no_grad(), capture(model, layers=[opts.layer], rows=rows) as cache:
-        logits = model(images)
+        logits = logits_of(model, model(images))
     maps = cls_attention(cache, layer=opts.layer, head=opts.head)
     assert cache.layout is not None
     return MethodOutput(maps, logits, cache.layout, {"layer": cache.layers[0]})
@@ -135,7 +135,7 @@ def _rollout(model: nn.Module, images: torch.Tensor, target: Any, opts: RolloutO
         raise ValueError(f"rollout fuses heads by one of {HEAD_FUSIONS}, got head={opts.head!r}; "
                          f"per-head maps exist only for method 'cls'")
     with torch.no_grad(), capture(model) as cache:
-        logits = model(images)
+        logits = logits_of(model, model(images))
     maps = rollout(cache, head=str(opts.head), discard_ratio=opts.discard_ratio)
     assert cache.layout is not None
     return MethodOutput(maps, logits, cache.layout, {})

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util import as_batches, describe, html_table, jsonable as _jsonable, model_device as _model_device, renamed
+from ..capture import logits_of
 from ..errors import VitlensError
 from .importance import check_token_drop_model, count_for, forward_kept
 
@@ -185,7 +186,7 @@ def _forward_steps(model: nn.Module, make: Callable[[int], torch.Tensor], n_step
     out = []
     for s in range(0, n_steps, per):
         js = list(range(s, min(s + per, n_steps)))
-        logits = model(torch.cat([make(j) for j in js]))
+        logits = logits_of(model, model(torch.cat([make(j) for j in js])))
         for i, _ in enumerate(js):
             out.append(readout(logits[i * batch:(i + 1) * batch], i))
     return torch.stack(out, dim=1)
@@ -627,7 +628,7 @@ def evaluate(model: nn.Module, images: Any, labels: torch.Tensor | Sequence[int]
             continue
         x = x.to(device)
         with torch.no_grad():
-            pred = model(x).argmax(-1)
+            pred = logits_of(model, model(x)).argmax(-1)
         if target_source == "label" and y is None:
             raise ValueError("`target_source=label` needs labels; pass `labels` or use `target_source=predicted`")
         refs.append(y is not None)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .._util import resolve_index
-from ..capture import AttentionCache, TokenLayout, capture
+from ..capture import AttentionCache, TokenLayout, capture, classifier, logits_of
 from ..errors import UnsupportedModelError
 from .rollout import rollout
 
@@ -145,7 +145,7 @@ def _attention_and_gradients(model: nn.Module, images: torch.Tensor,
     with preserved_model_state(model), _grad_mode():
         x = _fresh_input(images)
         with capture(model, grad=True) as cache:
-            logits = model(x)
+            logits = logits_of(model, model(x))
         tgt = resolve_target(target, logits)
         attns = [cache.attention(layer) for layer in cache.layers]
         score = logits.gather(1, tgt[:, None]).sum()
@@ -367,7 +367,7 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.T
         base = 0.0 if baselines is None else baselines
         if isinstance(base, torch.Tensor):
             base = base.to(device=x.device, dtype=x.dtype).expand_as(x).contiguous()
-        return IntegratedGradients(model).attribute(
+        return IntegratedGradients(classifier(model)).attribute(
             x, baselines=base, target=target, n_steps=n_steps, method=integration,
             internal_batch_size=internal_batch_size or max(x.shape[0], 32)).detach()
 
@@ -384,7 +384,7 @@ def input_x_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tenso
 
     with preserved_model_state(model), _grad_mode():
         x = _fresh_input(images)
-        return InputXGradient(model).attribute(x, target=target).detach()
+        return InputXGradient(classifier(model)).attribute(x, target=target).detach()
 
 
 def gradcam_modules(model: nn.Module) -> tuple[list[nn.Module], bool]:
@@ -396,7 +396,7 @@ def gradcam_modules(model: nn.Module) -> tuple[list[nn.Module], bool]:
     from ..capture import adapter_for
 
     modules, kind = adapter_for(model).gradcam_modules()
-    return modules, kind == "nhwc"
+    return modules, kind in ("nhwc", "nlc")
 
 
 class _TokenGrid(nn.Module):
@@ -459,11 +459,32 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layout
     def route_nhwc(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
         return view(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
 
+    def route_nlc(_m: nn.Module, _inp: tuple, out: torch.Tensor | tuple) -> torch.Tensor | tuple:
+        # stage tokens [B, H_s * W_s, C] row-major (transformers' Swin: the first output of the
+        # stage's last block); the stage grid is the adapter's, from its window layouts
+        tokens = out[0] if isinstance(out, tuple) else out
+        B, N, C = tokens.shape
+        hs, ws = stage_grid
+        if N != hs * ws:
+            raise UnsupportedModelError(f"gradcam stage {layer} gave {N} tokens, the stage grid {stage_grid} "
+                                        f"predicts {hs * ws}; gradcam cannot place them on the grid")
+        grid = view(tokens.transpose(1, 2).reshape(B, C, hs, ws)).reshape(B, C, N).transpose(1, 2)
+        return (grid, *out[1:]) if isinstance(out, tuple) else grid
+
+    kind = "tokens"
+    stage_grid = (gh, gw)
+    if windowed:
+        from ..capture import adapter_for
+
+        desc = adapter_for(model).describe(layout.input_size)
+        kind = desc.gradcam_kind
+        stage_grid = next(w.grid_size for w in desc.windows if w.stage == layer % n)
+    route = {"tokens": route_tokens, "nhwc": route_nhwc, "nlc": route_nlc}[kind]
     with preserved_model_state(model), _grad_mode():
         x = _fresh_input(images)
-        handle = modules[layer].register_forward_hook(route_nhwc if windowed else route_tokens)
+        handle = modules[layer].register_forward_hook(route)
         try:
-            cam = LayerGradCam(model, view).attribute(x, target=target, relu_attributions=relu)
+            cam = LayerGradCam(classifier(model), view).attribute(x, target=target, relu_attributions=relu)
         finally:
             handle.remove()
     cam = cam.detach().float()[:, 0]

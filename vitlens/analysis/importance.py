@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .._util import as_batches, describe, html_table
+from ..capture import logits_of
 from ..errors import UnsupportedModelError, VitlensError
 
 __all__ = ["token_importance", "keep_tokens", "forward_kept", "keep_ratio_curve", "KeepRatioCurve",
@@ -310,7 +311,7 @@ def keep_ratio_curve(model: nn.Module, images: Any, labels: torch.Tensor | Seque
             reference = reference or "labels"
         else:
             with torch.no_grad():
-                ref = model(x).argmax(-1)
+                ref = logits_of(model, model(x)).argmax(-1)
             reference = reference or "prediction"
         opts = dict(options)
         if method == "random":

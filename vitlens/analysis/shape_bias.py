@@ -36,6 +36,7 @@ from torch import nn
 from .._util import describe, html_table, jsonable as _jsonable, model_device
 from ..data.cue_conflict import (CUE_CONFLICT_CATEGORIES, SkippedFile, Stimulus, scan_stimuli, stimulus_batches,
                                  texture_label, unreadable)
+from ..capture import logits_of
 from ..errors import VitlensError
 from .gradients import preserved_model_state
 from .texture_attention import (TextureAttention, summarise_texture_attention, texture_attention_unavailable,
@@ -325,6 +326,10 @@ def default_mapping_name(model: nn.Module) -> str:
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     n = getattr(model, "num_classes", None)
+    if n is None:  # transformers models count their labels in the config
+        from ..hf_models import num_classes_hf
+
+        n = num_classes_hf(model)
     if cfg.get("architecture") == DEMO_NAME:
         return "cifar10"
     if n == 1000:
@@ -555,14 +560,14 @@ def shape_bias(model: nn.Module | Any, stimuli_dir: str | os.PathLike[str],
                 from ..capture import capture
 
                 with capture(module, layers=[-1], rows="prefix") as cache:
-                    logits = module(x)
+                    logits = logits_of(module, module(x))
                 if cache.layout is None or cache.layout.cls_index is None:
                     measure_ta, ta_reason = False, "the model has no CLS token"
                 else:
                     ta_layer = cache.layers[0]
                     shares, fractions = texture_shares(x, cache, cfg["mean"], cfg["std"])
             else:
-                logits = module(x)
+                logits = logits_of(module, module(x))
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(batch):
                 raise TypeError(f"the model must return logits of shape [batch, classes]; got "
                                 f"{type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}")

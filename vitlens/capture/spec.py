@@ -86,7 +86,8 @@ class ModelDescription:
         layers: every recordable attention layer, in forward order.
         gradcam_points: module paths :func:`vitlens.gradcam` reads, one per ``layer`` it
             accepts (blocks of a flat ViT, stages of a Swin).
-        gradcam_kind: ``"tokens"`` (``[B, T, D]``) or ``"nhwc"`` (``[B, H, W, C]``).
+        gradcam_kind: ``"tokens"`` (``[B, T, D]``), ``"nhwc"`` (``[B, H, W, C]``) or ``"nlc"`` (a
+            stage's tokens ``[B, H_s * W_s, C]`` row-major, possibly the first element of a tuple).
     """
 
     family: str

@@ -504,6 +504,26 @@ def adapter_for(model: nn.Module) -> Adapter:
         f"these families: {examples}. Use a model of one of those families")
 
 
+def logits_of(model: nn.Module, output: object) -> torch.Tensor:
+    """The ``[B, classes]`` logits in what ``model(x)`` returned.
+
+    A tensor is returned as is (timm models, any plain classifier); anything else (a
+    transformers ``ImageClassifierOutput``) is read by the model's adapter
+    (:meth:`Adapter.logits`), which refuses outputs without logits with the reason.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    return adapter_for(model).logits(output)
+
+
+def classifier(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward as a function of the images returning logits (for captum's attribution classes)."""
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return logits_of(model, model(images))
+
+    return forward
+
+
 def refuse(class_path_: str, reason: str, *, attention: bool = False) -> None:
     """Refuse a model class (or, with ``attention=True``, any model containing an attention class)."""
     (REFUSED_ATTENTION if attention else REFUSED_MODELS)[class_path_] = reason

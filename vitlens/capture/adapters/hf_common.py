@@ -119,6 +119,37 @@ def pair(v: Any) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def data_config_from_processor(processor: Any, input_hw: tuple[int, int]) -> dict[str, Any]:
+    """Map a transformers image processor onto timm's eval transform (see :meth:`HFAdapter.data_config`)."""
+    h, w = input_hw
+
+    def field(obj: Any, key: str) -> Any:
+        return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+    size = getattr(processor, "size", None) or {}
+    crop = getattr(processor, "crop_size", None) or {}
+    mean = tuple(float(v) for v in (getattr(processor, "image_mean", None) or (0.0, 0.0, 0.0)))
+    std = tuple(float(v) for v in (getattr(processor, "image_std", None) or (1.0, 1.0, 1.0)))
+    if not getattr(processor, "do_normalize", True):
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    resample = getattr(processor, "resample", 3)
+    interp = _RESAMPLE.get(int(getattr(resample, "value", resample)), "bicubic")
+    cropped = bool(getattr(processor, "do_center_crop", False)) and field(crop, "height")
+    if field(size, "shortest_edge"):   # shortest edge resized, then (maybe) a centre crop
+        side = int(field(crop, "height")) if cropped else h
+        crop_pct, mode = min(1.0, side / float(field(size, "shortest_edge"))), "center"
+    elif field(size, "height"):        # resized to height x width, then (maybe) a centre crop
+        crop_pct = min(1.0, int(field(crop, "height")) / float(field(size, "height"))) if cropped else 1.0
+        mode = "squash"
+    else:
+        crop_pct, mode = 1.0, "squash"
+    return {"input_size": (3, int(h), int(w)), "interpolation": interp, "mean": mean, "std": std,
+            "crop_pct": crop_pct, "crop_mode": mode}
+
+
 class HFAdapter(Adapter):
     """Base of the transformers adapters: logits from the model output, labels from the config."""
 
@@ -144,6 +175,28 @@ class HFAdapter(Adapter):
 
     def default_input_size(self) -> tuple[int, int]:
         return pair(self.backbone()[1].config.image_size)
+
+    #: transformers image-processor class of the family, for :meth:`data_config` without a processor.
+    image_processor: str = "ViTImageProcessor"
+    #: Arguments for that class where the family's published processors differ from its defaults.
+    processor_kwargs: dict[str, Any] = {}
+
+    def data_config(self, processor: Any = None) -> dict[str, Any]:
+        """vitlens' data config (timm's keys) from the model's image processor.
+
+        Args:
+            processor: the processor loaded with the model (``AutoImageProcessor``); None uses
+                the family's processor class with its defaults (e.g. CLIP's mean/std).
+
+        The input size is the model's (``config.image_size``); resize and crop follow the
+        processor: ``do_center_crop`` with a shortest-edge resize -> ``crop_mode="center"``,
+        ``crop_pct = crop / shortest_edge``; a resize to height x width -> ``"squash"``.
+        """
+        if processor is None:
+            import transformers
+
+            processor = getattr(transformers, self.image_processor)(**self.processor_kwargs)
+        return data_config_from_processor(processor, self.default_input_size())
 
     def logits(self, output: object) -> torch.Tensor:
         """``output.logits`` of an ``ImageClassifierOutput``; backbones without a head are refused."""

@@ -31,6 +31,9 @@ from . import register_adapter
 from .hf_common import HFFlatAdapter, hf_builder
 
 _T = "transformers.models."
+#: facebook/dinov2-*'s preprocessor_config.json: ImageNet statistics, resize 256, crop 224
+_DINOV2_PROCESSOR = dict(size={"shortest_edge": 256}, image_mean=(0.485, 0.456, 0.406),
+                         image_std=(0.229, 0.224, 0.225))
 
 
 def _tiny(**extra):
@@ -80,7 +83,7 @@ class HFDinov2Adapter(HFFlatAdapter):
     backbone_classes = (_T + "dinov2.modeling_dinov2:Dinov2Model",)
     attention_classes = (_T + "dinov2.modeling_dinov2:Dinov2Attention",)
     layers_path, norm_name = "encoder.layer", "norm1"
-    image_processor = "BitImageProcessor"
+    image_processor, processor_kwargs = "BitImageProcessor", _DINOV2_PROCESSOR
     test_models = (hf_builder("Dinov2Config", "Dinov2ForImageClassification", image_size=28, patch_size=7,
                               num_labels=5, **_tiny()),)
 
@@ -98,7 +101,7 @@ class HFDinov2RegAdapter(HFFlatAdapter):
     backbone_classes = (_M + "Dinov2WithRegistersModel",)
     attention_classes = (_M + "Dinov2WithRegistersAttention",)
     layers_path, norm_name = "encoder.layer", "norm1"
-    image_processor = "BitImageProcessor"
+    image_processor, processor_kwargs = "BitImageProcessor", _DINOV2_PROCESSOR
     test_models = (hf_builder("Dinov2WithRegistersConfig", "Dinov2WithRegistersForImageClassification",
                               image_size=28, patch_size=7, num_register_tokens=3, num_labels=5, **_tiny()),)
 
