@@ -83,8 +83,9 @@ def model_options(multiple: bool = False) -> Callable[[Callable[..., Any]], Call
     decorators = [
         click.option("--model", "model_names" if multiple else "model_name", multiple=multiple,
                      default=None, metavar="NAME",
-                     help="timm model name (with optional .tag), or 'demo' for the bundled "
-                          "CIFAR-10 ViT. Default: vit_base_patch16_224.augreg2_in21k_ft_in1k, "
+                     help="timm model name (with optional .tag), 'hf:REPO_ID' or 'hf:FOLDER' (a "
+                          "save_pretrained folder) for a Hugging Face transformers model (vitlens[hf]), "
+                          "or 'demo' for the bundled CIFAR-10 ViT. Default: vit_base_patch16_224.augreg2_in21k_ft_in1k, "
                           "falling back to 'demo' when its weights cannot be had offline." + repeat),
         click.option("--checkpoint", "checkpoints" if multiple else "checkpoint", multiple=multiple,
                      type=click.Path(dir_okay=False), default=None,

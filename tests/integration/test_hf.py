@@ -246,7 +246,7 @@ def test_hub_names_offline_get_the_clear_message(monkeypatch):
                        r".*save_pretrained as `name=hf:PATH`"):
         vitlens.load_model("hf:google/vit-base-patch16-not-cached", device="cpu")
     res = run("attend", "--model", "hf:google/vit-base-patch16-not-cached", EXAMPLES / "chelsea.jpg")
-    assert_one_line_error(res, "Hub cannot be reached", "hf:PATH")
+    assert_one_line_error(res, "Hub cannot be reached", "--model hf:PATH")
 
 
 def test_missing_extra_gives_one_line_saying_how_to_install(monkeypatch, tmp_path):
