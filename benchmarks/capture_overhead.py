@@ -1,6 +1,7 @@
 """Capture overhead as ratios against the plain timm forward, measured in the same run.
 
     python benchmarks/capture_overhead.py [--batch 32] [--repeats 11] [--models vit_small_patch16_224 ...]
+    python benchmarks/capture_overhead.py --hf      # transformers ViT-B/16, random init, SDPA (hf:vit-base)
 
 Prints one line per case: ``full`` (a plain capture keeping every layer's ``[B, H, T, T]``),
 ``cls_rows`` (``rows="prefix"``), ``reduce`` (``reduce=["cls", "rollout", "distance"]``:
@@ -67,11 +68,25 @@ def _ratios(times: dict[str, list[float]], case: str, base: str = "plain") -> tu
     return statistics.median(r), q[0], q[2], min(times[case]) / min(times[base])
 
 
+#: ``--models hf:NAME``: random-init Hugging Face transformers models from their default configs
+#: (``ViTConfig()`` is ViT-B/16 at 224 px, ``SwinConfig()`` Swin-T), default attention (SDPA).
+HF_MODELS = {"hf:vit-base": ("ViTConfig", "ViTForImageClassification"),
+             "hf:swin-tiny": ("SwinConfig", "SwinForImageClassification")}
+
+
 def _build(name: str, batch: int):
-    """``name`` is a timm name, optionally with ``:depth=N`` (e.g. ``vit_small_patch16_224:depth=24``)."""
+    """``name`` is a timm name, optionally with ``:depth=N`` (e.g. ``vit_small_patch16_224:depth=24``),
+    or one of :data:`HF_MODELS`."""
+    torch.manual_seed(0)
+    if name in HF_MODELS:
+        import transformers
+
+        config_cls, model_cls = HF_MODELS[name]
+        model = getattr(transformers, model_cls)(getattr(transformers, config_cls)()).eval()
+        size = model.config.image_size
+        return model, torch.randn(batch, 3, size, size)
     import timm
 
-    torch.manual_seed(0)
     name, _, extra = name.partition(":")
     kwargs = {k: int(v) for k, v in (kv.split("=") for kv in extra.split(",") if kv)}
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
@@ -127,7 +142,9 @@ def _peak(name: str, batch: int, case: str) -> float:
 
 def bench_model(name: str, batch: int, repeats: int, memory: bool) -> None:
     model, x = _build(name, batch)
-    cases = ("full", "cls_rows", "reduce") if getattr(model, "num_prefix_tokens", 0) else ("full", "reduce_nocls")
+    from vitlens.capture.adapters import adapter_for
+
+    cases = ("full", "cls_rows", "reduce") if adapter_for(model).num_prefix_tokens else ("full", "reduce_nocls")
     with torch.no_grad():
         t = _interleaved({case: _case_fn(model, x, case) for case in ("plain", *cases)}, repeats)
     plain = statistics.median(t["plain"])
@@ -200,16 +217,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--models", nargs="+",
                     default=["vit_small_patch16_224", "vit_base_patch16_224", "swin_tiny_patch4_window7_224"])
+    ap.add_argument("--hf", action="store_true",
+                    help="only the transformers ViT-B/16 (random init, SDPA): --models hf:vit-base --no-rollout")
+    ap.add_argument("--no-rollout", action="store_true", help="skip the rollout benchmark")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--rollout-images", type=int, default=64)
     ap.add_argument("--depth-batch", type=int, default=8, help="batch of the 12- vs 24-layer memory check")
     args = ap.parse_args()
+    if args.hf:
+        args.models, args.no_rollout = ["hf:vit-base"], True
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU", flush=True)
     for name in args.models:
         bench_model(name, args.batch, args.repeats, memory=not args.no_memory)
-    if not args.no_memory:
+    if not args.no_memory and not args.hf:
         bench_depth(args.depth_batch)
-    bench_rollout(args.rollout_images, args.repeats)
+    if not args.no_rollout:
+        bench_rollout(args.rollout_images, args.repeats)
 
 
 if __name__ == "__main__":

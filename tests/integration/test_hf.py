@@ -285,3 +285,15 @@ def test_save_pretrained_folder_through_the_cli(saved, tmp_path):
         for cmd in (["distance"], ["evaluate", "--methods", "rollout,random"]):
             res = run(*cmd, "--model", f"hf:{path}", "--device", "cpu", EXAMPLES)
             assert res.exit_code == 0, (cmd, res.stderr)
+
+
+def test_gradient_checkpointing_gives_the_same_maps_and_is_restored():
+    model = VIT()
+    x = images_for(model)
+    plain = vitlens.explain(model, x, method="grad-rollout")
+    model.activation_checkpointing_enable()
+    model.train()  # transformers checkpoints only in training mode
+    flags = [m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+    assert any(flags)
+    torch.testing.assert_close(vitlens.explain(model, x, method="grad-rollout"), plain, atol=1e-6, rtol=1e-5)
+    assert [m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")] == flags

@@ -222,6 +222,15 @@ class HFAdapter(Adapter):
             return None  # transformers' placeholders, not names
         return names
 
+    def grad_context(self, stack: ExitStack) -> None:
+        """Also switch off transformers' ``gradient_checkpointing`` layers for the block (restored):
+        a checkpointed layer would recompute its forward during backward, after the tap is gone."""
+        super().grad_context(stack)
+        for m in self.model.modules():
+            if getattr(m, "gradient_checkpointing", False) is True:
+                stack.callback(setattr, m, "gradient_checkpointing", True)
+                m.gradient_checkpointing = False
+
     # ------------------------------------------------------------------ recording
     def _recorded_modules(self, layers: list[int]) -> list[tuple[int, str, nn.Module]]:
         modules = self.attention_modules()
@@ -274,8 +283,8 @@ class HFAdapter(Adapter):
                     return w.reshape(p.shape)  # a view of the recorded tensor: gradients reach it
                 P = n_prefix(layer, p.shape[-1], path)
                 rec = p if grad else p.detach()
-                if rows == "prefix":
-                    rec = rec[:, :, :P]
+                if rows == "prefix":  # a copy: a view would keep the whole T x T matrix alive
+                    rec = rec[:, :, :P].contiguous()
                 record(layer, select(rec, 1))
                 return p
 
