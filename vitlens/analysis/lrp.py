@@ -472,7 +472,7 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: int | Sequence
         ``(relevance [B, 3, H, W], logits [B, C], target [B], layout, [extra relevance])``,
         all detached.
     """
-    from ..capture import adapter_for
+    from ..capture import adapter_for, logits_of
     from .gradients import _fresh_input, _grad_mode, preserved_model_state, resolve_target
 
     _check_variant(variant)
@@ -488,7 +488,7 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: int | Sequence
         x = _fresh_input(images)
         layout = adapter_for(model).layout_for(tuple(images.shape[-2:]))
         with relevance_rules(model, variant, gamma, conv_gamma):
-            logits = model(x)
+            logits = logits_of(model, model(x))
         tgt = resolve_target(target, logits)
         score = logits.gather(1, tgt[:, None]).sum()
         grads = torch.autograd.grad(score, [x, *extras], allow_unused=True)
