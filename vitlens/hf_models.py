@@ -49,13 +49,9 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or Path(ref).expanduser().exists() or ref.count("/") > 1
 
 
-def load_hf(name: str, pretrained: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Build ``hf:NAME`` in eval mode; returns ``(model, data_config)``.
-
-    Args:
-        name: ``"hf:<repo id or save_pretrained folder>"``.
-        pretrained: load the weights (False: the configuration with random weights).
-    """
+def _source(name: str) -> tuple[Any, str, bool, bool]:
+    """``(transformers, source, offline, is_folder)`` for ``hf:NAME``: a folder is read offline;
+    a Hub id uses the local cache only when the Hub cannot be reached."""
     from .models import _hub_reachable
 
     ref = name[len(HF_PREFIX):].strip()
@@ -65,12 +61,36 @@ def load_hf(name: str, pretrained: bool = True) -> tuple[nn.Module, dict[str, An
     transformers = import_transformers()
     local = Path(ref).expanduser()
     if local.is_dir():
-        source, offline = str(local), True
-    elif _looks_like_path(ref):
+        return transformers, str(local), True, True
+    if _looks_like_path(ref):
         raise VitlensError(f"{name!r}: no folder {str(local)!r}; `name=hf:PATH` takes a folder written by "
                            f"save_pretrained (with config.json), or use a Hub repository id")
-    else:
-        source, offline = ref, _hub_offline() or not _hub_reachable()
+    return transformers, ref, _hub_offline() or not _hub_reachable(), False
+
+
+def _load_error(name: str, e: Exception, folder: bool, offline: bool) -> VitlensError:
+    """The one-line error for a failed ``hf:NAME`` load (the offline message in the timm style)."""
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    if folder:
+        return VitlensError(f"{name!r} could not be loaded from the folder ({type(e).__name__}: {first}); "
+                            f"it must hold a save_pretrained model (config.json and weights)")
+    if offline:
+        return WeightsUnavailableError(
+            f"'{name}' is not in the local Hugging Face cache and the Hub cannot be reached; connect to "
+            f"the Hugging Face Hub once to cache it, pass a local folder written by save_pretrained as "
+            f"`name=hf:PATH`, or use the bundled `name=demo` model")
+    return WeightsUnavailableError(f"'{name}' could not be loaded ({type(e).__name__}: {first}); check "
+                                   f"the repository id, or pass a save_pretrained folder as `name=hf:PATH`")
+
+
+def load_hf(name: str, pretrained: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Build ``hf:NAME`` in eval mode; returns ``(model, data_config)``.
+
+    Args:
+        name: ``"hf:<repo id or save_pretrained folder>"``.
+        pretrained: load the weights (False: the configuration with random weights).
+    """
+    transformers, source, offline, folder = _source(name)
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: restored below
     try:
@@ -81,18 +101,7 @@ def load_hf(name: str, pretrained: bool = True) -> tuple[nn.Module, dict[str, An
         else:
             model = cls._from_config(config)
     except (OSError, ValueError, EnvironmentError) as e:
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        if local.is_dir():
-            raise VitlensError(f"{name!r} could not be loaded from the folder ({type(e).__name__}: {first}); "
-                               f"it must hold a save_pretrained model (config.json and weights)") from None
-        if offline:
-            raise WeightsUnavailableError(
-                f"'{name}' is not in the local Hugging Face cache and the Hub cannot be reached; connect to "
-                f"the Hugging Face Hub once to cache it, pass a local folder written by save_pretrained as "
-                f"`name=hf:PATH`, or use the bundled `name=demo` model") from None
-        raise WeightsUnavailableError(f"'{name}' could not be loaded ({type(e).__name__}: {first}); check "
-                                      f"the repository id, or pass a save_pretrained folder as "
-                                      f"`name=hf:PATH`") from None
+        raise _load_error(name, e, folder, offline) from None
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()
@@ -102,6 +111,20 @@ def load_hf(name: str, pretrained: bool = True) -> tuple[nn.Module, dict[str, An
         processor = None  # no preprocessor_config.json: the family's defaults
     model = model.eval()
     return model, data_config_hf(model, processor)
+
+
+def skeleton_hf(name: str) -> nn.Module:
+    """``hf:NAME``'s architecture on the ``meta`` device, from its ``config.json`` only (no weights).
+
+    The caller enters ``torch.device("meta")``. Errors as :func:`load_hf` (missing extra,
+    no such folder, the offline message).
+    """
+    transformers, source, offline, folder = _source(name)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise _load_error(name, e, folder, offline) from None
+    return _model_class(transformers, config)._from_config(config).eval()
 
 
 def _model_class(transformers: Any, config: Any) -> Any:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, VitlensError, WeightsUnavailableError
-from .hf_models import HF_PREFIX, class_names_hf, data_config_hf, is_hf_model, load_hf
+from .hf_models import HF_PREFIX, class_names_hf, data_config_hf, is_hf_model, load_hf, skeleton_hf
 
 #: Name under which the bundled CIFAR-10 demo model loads.
 DEMO_NAME = "demo"
@@ -571,11 +571,14 @@ def build_skeleton(name: str) -> nn.Module:
     weights (``vitlens attend --layer 30`` fails in a second instead of after the load).
 
     Raises:
-        VitlensError: unknown model name (with close matches).
+        VitlensError: unknown model name (with close matches); for ``hf:NAME`` the errors of
+            :func:`load_model` (missing extra, no such folder, Hub unreachable).
     """
     if not isinstance(name, str):
-        raise TypeError(f"name must be a timm model name or {DEMO_NAME!r}, got {type(name).__name__}")
+        raise TypeError(f"name must be a timm model name, {DEMO_NAME!r} or 'hf:NAME', got {type(name).__name__}")
     with torch.device("meta"):
+        if name.startswith(HF_PREFIX):  # transformers: the class its config.json names
+            return skeleton_hf(name)
         if name == DEMO_NAME:
             return _build_demo(with_weights=False)
         import timm
