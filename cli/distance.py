@@ -114,7 +114,7 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
         from vitlens import pl
         from vitlens.export.figures import save_figure
 
-        write_late(lambda: save_figure(pl.head_statistics(dist, title=f"{name}: {dist.images} image(s)"), plot_path),
+        write_late(lambda: save_figure(pl.head_statistics(dist, title=f"{name}: {dist.images} image{'' if dist.images == 1 else 's'}"), plot_path),
                    plot_path, "--plot")
         click.echo(f"wrote {plot_path}", err=True)
     if failures:

@@ -40,10 +40,10 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 MODEL_CONFIG = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=6,
                     num_heads=4, mlp_ratio=4.0, class_token=True, global_pool="token")
-#: ``--arch swin``: a small timm SwinTransformer on the same data (stages 16x16, 8x8, 4x4 tokens,
-#: 4x4 windows, shifted in the first two stages), for Swin figures and tests on trained weights.
-SWIN_CONFIG = dict(img_size=32, patch_size=2, window_size=4, num_classes=10, embed_dim=32,
-                   depths=(2, 2, 2), num_heads=(2, 4, 8), mlp_ratio=4.0)
+#: ``--arch swin``: a small timm SwinTransformer on the same data (stages of 8x8 and 4x4 tokens,
+#: 4x4 windows, shifted in the first stage, one patch merging), for Swin figures on trained weights.
+SWIN_CONFIG = dict(img_size=32, patch_size=4, window_size=4, num_classes=10, embed_dim=64,
+                   depths=(2, 2), num_heads=(2, 4), mlp_ratio=4.0)
 ARCHS = {"vit": ("VisionTransformer", MODEL_CONFIG, "demo_vit"),
          "swin": ("SwinTransformer", SWIN_CONFIG, "demo_swin")}
 

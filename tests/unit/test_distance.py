@@ -299,11 +299,17 @@ def test_distance_vs_depth_one_dot_per_head_and_layer(tmp_path):
     values = 20 + 5 * torch.rand(6, 3, 4, generator=g)
     acc = vitlens.HeadStatistics(layers=[1, 4, 7])
     acc.update(values)
-    fig = distance_vs_depth(acc, title="demo")
+    fig = distance_vs_depth(acc, title="demo", dodge=0)
     ax = fig.axes[0]
     mean = values.double().mean(0).numpy()
     expected = sorted((float(x), float(mean[i, h])) for i, x in enumerate([1, 4, 7]) for h in range(4))
     np.testing.assert_allclose(np.array(_dots(ax)), np.array(expected), rtol=1e-6)
+    # by default the heads of a layer sit side by side (error bars apart), centred on the layer
+    dodged = distance_vs_depth(acc).axes[0]
+    xs = [[float(v) for v in line.get_xdata()] for line in dodged.lines if line.get_marker() == "o"]
+    assert [round(row[0] - 1, 6) for row in xs] == [-0.2, round(-0.2 + 0.4 / 3, 6), round(0.2 - 0.4 / 3, 6), 0.2]
+    assert all(row[1] - row[0] == pytest.approx(3) for row in xs)
+    assert [t for t in dodged.get_xticks()] == [1, 4, 7]
     assert len(ax.containers) == 4                                  # one errorbar container per head
     seg = ax.containers[0].lines[2][0].get_segments()[0]            # head 0, layer 1: mean ± std
     sd = values.double().std(0, unbiased=False).numpy()

@@ -493,6 +493,14 @@ def test_shape_bias_plot(tiny_result, tmp_path):
     out = tmp_path / "p.pdf"
     save_figure(fig, out)
     assert out.stat().st_size > 1000
+    # a category without any shape or texture decision is labelled, not left as a blank row
+    d = fake.to_dict()
+    d["per_category"] = {**d["per_category"], "zebra": None}
+    ax = shape_bias_plot(d).axes[0]
+    notes = [t for t in ax.texts if t.get_text() == "no shape or texture decision"]
+    assert len(notes) == 1 and notes[0].get_position()[1] == len(d["per_category"]) - 1 - sorted(d["per_category"]).index("zebra")
+    n_empty = sum(v is None for v in fake.per_category.values())
+    assert len([t for t in shape_bias_plot(fake).axes[0].texts if "no shape" in t.get_text()]) == n_empty
     with pytest.raises(ValueError, match="labels"):
         shape_bias_plot([fake], labels=["a", "b"])
     with pytest.raises(TypeError):

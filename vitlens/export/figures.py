@@ -194,6 +194,7 @@ def distance_vs_depth(
     ylabel: str | None = None,
     legend: bool | None = None,
     markersize: float = 5.0,
+    dodge: float | None = None,
 ) -> "Figure":
     """Mean attention distance against depth, one dot per head (Dosovitskiy et al. 2021, Fig. 7).
 
@@ -213,6 +214,8 @@ def distance_vs_depth(
         ylabel: y label; default from the statistic and unit.
         legend: show a legend of heads; default when there are at most 8 heads.
         markersize: dot size in points.
+        dodge: total horizontal spread (in layers) of a layer's heads, so that overlapping error
+            bars stay apart; default 0.4 when error bars are drawn and 0 (dots at the layer) otherwise.
 
     Returns:
         The :class:`matplotlib.figure.Figure` holding the axes (not shown, not saved).
@@ -236,13 +239,18 @@ def distance_vs_depth(
     if legend is None:
         legend = n_heads <= 8
     colors = [f"C{h % 10}" for h in range(n_heads)]
-    x = np.asarray(xs, dtype=np.float64)
+    x0 = np.asarray(xs, dtype=np.float64)
+    bars = error_bars and sd is not None
+    spread = (0.4 if bars else 0.0) if dodge is None else float(dodge)
+    if len(x0) > 1:                          # never wider than the gap between neighbouring layers
+        spread = min(spread, 0.8 * float(np.min(np.diff(np.sort(x0)))))
     for h in range(n_heads):
         y = mean[:, h]
         keep = np.isfinite(y)
         if not keep.any():
             continue
-        if error_bars and sd is not None:
+        x = x0 + (spread * (h / (n_heads - 1) - 0.5) if n_heads > 1 else 0.0)
+        if bars:
             ax.errorbar(x[keep], y[keep], yerr=np.nan_to_num(sd[keep, h]), fmt="o", color=colors[h],
                         markersize=markersize, elinewidth=0.8, capsize=2, alpha=0.85, label=f"head {h}")
         else:
@@ -252,7 +260,7 @@ def distance_vs_depth(
         ylabel = {"distance": "mean attention distance", "entropy": "attention entropy"}.get(statistic, statistic)
         ylabel = f"{ylabel} ({unit})" if unit else ylabel
     ax.set_ylabel(ylabel)
-    ax.set_xticks(x)
+    ax.set_xticks(x0)
     ax.set_ylim(bottom=0)
     if title:
         ax.set_title(title)

@@ -52,7 +52,8 @@ def shape_bias_plot(results: ShapeBiasResult | Mapping[str, Any] | Sequence[Shap
         title: axes title.
         categories: rows, top to bottom; default the union of the results' evaluated
             categories, sorted. Categories with no shape/texture decision for a model
-            (``per_category`` None) get no marker for that model.
+            (``per_category`` None) get no marker for that model; a row no model has a
+            decision for says so in grey.
 
     Returns:
         The :class:`matplotlib.figure.Figure` (not shown, not saved).
@@ -106,6 +107,11 @@ def shape_bias_plot(results: ShapeBiasResult | Mapping[str, Any] | Sequence[Shap
         if overall is not None:
             ax.axvline(overall, color=color, linewidth=1.4, zorder=2)
 
+    for c in rows:  # an empty row says why, rather than looking like a drawing error
+        if all(d[2].get(c) is None for d in data):
+            ax.text(0.5, ypos[c], "no shape or texture decision", ha="center", va="center",
+                    fontsize="small", color="0.45", style="italic", zorder=4,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
     ax.set_xlim(1.0, 0.0)  # shape (1) on the left, texture (0) on the right, as in the paper
     ax.set_ylim(-0.5, n - 0.5)
     ax.set_yticks(range(len(rows)))
