@@ -101,6 +101,27 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_model(model: Any, data_config: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any], str | None]:
+    """What the analyses accept as ``model``: an ``nn.Module``, a ``LoadedModel`` / ``(model,
+    data_config)`` pair, or a name for :func:`vitlens.load_model`. Returns the module, its data
+    config (``data_config`` if given, else the pair's, else the model's own) and the name it was
+    loaded by (None when a module was given)."""
+    from .models import data_config_of, load_model
+
+    name = None
+    if isinstance(model, str):
+        name = model
+        model, cfg = load_model(model)
+        data_config = data_config or cfg
+    elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+        model, cfg = model
+        data_config = data_config or cfg
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, a LoadedModel (model, data_config) or a model name, "
+                        f"got {type(model).__name__}")
+    return model, dict(data_config or data_config_of(model)), name
+
+
 # ------------------------------------------------------------------------ batches
 class Batch(NamedTuple):
     """One batch as the evaluation loops see it."""

@@ -26,9 +26,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from ._util import model_device, resolve_indices
+from ._util import model_device, resolve_indices, resolve_model
 from .analysis import attention_received, rollout
 from .analysis.distance import attention_entropy, mean_attention_distance
 from .analysis.explain import CLASS_AGNOSTIC, check_method, explain
@@ -113,21 +112,6 @@ class ExplorerData:
     notes: list[str] = field(default_factory=list)
 
 
-def _resolve_model(model: Any, data_config: dict[str, Any] | None) -> tuple[nn.Module, dict[str, Any]]:
-    from .models import data_config_of, load_model
-
-    if isinstance(model, str):
-        model, cfg = load_model(model)
-        data_config = data_config or cfg
-    elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
-        model, cfg = model
-        data_config = data_config or cfg
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be an nn.Module, a LoadedModel (model, data_config) or a model name, "
-                        f"got {type(model).__name__}")
-    return model, dict(data_config or data_config_of(model))
-
-
 def _resolve_image(image: Any) -> tuple[Any, str]:
     from PIL import Image
 
@@ -173,7 +157,7 @@ def explorer_data(model: Any, image: Any, *, data_config: dict[str, Any] | None 
     """
     from .models import class_names, preprocess
 
-    model, cfg = _resolve_model(model, data_config)
+    model, cfg, _ = resolve_model(model, data_config)
     img, default_name = _resolve_image(image)
     methods = [check_method(m) for m in methods]
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -365,7 +349,7 @@ def explore_folder(model: Any, inputs: str | os.PathLike[str] | Sequence[Any], o
     from .errors import ImageLoadError, UnsupportedModelError
     from .export.explorer import write_global, write_index
 
-    model, cfg = _resolve_model(model, data_config)
+    model, cfg, _ = resolve_model(model, data_config)
     spec = resolve_inputs(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -439,7 +423,7 @@ def global_data(model: Any, images: Sequence[Any], *, data_config: dict[str, Any
     from .capture.qk import queries_and_keys
     from .models import preprocess
 
-    model, cfg = _resolve_model(model, data_config)
+    model, cfg, _ = resolve_model(model, data_config)
     imgs = [_resolve_image(im)[0] for im in images]
     if not imgs:
         raise ValueError("`images` is empty; the global view needs at least one image")

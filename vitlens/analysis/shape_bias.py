@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._util import describe, html_table, jsonable as _jsonable, model_device
+from .._util import describe, html_table, jsonable as _jsonable, model_device, resolve_model
 from ..data.cue_conflict import (CUE_CONFLICT_CATEGORIES, SkippedFile, Stimulus, scan_stimuli, stimulus_batches,
                                  texture_label, unreadable)
 from ..capture import logits_of
@@ -346,22 +346,6 @@ def default_mapping_name(model: nn.Module) -> str:
 
 
 # ------------------------------------------------------------------------ the measure
-def _resolve_model(model: Any, data_config: dict[str, Any] | None) -> tuple[nn.Module, dict[str, Any], str | None]:
-    from ..models import data_config_of, load_model
-
-    name = None
-    if isinstance(model, str):
-        name = model
-        model, cfg = load_model(model)
-        data_config = data_config or cfg
-    elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
-        model, cfg = model
-        data_config = data_config or cfg
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, a LoadedModel or a model name, got {type(model).__name__}")
-    return model, dict(data_config or data_config_of(model)), name
-
-
 def _fit_input_size(model: nn.Module, cfg: dict[str, Any], explicit: bool) -> None:
     """Refuse an explicit data config whose input size a fixed-size ViT cannot take."""
     from ..models import fixed_input_size
@@ -516,7 +500,7 @@ def shape_bias(model: nn.Module | Any, stimuli_dir: str | os.PathLike[str],
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    module, cfg, loaded_name = _resolve_model(model, data_config)
+    module, cfg, loaded_name = resolve_model(model, data_config)
     _fit_input_size(module, cfg, explicit=data_config is not None)
     label = model_name or loaded_name or _model_label(module)
     cmap = load_mapping(mapping if mapping is not None else default_mapping_name(module))
