@@ -17,7 +17,8 @@ transformers = pytest.importorskip("transformers")
 
 import vitlens  # noqa: E402
 from vitlens.analysis.gradients import _attention_and_gradients, gradcam, input_x_gradient, integrated_gradients  # noqa: E402
-from vitlens.capture.adapters import adapter_for  # noqa: E402
+from vitlens.analysis.lrp import lrp_relevance  # noqa: E402
+from vitlens.capture.adapters import adapter_for, registered_adapters  # noqa: E402
 from vitlens.capture.adapters.hf_swin import HFSwinAdapter, HFSwinV2Adapter  # noqa: E402
 from vitlens.capture.adapters.hf_vit import HFCLIPVisionAdapter, HFSiglipVisionAdapter, HFViTAdapter  # noqa: E402
 from vitlens.errors import UnsupportedModelError, VitlensError, WeightsUnavailableError  # noqa: E402
@@ -156,6 +157,40 @@ def test_every_explain_method_runs_or_refuses_with_the_reason(builder):
             continue
         maps = vitlens.explain(model, x, method=method)
         assert maps.shape == (2, *grid) and torch.isfinite(maps).all(), method
+
+
+# ----------------------------------------------------------------------------- LRP
+HF_FAMILIES = [cls for cls in registered_adapters() if cls.family.startswith("HF-")]
+#: learned token / position parameters: their relevance is part of the conserved total
+TOKEN_PARAMS = ("cls_token", "distillation_token", "register_tokens", "position_embeddings", "mask_token",
+                "class_embedding")
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES, ids=[cls.family for cls in HF_FAMILIES])
+def test_lrp_conserves_the_logit_on_every_transformers_family(family):
+    """Bias-free model in float64: CP-LRP's relevance (pixels + token and position parameters) sums to
+    the target logit (Ali et al. 2022); AttnLRP differs (its softmax rule's bias term). A rule missed
+    on a transformers module (its GELU, layer norm, SDPA, patch merging, pooling) breaks the sum.
+    CLIP/SigLIP look their position table up with F.embedding, which takes no relevance: zeroed."""
+    model = family.test_models[0]().double()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or n.endswith("position_embedding.weight"):
+                p.zero_()
+            elif "norm" in n and n.endswith("weight"):
+                p.normal_(1, 0.2)  # SwinV2 zero-initialises its post-norms: make every branch count
+    x = images_for(model).double()
+    flags = [getattr(m, "use_head", None) for m in model.modules()]  # SigLIP's head is off during the pass
+    extras = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in TOKEN_PARAMS]
+    totals = {}
+    for variant in ("cp-lrp", "attnlrp"):
+        rel, logits, tgt, layout, ex = lrp_relevance(model, x, variant=variant, extra_inputs=extras)
+        torch.testing.assert_close(logits, model(x).logits, atol=1e-9, rtol=1e-9)  # the forward is unchanged
+        assert layout == adapter_for(model).layout_for(tuple(x.shape[-2:]))
+        totals[variant] = float((rel.sum() + sum(e.sum() for e in ex)) / logits.gather(1, tgt[:, None]).sum())
+    assert totals["cp-lrp"] == pytest.approx(1.0, abs=1e-9)
+    assert totals["attnlrp"] != pytest.approx(1.0, abs=1e-6)
+    assert [getattr(m, "use_head", None) for m in model.modules()] == flags
 
 
 # ----------------------------------------------------------------------------- analyses

@@ -486,9 +486,12 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: int | Sequence
         for t in extras:
             t.requires_grad_(True)
         x = _fresh_input(images)
-        layout = adapter_for(model).layout_for(tuple(images.shape[-2:]))
-        with relevance_rules(model, variant, gamma, conv_gamma):
-            logits = logits_of(model, model(x))
+        adapter = adapter_for(model)
+        layout = adapter.layout_for(tuple(images.shape[-2:]))
+        with contextlib.ExitStack() as stack:
+            adapter.relevance_context(stack)  # e.g. a head whose output the logits do not use: off
+            with relevance_rules(model, variant, gamma, conv_gamma):
+                logits = logits_of(model, model(x))
         tgt = resolve_target(target, logits)
         score = logits.gather(1, tgt[:, None]).sum()
         grads = torch.autograd.grad(score, [x, *extras], allow_unused=True)

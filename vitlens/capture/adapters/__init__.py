@@ -263,6 +263,14 @@ class Adapter:
                 stack.callback(setattr, m, "grad_checkpointing", True)
                 m.grad_checkpointing = False
 
+    def relevance_context(self, stack: ExitStack) -> None:
+        """Prepare the model for an LRP pass (:func:`vitlens.analysis.lrp.lrp_relevance`), undo on ``stack``.
+
+        For a family that runs a module whose output the logits never use (and which no
+        relevance rule covers), switch that module off for the pass; the logits must stay
+        the same. Nothing by default.
+        """
+
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
                 rows: str, grad: bool, set_layout: Callable[[TokenLayout | WindowLayout], None]) -> None:
         """Install hooks and change module flags, registering every undo on ``stack`` as it goes.

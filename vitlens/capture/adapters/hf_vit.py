@@ -27,7 +27,9 @@ model (``SiglipForImageClassification``) does not use it (it averages the tokens
 """
 from __future__ import annotations
 
-from . import register_adapter
+from contextlib import ExitStack
+
+from . import class_path, register_adapter
 from .hf_common import HFFlatAdapter, hf_builder
 
 _T = "transformers.models."
@@ -146,3 +148,15 @@ class HFSiglipVisionAdapter(HFFlatAdapter):
 
     def prefix_names(self) -> tuple[str, ...]:
         return ()
+
+    def relevance_context(self, stack: ExitStack) -> None:
+        """``SiglipForImageClassification`` classifies the mean of the last layer's tokens, yet its tower
+        still runs the attention-pooling head (``nn.MultiheadAttention``, no LRP rule) and drops the
+        result: the head is off for the LRP pass (``use_head``, restored), the logits are the same.
+        A ``SiglipVisionModel`` has no logits, so nothing to explain."""
+        if class_path(self.model) != self._M + "SiglipForImageClassification":
+            return
+        _, tower = self.backbone()
+        if getattr(tower, "use_head", False) is True:
+            stack.callback(setattr, tower, "use_head", True)
+            tower.use_head = False
