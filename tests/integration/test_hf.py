@@ -332,3 +332,52 @@ def test_gradient_checkpointing_gives_the_same_maps_and_is_restored():
     assert any(flags)
     torch.testing.assert_close(vitlens.explain(model, x, method="grad-rollout"), plain, atol=1e-6, rtol=1e-5)
     assert [m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")] == flags
+
+
+def test_shape_bias_importance_explore_and_inspect_through_the_cli(saved, tmp_path):
+    """shape-bias on a 1000-class transformers ViT (hf:PATH) against the protocol computed by hand on the
+    model: each stimulus resized to 32 x 32 with the processor's resample (bilinear), normalised with
+    its mean/std (0.5), softmax, per category the mean probability of the imagenet16 classes."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from vitlens.analysis.shape_bias import load_mapping
+
+    stimuli = Path(__file__).resolve().parents[1] / "data" / "cue-conflict"
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, num_labels=1000, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=64)
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    model.save_pretrained(tmp_path / "vit1k")  # no preprocessor_config.json: ViTImageProcessor's defaults
+    res = run("shape-bias", stimuli, "--model", f"hf:{tmp_path / 'vit1k'}", "--json")
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["mapping"] == "imagenet16" and data["n_images"] == 32 and data["texture_attention"] is not None
+    mapping = load_mapping("imagenet16")
+    for d in data["decisions"]:
+        img = Image.open(stimuli / d["path"]).convert("RGB").resize((32, 32), Image.BILINEAR)
+        x = (torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1) - 0.5) / 0.5
+        with torch.no_grad():
+            probs = model(x[None]).logits.double().softmax(-1)[0]
+        want = {c: float(probs[list(mapping.classes[c])].mean()) for c in mapping.categories}
+        assert d["scores"] == pytest.approx(want, rel=1e-5, abs=0), d["path"]  # bicubic: ~2e-3 off
+        assert d["decision"] == max(want, key=want.get) or d["outcome"] == "excluded"
+    n_shape = sum(d["decision"] == d["shape"] != d["texture"] for d in data["decisions"])
+    n_texture = sum(d["decision"] == d["texture"] != d["shape"] for d in data["decisions"])
+    assert (data["n_shape"], data["n_texture"]) == (n_shape, n_texture)
+    assert data["shape_bias"] == pytest.approx(n_shape / (n_shape + n_texture))
+
+    path, _ = saved["vit"]
+    res = run("importance", "--model", f"hf:{path}", "--device", "cpu", EXAMPLES)
+    assert_one_line_error(res, "ViTForImageClassification: it is a transformers model", "pixel metrics")
+    res = run("explore", "--model", f"hf:{path}", "--device", "cpu", EXAMPLES / "chelsea.jpg",
+              "--out", tmp_path / "page.html")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "page.html").stat().st_size > 1000
+    res = run("export", "--model", f"hf:{path}", "--device", "cpu", EXAMPLES / "chelsea.jpg", tmp_path / "one.h5")
+    assert res.exit_code == 0, res.stderr
+    res = run("inspect", tmp_path / "one.h5")
+    assert res.exit_code == 0, res.stderr
+    assert f"model: hf:{path}" in res.stdout and "prefix tokens [cls], 2 layers x 4 heads" in res.stdout

@@ -62,16 +62,18 @@ def check_token_drop_model(model: nn.Module) -> None:
     """
     from ..capture import adapter_for
 
+    from ..capture.adapters import Adapter
+
     try:
-        ok = adapter_for(model).token_drop
+        adapter = adapter_for(model)
+        ok, why = adapter.token_drop, adapter.token_drop_reason
     except UnsupportedModelError:
-        ok = False
+        ok, why = False, Adapter.token_drop_reason
     if not ok:
         raise UnsupportedModelError(
             f"token dropping runs a ViT on a subset of its patch tokens and supports timm VisionTransformer "
             f"models (vit_*, deit_*, deit3_*, DeiT distilled, DINOv2 incl. registers, CLIP, FlexiViT, the "
-            f"demo model); got {type(model).__name__}, whose attention depends on the full patch grid "
-            f"(windows, relative position bias or RoPE) or which has no token sequence. Use the pixel "
+            f"demo model); got {type(model).__name__}: {why}. Use the pixel "
             f"metrics (deletion, insertion, positive, negative) for this model")
 
 

@@ -78,6 +78,9 @@ class Adapter:
     attention_classes: tuple[str, ...] = ()
     #: :meth:`forward_kept` (token dropping) is exact for this family.
     token_drop: bool = False
+    #: Why not, when ``token_drop`` is False (a clause: "its attention ...").
+    token_drop_reason: str = ("its attention depends on the full patch grid (windows, relative position bias "
+                              "or RoPE) or it has no token sequence")
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -247,8 +250,8 @@ class Adapter:
         """
         raise UnsupportedModelError(
             f"token dropping runs a ViT on a subset of its patch tokens; {type(self.model).__name__} "
-            f"({self.family}) attends with windows, relative position bias or RoPE tied to the full grid. "
-            f"Use the pixel metrics (deletion, insertion, positive, negative) for this model")
+            f"({self.family}): {self.token_drop_reason}. Use the pixel metrics (deletion, insertion, positive, "
+            f"negative) for this model")
 
     def grad_context(self, stack: ExitStack) -> None:
         """Make the model's forward differentiable through the recorded probabilities.

@@ -155,6 +155,8 @@ class HFAdapter(Adapter):
 
     #: Exact classes of the backbone module (``ViTModel``, ...) found inside the claimed model.
     backbone_classes: tuple[str, ...] = ()
+    token_drop_reason = ("it is a transformers model, and vitlens re-assembles the shortened token sequence "
+                         "inside timm's forward only (not yet written for transformers' embeddings and heads)")
 
     def backbone(self) -> tuple[str, nn.Module]:
         """``(path, module)`` of the backbone (``""`` when the model is the backbone itself)."""
