@@ -81,6 +81,9 @@ class VitAdapter(BlocksAdapter):
     model_classes = ("timm.models.vision_transformer:VisionTransformer",
                      "timm.models.deit:VisionTransformerDistilled")
     attention_classes = (_ATTENTION, _SCALING, _LATENT, _PRR)
+    #: attention classes whose unfused path passes the probabilities through ``attn_drop``
+    #: (the gradient path hooks it); other claimed classes are read at their softmax
+    attn_drop_classes: tuple[str, ...] = (_ATTENTION, _SCALING)
     token_drop = True
     test_models = (("vit_tiny_patch16_224", dict(img_size=64)),
                    ("deit_tiny_distilled_patch16_224", dict(img_size=64)),
@@ -239,7 +242,7 @@ class VitAdapter(BlocksAdapter):
             path, attn = modules[layer]
             kind = _cls(attn)
             if grad or not getattr(attn, "fused_attn", False):
-                if kind in (_ATTENTION, _SCALING):  # the probabilities pass through attn_drop
+                if kind in self.attn_drop_classes:  # the probabilities pass through attn_drop
                     def on_probs(_m: nn.Module, _inp: tuple, out: torch.Tensor, layer: int = layer,
                                  path: str = path) -> None:
                         P = self._expect(current, layer, out.shape[-1], path)
