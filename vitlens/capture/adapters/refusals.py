@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from . import refuse
 
-refuse("timm.models.naflexvit:NaFlexVit",
-       "NaFlexViT is not covered yet: its embedding turns each input into a variable-length patch sequence "
-       "(native aspect ratio, patch coordinates and a padding mask built per image), so the token layout is a "
-       "property of each input, not of the model; vitlens has no adapter that reads it")
 refuse("timm.models.swin_transformer_v2_cr:SwinTransformerV2Cr",
        "SwinV2-CR is not covered yet: its WindowMultiHeadAttention (scaled cosine attention with a "
        "log-spaced continuous position bias MLP) runs in NCHW stages with their own windowing and padding, "
