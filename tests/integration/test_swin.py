@@ -18,7 +18,7 @@ from vitlens.errors import UnsupportedModelError
 from .test_capture import assert_cleanup_after_exceptions, hook_state
 
 TINY = dict(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), num_classes=10)
-V1, V2 = "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256"
+V1, V2, CR = "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256", "swinv2_cr_tiny_224"
 
 #: name -> (timm model, extra kwargs, input (H, W))
 CASES = {
@@ -28,6 +28,7 @@ CASES = {
     "swinv2": (V2, {}, (256, 256)),
     "swinv2_pad": (V2, dict(img_size=(52, 36), window_size=4), (52, 36)),  # 13x9: shift + padding quirk
     "swin_dynamic": (V1, dict(img_size=64, window_size=4, dynamic_img_size=True), (72, 56)),  # masks per forward
+    "swinv2cr_pad": (CR, dict(img_size=(52, 36), window_size=4), (52, 36)),  # SwinV2-CR: 13x9, shift + padding
 }
 
 
@@ -44,6 +45,11 @@ def make_swin(case: str, batch: int = 2) -> tuple[torch.nn.Module, torch.Tensor]
             if hasattr(attn, "relative_position_bias_table"):   # V1
                 attn.qkv.weight.mul_(4.0)
                 attn.relative_position_bias_table.normal_(0, 1.0)
+            elif hasattr(attn, "meta_mlp"):                      # V2-CR: undo the zero init of the branch norms
+                blk.norm1.weight.fill_(1.0)
+                blk.norm2.weight.fill_(1.0)
+                attn.logit_scale.uniform_(1.0, 4.5)
+                attn.meta_mlp.fc2.weight.normal_(0, 0.5)
             else:                                                # V2: undo the res-post-norm zero init
                 blk.norm1.weight.fill_(1.0)
                 blk.norm2.weight.fill_(1.0)
@@ -56,7 +62,8 @@ def make_swin(case: str, batch: int = 2) -> tuple[torch.nn.Module, torch.Tensor]
 
 
 def blocks_of(model):
-    return [b for st in model.layers for b in st.blocks]
+    stages = model.layers if hasattr(model, "layers") else model.stages  # SwinV2-CR: model.stages
+    return [b for st in stages for b in st.blocks]
 
 
 # ------------------------------------------------------------------ references
@@ -363,7 +370,7 @@ def test_heads_layers_selection_and_errors():
 
 # ------------------------------------------------------------------ geometry
 @pytest.mark.parametrize("case,layers", [("swin", [3, 5, 6]), ("swin_small", None), ("swin_pad", None),
-                                         ("swinv2_pad", None)])
+                                         ("swinv2_pad", None), ("swinv2cr_pad", None)])
 def test_dense_attention_matches_loop_reference(case, layers):
     model, x = make_swin(case)
     with vitlens.capture(model, layers=layers) as cache:
@@ -394,7 +401,7 @@ def test_dense_attention_matches_loop_reference(case, layers):
 
 
 # ------------------------------------------------------------------ analyses
-@pytest.mark.parametrize("case", ["swin_small", "swin_pad", "swinv2_pad"])
+@pytest.mark.parametrize("case", ["swin_small", "swin_pad", "swinv2_pad", "swinv2cr_pad"])
 def test_rollout_matches_stagewise_reference(case):
     model, x = make_swin(case)
     with vitlens.capture(model) as cache:
@@ -475,3 +482,20 @@ def test_unsupported_models_get_the_clear_error(name):
             pass
     assert "SwinV2" in str(e.value) and type(model).__name__ in str(e.value)
     assert {"Swin", "SwinV2"} <= set(vitlens.supported_families())
+
+
+def test_swinv2_cr_is_described_like_swin_and_feeds_distance_and_gradcam():
+    """SwinV2-CR: NCHW patch embedding and stages, NHWC blocks; the same window layouts as Swin."""
+    model, x = make_swin("swinv2cr_pad")
+    with torch.no_grad(), vitlens.capture(model) as cache:
+        y = model(x)
+    assert torch.equal(y, model(x)) and cache.family == "SwinV2-CR"
+    assert cache.layout.grid_size == (13, 9) and cache.layout.num_prefix_tokens == 0
+    wl = [cache.layout_of(i) for i in cache.layers]
+    assert [w.grid_size for w in wl[::2]] == [(13, 9), (7, 5), (4, 3), (2, 2)]
+    assert wl[1].shift_size == (2, 2) and wl[1].num_windows == 12 and wl[5].window_size == (4, 3)
+    assert cache.spec(1).hook_point == "stages.0.blocks.1.attn"
+    d = vitlens.mean_attention_distance(cache)  # NaN marks heads a stage does not have (1, 2, 2, 4 heads)
+    assert torch.isfinite(d[..., 0]).all() and torch.isnan(d[..., 0, 1]).all()
+    res = vitlens.explain(model, x, method="gradcam", details=True)
+    assert res.maps.shape[0] == 2 and torch.isfinite(res.maps).all()

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from . import refuse
 
-refuse("timm.models.swin_transformer_v2_cr:SwinTransformerV2Cr",
-       "SwinV2-CR is not covered yet: its WindowMultiHeadAttention (scaled cosine attention with a "
-       "log-spaced continuous position bias MLP) runs in NCHW stages with their own windowing and padding, "
-       "which vitlens' Swin window layouts do not describe")
 refuse("timm.models.gemma4_vit:Gemma4VitClassifier",
        "the Gemma 4 ViT tower is not covered yet: Gemma4Attention uses its own 2D RoPE and a padding mask from "
        "the patch embedding, and blocks with four norms; no adapter models them")

@@ -52,18 +52,25 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 class _SwinBase(Adapter):
-    """Shared by Swin and SwinV2: same stage/block structure, different attention maths."""
+    """Shared by Swin, SwinV2 and SwinV2-CR: same stage/block structure, different attention maths."""
 
     order = 10
+    #: the model attribute holding the stages (``model.layers``; SwinV2-CR: ``model.stages``)
+    stages_attr = "layers"
+    #: ``patch_embed`` returns NHWC ``[B, H, W, C]`` (Swin, SwinV2) or NCHW (SwinV2-CR)
+    patch_embed_nhwc = True
 
     @classmethod
     def attention_modules_of(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        return [(f"layers.{s}.blocks.{j}.attn", b.attn)
-                for s, st in enumerate(model.layers) for j, b in enumerate(st.blocks)]
+        return [(f"{cls.stages_attr}.{s}.blocks.{j}.attn", b.attn)
+                for s, st in enumerate(getattr(model, cls.stages_attr)) for j, b in enumerate(st.blocks)]
+
+    def _stages(self) -> nn.Module:
+        return getattr(self.model, self.stages_attr)
 
     def _blocks(self) -> list[tuple[int, str, nn.Module]]:
-        return [(s, f"layers.{s}.blocks.{j}", b)
-                for s, st in enumerate(self.model.layers) for j, b in enumerate(st.blocks)]
+        return [(s, f"{self.stages_attr}.{s}.blocks.{j}", b)
+                for s, st in enumerate(self._stages()) for j, b in enumerate(st.blocks)]
 
     def heads_of(self, layer: int) -> int:
         return int(self._blocks()[layer][2].attn.num_heads)
@@ -84,7 +91,7 @@ class _SwinBase(Adapter):
 
     def gradcam_points(self) -> tuple[tuple[str, ...], str]:
         """Stage outputs ``layers.{s}`` (``[B, H_s, W_s, C]``, NHWC): Grad-CAM's ``layer`` is a stage."""
-        return tuple(f"layers.{s}" for s in range(len(self.model.layers))), "nhwc"
+        return tuple(f"layers.{s}" for s in range(len(self._stages()))), "nhwc"
 
     def layouts_for(self, image_hw: tuple[int, int], grid: tuple[int, int]
                     ) -> tuple[TokenLayout, list[WindowLayout]]:
@@ -95,7 +102,7 @@ class _SwinBase(Adapter):
         windows: list[WindowLayout] = []
         (h, w), (ph, pw) = grid, patch
         layer = 0
-        for s, stage in enumerate(self.model.layers):
+        for s, stage in enumerate(self._stages()):
             if not isinstance(stage.downsample, nn.Identity):  # timm pads odd grids, then merges 2x2
                 h, w, ph, pw = (h + 1) // 2, (w + 1) // 2, ph * 2, pw * 2
             for blk in stage.blocks:
@@ -114,8 +121,9 @@ class _SwinBase(Adapter):
             if out.ndim != 4:
                 raise UnsupportedModelError(
                     f"patch_embed returned shape {tuple(out.shape)}; vitlens expects timm Swin's "
-                    f"NHWC patch grid [B, H, W, C]")
-            token, windows = self.layouts_for(tuple(args[0].shape[-2:]), (int(out.shape[1]), int(out.shape[2])))
+                    f"{'NHWC' if self.patch_embed_nhwc else 'NCHW'} patch grid")
+            gh, gw = (out.shape[1], out.shape[2]) if self.patch_embed_nhwc else (out.shape[2], out.shape[3])
+            token, windows = self.layouts_for(tuple(args[0].shape[-2:]), (int(gh), int(gw)))
             set_layout(token)
             for wl in windows:
                 current[wl.layer] = wl
@@ -195,3 +203,39 @@ class SwinV2Adapter(_SwinBase):
     attention_classes = ("timm.models.swin_transformer_v2:WindowAttention",)
     test_models = (("swinv2_tiny_window8_256", dict(img_size=128, depths=(2, 2), num_heads=(2, 4),
                                                      embed_dim=32)),)
+
+
+@register_adapter
+class SwinV2CrAdapter(_SwinBase):
+    """SwinV2-CR (``timm.models.swin_transformer_v2_cr``, ``swinv2_cr_*``): timm's second SwinV2
+    implementation (after Christoph Reich's).
+
+    Same windowing as :class:`SwinV2Adapter` -- per block the NHWC stage grid is rolled by
+    ``-shift_size``, padded bottom/right to window multiples, cut into row-major windows,
+    and a shifted block adds a 0 / -100 region mask -- so one :class:`WindowLayout` per
+    layer describes it. Differences handled here: the stages are ``model.stages`` (NCHW
+    between stages, NHWC inside), ``patch_embed`` returns NCHW ``[B, C, gh, gw]``, and the
+    attention is ``WindowMultiHeadAttention``: scaled cosine attention
+    ``cos(q, k) * exp(clamp(logit_scale))`` plus a continuous position bias from an MLP
+    over log-spaced relative coordinates, then the mask, softmax and ``attn_drop``
+    (no fused path): ``stages.{s}.blocks.{j}.attn.attn_drop`` receives
+    ``[B*nW, h, n, n]``, recorded as ``[B, nW, h, n, n]``. Grad-CAM reads each stage's
+    last block output ``stages.{s}.blocks.{last}`` (NHWC; the stage itself returns NCHW).
+    """
+
+    family = "SwinV2-CR"
+    timm_modules = ("swin_transformer_v2_cr",)
+    examples = ("swinv2_cr_tiny_ns_224", "swinv2_cr_small_224")
+    model_classes = ("timm.models.swin_transformer_v2_cr:SwinTransformerV2Cr",)
+    attention_classes = ("timm.models.swin_transformer_v2_cr:WindowMultiHeadAttention",)
+    stages_attr = "stages"
+    patch_embed_nhwc = False
+    test_models = (("swinv2_cr_tiny_224", dict(img_size=128, depths=(2, 2), num_heads=(2, 4), embed_dim=32,
+                                               window_size=8)),
+                   # odd stage grid (padding before windows, padded patch merging), extra norms
+                   ("swinv2_cr_tiny_ns_224", dict(img_size=(80, 112), depths=(2, 2, 2), num_heads=(2, 2, 4),
+                                                  embed_dim=16, window_size=4)))
+
+    def gradcam_points(self) -> tuple[tuple[str, ...], str]:
+        """Each stage's last block output ``stages.{s}.blocks.{last}`` (``[B, H_s, W_s, C]``, NHWC)."""
+        return tuple(f"stages.{s}.blocks.{len(st.blocks) - 1}" for s, st in enumerate(self._stages())), "nhwc"
