@@ -17,7 +17,7 @@ Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches):
   (forward hook) receives the probabilities multiplied with v.
 
 The ``*_enc`` variants (encoder plus VLM projector, returning tokens, not logits) are other
-classes and are refused. Gemma 4's tower (``gemma4_vit_*``) is refused: see ``refusals.py``.
+classes and are refused. Gemma 4's tower (``gemma4_vit_*``): see ``gemma4_vit.py``.
 """
 from __future__ import annotations
 
