@@ -28,7 +28,7 @@ Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches):
   (forward hook) receives the probabilities multiplied with v.
 
 The ``*_enc`` variants (``Gemma4VitEncoder`` alone, returning soft tokens, not logits) are
-not claimed, like the other towers' encoders (``vit_towers.py``).
+refused with the reason, like the other towers' encoders (``vit_towers.py``).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import RecordFn, register_adapter
+from . import RecordFn, refuse, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
 from .generic import BlocksAdapter, _to_pair
@@ -47,6 +47,12 @@ _NAFLEX = ("Gemma 4 NaFlex input (a dict, pre-patchified patches, or patch_coord
            "each image then brings its own patch coordinates and padding mask, so the token layout belongs to "
            "the input, not to the model, and vitlens records one layout per forward. Call the model on a "
            "[B, C, H, W] image tensor (recorded exactly)")
+
+
+refuse("timm.models.gemma4_vit:Gemma4VitEncoder",
+       "the Gemma 4 encoder alone (gemma4_vit_*_enc) returns soft tokens for a language model, not class logits, "
+       "so vitlens could not read a prediction to explain; build the matching classifier (the name without _enc, "
+       "whose .encoder is this class) and load the encoder weights into its .encoder")
 
 
 @register_adapter

@@ -27,10 +27,17 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import RecordFn, register_adapter
+from . import RecordFn, refuse, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
 from .generic import BlocksAdapter, _to_pair
+
+
+for _cls, _name in (("timm.models.qwen3_vit:Qwen3VitEncoder", "qwen3_vit_*_enc"),
+                    ("timm.models.deepseek_vit:DeepseekVitEncoder", "deepseek_vit_*_enc")):
+    refuse(_cls, f"the encoder alone ({_name}) returns tokens for a language model, not class logits, so vitlens "
+                 f"could not read a prediction to explain; build the matching classifier (the name without "
+                 f"_enc, whose .encoder is this class) and load the encoder weights into its .encoder")
 
 
 @register_adapter
