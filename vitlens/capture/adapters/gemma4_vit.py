@@ -38,10 +38,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import RecordFn, refuse, register_adapter
+from . import Adapter, RecordFn, refuse, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
-from .generic import BlocksAdapter, _to_pair
+from .vit_towers import VitTowerAdapter
 
 _NAFLEX = ("Gemma 4 NaFlex input (a dict, pre-patchified patches, or patch_coord / patch_valid) is refused: "
            "each image then brings its own patch coordinates and padding mask, so the token layout belongs to "
@@ -56,42 +56,24 @@ refuse("timm.models.gemma4_vit:Gemma4VitEncoder",
 
 
 @register_adapter
-class Gemma4VitAdapter(BlocksAdapter):
+class Gemma4VitAdapter(VitTowerAdapter):
+    """The tower structure (``encoder.blocks``, no prefix, row-major patch grid) is the other towers';
+    the patch embedding, its input modes and the attention class are Gemma 4's."""
+
     family = "Gemma4 ViT"
     examples = ("gemma4_vit_167m", "gemma4_vit_570m")
     order = 10
     timm_modules = ("gemma4_vit",)
     model_classes = ("timm.models.gemma4_vit:Gemma4VitClassifier",)
     attention_classes = ("timm.models.gemma4_vit:Gemma4Attention",)
-    # timm does not keep img_size: the oracle's input size comes from the pretrained config
     test_models = (("gemma4_vit_167m", dict(embed_dim=64, depth=2, num_heads=4, head_dim=16,
                                             intermediate_size=128, pretrained_cfg_overlay=dict(input_size=(3, 48, 64)))),
                    ("gemma4_vit_167m", dict(embed_dim=64, depth=2, num_heads=4, head_dim=16, num_kv_heads=2,
                                             intermediate_size=128,
                                             pretrained_cfg_overlay=dict(input_size=(3, 48, 48)))))
 
-    @classmethod
-    def attention_modules_of(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        return [(f"encoder.blocks.{i}.attn", b.attn) for i, b in enumerate(model.encoder.blocks)]
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.model.encoder.blocks[0].attn.num_heads)
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 0
-
-    def layout_for(self, image_hw: tuple[int, int]) -> TokenLayout:
-        ph, pw = _to_pair(self.model.encoder.patch_embed.patch_size)
-        return TokenLayout(num_prefix_tokens=0, prefix_names=(), grid_size=(image_hw[0] // ph, image_hw[1] // pw),
-                           patch_size=(ph, pw), input_size=tuple(image_hw))
-
-    def gradcam_points(self) -> tuple[tuple[str, ...], str]:
-        return tuple(f"encoder.blocks.{i}.norm1" for i in range(len(self.model.encoder.blocks))), "tokens"
-
-    def block_points(self) -> list[tuple[str, nn.Module]]:
-        return [(f"encoder.blocks.{i}", b) for i, b in enumerate(self.model.encoder.blocks)]
+    #: timm keeps no img_size on the Gemma 4 modules: the input size comes from the pretrained config
+    default_input_size = Adapter.default_input_size
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
                 rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
