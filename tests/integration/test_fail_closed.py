@@ -129,3 +129,27 @@ def test_no_module_outside_capture_reads_model_structure_or_matches_family_names
             if _PROBES.search(code):
                 offenders.append(f"vitlens/{rel}:{i}: {line.strip()}")
     assert not offenders, "model knowledge outside vitlens/capture:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("name,kwargs,path", [
+    # one case per install that watches SDPA calls through generic.SdpaTap (BlocksAdapter,
+    # the VisionTransformer pool head, CaiT class attention, SAM windows)
+    ("vit_relpos_small_patch16_224", dict(img_size=32, depth=2), "blocks.1.attn"),
+    ("vit_base_patch16_siglip_224", dict(img_size=32, depth=1, embed_dim=64, num_heads=4), "attn_pool"),
+    ("cait_xxs24_224", dict(img_size=32, depth=1, depth_token_only=1), "blocks_token_only.0.attn"),
+    ("samvit_base_patch16", dict(img_size=64, depth=2, embed_dim=64, num_heads=2, window_size=2,
+                                 global_attn_indexes=(1,)), "blocks.0.attn"),
+])
+@pytest.mark.parametrize("calls", [0, 2])
+def test_a_module_that_calls_attention_other_than_once_is_refused(name, kwargs, path, calls):
+    """The SDPA tap records a module's one attention call; none or two are refused, never guessed."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=4, **kwargs).eval()
+    attn = model.get_submodule(path)
+    forward = attn.forward
+    attn.forward = (lambda *a, **k: a[0]) if calls == 0 else (lambda *a, **k: (forward(*a, **k), forward(*a, **k))[1])
+    h, w = adapter_for(model).default_input_size()
+    with pytest.raises(UnsupportedModelError, match=f"{re.escape(path)} called scaled_dot_product_attention "
+                                                    f"{calls} times"):
+        with torch.no_grad(), vitlens.capture(model):
+            model(torch.randn(1, 3, h, w))

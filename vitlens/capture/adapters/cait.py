@@ -34,7 +34,7 @@ Hook points:
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ from torch import nn
 from . import Adapter, RecordFn, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
-from .generic import SdpaTap, _sdpa_args, _to_pair, attention_probs, set_unfused
+from .generic import SdpaCall, SdpaTap, _to_pair, set_unfused
 
 _CAIT = "timm.models.cait"
 
@@ -129,24 +129,9 @@ class CaitAdapter(Adapter):
                 stack.callback(attn.attn_drop.register_forward_hook(on_weights).remove)
                 continue
 
-            def on_sdpa(args: tuple, kwargs: dict, layer: int = layer, path: str = path) -> None:
-                q, k, mask, causal, scale = _sdpa_args(args, kwargs)
-                check(layer, k.shape[-2], path)
-                with torch.no_grad():
-                    p = attention_probs(select(q), select(k), scale, mask, causal)
-                record(layer, p.to(q.dtype) if q.dtype != p.dtype else p)
+            def on_sdpa(call: SdpaCall, layer: int = layer, path: str = path) -> None:
+                check(layer, call.num_keys, path)
+                record(layer, call.probs(head_index))
 
-            def enter(_m: nn.Module, _args: tuple, layer: int = layer) -> None:
-                tap.running, tap.seen = layer, False
-
-            def leave(_m: nn.Module, _args: tuple, _out: Any, path: str = path) -> None:
-                tap.running = None
-                if not tap.seen:
-                    raise UnsupportedModelError(f"{path} ran without calling scaled_dot_product_attention; "
-                                                f"this module's forward differs from what vitlens expects")
-
-            tap.handlers[layer] = on_sdpa
-            stack.callback(attn.register_forward_pre_hook(enter).remove)
-            stack.callback(attn.register_forward_hook(leave).remove)
-        if tap.handlers:
-            stack.enter_context(tap)
+            tap.watch(stack, layer, path, attn, on_sdpa)
+        tap.activate(stack)

@@ -67,27 +67,6 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
     return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
 
 
-class SdpaTap(TorchFunctionMode):
-    """Sees ``F.scaled_dot_product_attention`` calls made while a tapped module runs.
-
-    Active for a whole ``with vitlens.capture(...)`` block; every other call passes
-    straight through. ``running`` names the tapped module currently in its forward.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running: int | None = None
-        self.seen = False
-        self.handlers: dict[int, Callable[[tuple, dict], None]] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and self.running is not None:
-            self.handlers[self.running](args, kwargs)
-            self.seen = True
-        return func(*args, **kwargs)
-
-
 def _sdpa_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, Any, bool, float]:
     """``(q, k, attn_mask, is_causal, scale)`` of a ``scaled_dot_product_attention`` call."""
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
@@ -99,6 +78,106 @@ def _sdpa_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, A
     scale = bound.get("scale")
     return q, k, bound.get("attn_mask"), bool(bound.get("is_causal", False)), \
         float(scale) if scale is not None else q.shape[-1] ** -0.5
+
+
+class ModuleTap(TorchFunctionMode):
+    """Watches the torch calls a registered attention module makes while it runs.
+
+    The one place where a capture marks which module is in its forward:
+    :meth:`watch` registers a module (pre- and forward hook, both removed by the
+    ``ExitStack``) under its layer index; ``running`` is the layer whose module is in its
+    forward (None otherwise), ``seen`` how many watched calls it has made so far. The mode
+    is active for a whole ``with vitlens.capture(...)`` block (:meth:`activate`); calls
+    made while no watched module runs pass straight through.
+
+    By default a module must make exactly one watched call per forward: none means there
+    was nothing to record, two mean vitlens cannot tell which one the model uses.
+    """
+
+    #: what is watched, for messages
+    what = "the watched function"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: int | None = None
+        self.path = ""
+        self.seen = 0
+        self.handlers: dict[int, Callable[..., Any]] = {}
+
+    def watch(self, stack: ExitStack, layer: int, path: str, module: nn.Module,
+              handler: Callable[..., Any] | None = None) -> None:
+        """Mark ``module`` (layer ``layer`` at ``path``) as running during its forward; the
+        subclass hands its watched calls to ``handler``. Undone by ``stack``."""
+        if handler is not None:
+            self.handlers[layer] = handler
+
+        def enter(_m: nn.Module, _args: tuple) -> None:
+            self.enter(layer, path)
+
+        def leave(_m: nn.Module, _args: tuple, _out: Any) -> None:
+            self.leave(layer, path)
+
+        stack.callback(module.register_forward_pre_hook(enter).remove)
+        stack.callback(module.register_forward_hook(leave).remove)
+
+    def activate(self, stack: ExitStack) -> None:
+        """Enter the mode for the capture block if any module is watched (exited by ``stack``)."""
+        if self.handlers:
+            stack.enter_context(self)
+
+    def enter(self, layer: int, path: str) -> None:
+        self.running, self.path, self.seen = layer, path, 0
+
+    def leave(self, layer: int, path: str) -> None:
+        seen, self.running = self.seen, None
+        if seen != 1:
+            raise UnsupportedModelError(
+                f"{path} called {self.what} {seen} times (vitlens expects exactly one); this module's "
+                f"forward differs from what vitlens expects")
+
+
+class SdpaCall:
+    """One ``F.scaled_dot_product_attention`` call as the module made it: q, k after every
+    transformation the module applies (q/k norm, RoPE, GQA expansion), the mask with any
+    position bias added, the scale it uses."""
+
+    __slots__ = ("q", "k", "mask", "causal", "scale")
+
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        self.q, self.k, self.mask, self.causal, self.scale = _sdpa_args(args, kwargs)
+
+    @property
+    def num_keys(self) -> int:
+        return int(self.k.shape[-2])
+
+    def probs(self, heads: torch.Tensor | None = None, rows: slice = slice(None)) -> torch.Tensor:
+        """``softmax(q·kᵀ·scale + mask)`` ``[B, H, Tq, Tk]`` without graph, in q's dtype (see
+        :func:`attention_probs`); ``heads``: index of the heads to keep (q, k and a per-head mask)."""
+        q, k, mask = self.q, self.k, self.mask
+        with torch.no_grad():
+            if heads is not None:
+                idx = heads.to(q.device)
+                q, k = q.index_select(1, idx), k.index_select(1, idx)
+                if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] > 1:
+                    mask = mask.index_select(1, idx)
+            p = attention_probs(q, k, self.scale, mask, self.causal, rows)
+        return p.to(q.dtype) if q.dtype != p.dtype else p
+
+
+class SdpaTap(ModuleTap):
+    """Sees the ``F.scaled_dot_product_attention`` call a watched module makes and hands it,
+    as an :class:`SdpaCall`, to the module's handler before passing it on unchanged (the
+    model keeps its fused kernel: outputs bit-identical)."""
+
+    what = "scaled_dot_product_attention"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and self.running is not None:
+            self.seen += 1
+            if self.seen == 1:
+                self.handlers[self.running](SdpaCall(args, kwargs))
+        return func(*args, **kwargs)
 
 
 def _to_pair(v: Any) -> tuple[int, int]:
@@ -212,34 +291,12 @@ class BlocksAdapter(Adapter):
                 unfused.append(layer)
                 continue
 
-            def on_sdpa(args: tuple, kwargs: dict, layer: int = layer, path: str = path) -> None:
-                q, k, mask, causal, scale = _sdpa_args(args, kwargs)
-                n_prefix = self._n_prefix(current, k.shape[-2], path)
-                with torch.no_grad():
-                    if head_index is not None:
-                        idx = head_index.to(q.device)
-                        q, k = q.index_select(1, idx), k.index_select(1, idx)
-                        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] > 1:
-                            mask = mask.index_select(1, idx)
-                    p = attention_probs(q, k, scale, mask, causal,
-                                        slice(0, n_prefix) if rows == "prefix" else slice(None))
-                record(layer, p.to(q.dtype) if q.dtype != p.dtype else p)
+            def on_sdpa(call: SdpaCall, layer: int = layer, path: str = path) -> None:
+                n_prefix = self._n_prefix(current, call.num_keys, path)
+                record(layer, call.probs(head_index, slice(0, n_prefix) if rows == "prefix" else slice(None)))
 
-            def enter(_m: nn.Module, _args: tuple, layer: int = layer) -> None:
-                tap.running, tap.seen = layer, False
-
-            def leave(_m: nn.Module, _args: tuple, _out: Any, path: str = path) -> None:
-                tap.running = None
-                if not tap.seen:
-                    raise UnsupportedModelError(
-                        f"{path} ran without calling scaled_dot_product_attention, so vitlens saw no "
-                        f"attention to record; this module's forward differs from what vitlens expects")
-
-            tap.handlers[layer] = on_sdpa
-            stack.callback(attn.register_forward_pre_hook(enter).remove)
-            stack.callback(attn.register_forward_hook(leave).remove)
-        if tap.handlers:
-            stack.enter_context(tap)
+            tap.watch(stack, layer, path, attn, on_sdpa)
+        tap.activate(stack)
         return unfused
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
@@ -251,29 +308,24 @@ class BlocksAdapter(Adapter):
         self._install_unfused(stack, layers, record, heads, rows, current)
 
 
-class SoftmaxTap(TorchFunctionMode):
-    """Sees the softmax a tapped module computes on its unfused path (for modules without ``attn_drop``).
+class SoftmaxTap(ModuleTap):
+    """Sees the softmax a watched module computes on its unfused path (for modules without ``attn_drop``).
 
-    ``running`` names the tapped module currently in its forward; its handler gets the
-    softmax output (graph attached) and may return a tensor the module goes on with
-    instead (same values), so gradients reach the recorded one.
+    The module's handler gets the softmax output (graph attached) and may return a tensor
+    the module goes on with instead (same values), so gradients reach the recorded one.
     """
 
+    what = "softmax"
     _SOFTMAX = (torch.Tensor.softmax, torch.softmax, F.softmax)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running: int | None = None
-        self.seen = 0
-        self.handlers: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if self.running is not None and func in self._SOFTMAX:
             self.seen += 1
-            replaced = self.handlers[self.running](out)
-            if replaced is not None:
-                out = replaced
+            if self.seen == 1:
+                replaced = self.handlers[self.running](out)
+                if replaced is not None:
+                    out = replaced
         return out
 
 

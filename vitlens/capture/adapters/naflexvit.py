@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import Adapter, RecordFn, register_adapter
+from . import Adapter, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
 from .generic import _to_pair, prefix_names_of

@@ -31,7 +31,7 @@ Grad-CAM reads the block outputs ``blocks.{i}`` (``[B, gh, gw, C]``, NHWC).
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ from torch import nn
 from . import Adapter, RecordFn, register_adapter
 from ..cache import TokenLayout, WindowLayout
 from ...errors import UnsupportedModelError
-from .generic import SdpaTap, _sdpa_args, _to_pair, attention_probs, set_unfused
+from .generic import SdpaCall, SdpaTap, _to_pair, set_unfused
 
 _SAM = "timm.models.vision_transformer_sam"
 
@@ -148,24 +148,8 @@ class SamAdapter(Adapter):
                 stack.callback(attn.attn_drop.register_forward_hook(on_probs).remove)
                 continue
 
-            def on_sdpa(args: tuple, kwargs: dict, layer: int = layer, path: str = path) -> None:
-                q, k, mask, causal, scale = _sdpa_args(args, kwargs)
-                with torch.no_grad():
-                    p = attention_probs(q, k, scale, mask, causal)
-                p = windowed(layer, p.to(q.dtype) if q.dtype != p.dtype else p, path)
-                record(layer, select(p))
+            def on_sdpa(call: SdpaCall, layer: int = layer, path: str = path) -> None:
+                record(layer, select(windowed(layer, call.probs(), path)))
 
-            def enter(_m: nn.Module, _args: tuple, layer: int = layer) -> None:
-                tap.running, tap.seen = layer, False
-
-            def leave(_m: nn.Module, _args: tuple, _out: Any, path: str = path) -> None:
-                tap.running = None
-                if not tap.seen:
-                    raise UnsupportedModelError(f"{path} ran without calling scaled_dot_product_attention; "
-                                                f"this module's forward differs from what vitlens expects")
-
-            tap.handlers[layer] = on_sdpa
-            stack.callback(attn.register_forward_pre_hook(enter).remove)
-            stack.callback(attn.register_forward_hook(leave).remove)
-        if tap.handlers:
-            stack.enter_context(tap)
+            tap.watch(stack, layer, path, attn, on_sdpa)
+        tap.activate(stack)

@@ -44,10 +44,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from . import Adapter, RecordFn
-from .generic import _sdpa_args, attention_probs, set_unfused
+from .generic import ModuleTap, SdpaCall, set_unfused
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
 
@@ -100,16 +99,36 @@ class LayerGeo:
     windows: int = 1
 
 
-class _Tap(TorchFunctionMode):
-    """Sees the torch calls of the attention module that is running (see the module docstring)."""
+class _Tap(ModuleTap):
+    """Sees the torch calls of the attention module that is running (see the module docstring).
+
+    Watched modules (:meth:`ModuleTap.watch`) must run in layer order, each recording once.
+    """
 
     def __init__(self, adapter: "TapAdapter", record: Callable[[int, torch.Tensor, bool], torch.Tensor | None],
                  grad: bool) -> None:
         super().__init__()
         self.adapter, self.record, self.grad = adapter, record, grad
-        self.layer: int | None = None
-        self.path = ""
+        self.last = -1  # the last layer that ran in this forward (reset per forward)
         self.reset()
+
+    def enter(self, layer: int, path: str) -> None:
+        if layer <= self.last:
+            raise UnsupportedModelError(f"{path} ran out of the order vitlens numbers the layers in; "
+                                        f"this model's forward differs from what vitlens expects")
+        self.last = layer
+        self.reset()
+        super().enter(layer, path)
+
+    def leave(self, layer: int, path: str) -> None:
+        done = self.done
+        self.running = None
+        self.reset()
+        if not done:
+            raise UnsupportedModelError(
+                f"{path} did not multiply an unchanged softmax (or a scaled_dot_product_attention) "
+                f"with v, so vitlens found no attention probabilities to record; this module's "
+                f"forward differs from what vitlens expects")
 
     def reset(self) -> None:
         self.softmax: torch.Tensor | None = None
@@ -118,16 +137,13 @@ class _Tap(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.layer is None:
+        if self.running is None:
             return func(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
             if self.done:
                 raise UnsupportedModelError(f"{self.path} computed attention twice in one call; vitlens "
                                             f"cannot tell which to record")
-            q, k, mask, causal, scale = _sdpa_args(args, kwargs)
-            with torch.no_grad():
-                p = attention_probs(q, k, scale, mask, causal)
-            self.record(self.layer, p.to(q.dtype) if q.dtype != p.dtype else p, False)
+            self.record(self.running, SdpaCall(args, kwargs).probs(), False)
             self.done = True
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
@@ -137,8 +153,8 @@ class _Tap(TorchFunctionMode):
                     f"{self.path} computed a second softmax in one call; vitlens records the one tensor "
                     f"the model multiplies with v and cannot tell which it is here")
             if self.grad:  # the model goes on with a view of the recorded tensor
-                rec = self.adapter.arrange(self.layer, out, self.path)
-                out = self.adapter.unarrange(self.layer, rec, out.shape)
+                rec = self.adapter.arrange(self.running, out, self.path)
+                out = self.adapter.unarrange(self.running, rec, out.shape)
                 self.softmax, self.views = rec, [out]
             else:
                 self.softmax, self.views = out, [out]
@@ -146,7 +162,7 @@ class _Tap(TorchFunctionMode):
             if func in _VIEWS and args and any(args[0] is v for v in self.views):
                 self.views.append(out)
             elif func in _MATMUL and any(a is v for a in args[:2] for v in self.views):
-                self.record(self.layer, self.softmax, self.grad)
+                self.record(self.running, self.softmax, self.grad)
                 self.done = True
         return out
 
@@ -254,7 +270,7 @@ class TapAdapter(Adapter):
             hw = (int(x.shape[-2]), int(x.shape[-1]))
             self._current, self._batch = self._geo(hw), int(x.shape[0])
             set_layout(self.layout_for(hw))
-            state["last"] = -1
+            tap.last = -1
 
         def on_record(layer: int, p: torch.Tensor, arranged: bool) -> None:
             path = modules[layer][0]
@@ -271,32 +287,11 @@ class TapAdapter(Adapter):
                     p = p[..., :g.query_prefix, :]
             record(layer, p)
 
-        state: dict[str, int] = {"last": -1}
         tap = _Tap(self, on_record, grad)
         stack.callback(self.model.register_forward_pre_hook(on_image, with_kwargs=True).remove)
         for layer in layers:
             path, attn = modules[layer]
-
-            def enter(_m: nn.Module, _args: tuple, layer: int = layer, path: str = path) -> None:
-                if layer <= state["last"]:
-                    raise UnsupportedModelError(f"{path} ran out of the order vitlens numbers the layers in; "
-                                                f"this model's forward differs from what vitlens expects")
-                state["last"] = layer
-                tap.reset()
-                tap.layer, tap.path = layer, path
-
-            def leave(_m: nn.Module, _args: tuple, _out: Any, path: str = path) -> None:
-                done = tap.done
-                tap.layer = None
-                tap.reset()
-                if not done:
-                    raise UnsupportedModelError(
-                        f"{path} did not multiply an unchanged softmax (or a scaled_dot_product_attention) "
-                        f"with v, so vitlens found no attention probabilities to record; this module's "
-                        f"forward differs from what vitlens expects")
-
             if grad and hasattr(attn, "fused_attn"):
                 set_unfused(stack, attn)
-            stack.callback(attn.register_forward_pre_hook(enter).remove)
-            stack.callback(attn.register_forward_hook(leave).remove)
+            tap.watch(stack, layer, path, attn)
         stack.enter_context(tap)

@@ -54,8 +54,7 @@ from torch import nn
 from . import REFUSED_ATTENTION, RecordFn, refuse, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
-from .generic import (BlocksAdapter, SdpaTap, SoftmaxTap, _sdpa_args, attention_probs,  # noqa: F401
-                      prefix_names_of, set_unfused)
+from .generic import BlocksAdapter, SdpaCall, SdpaTap, SoftmaxTap, attention_probs, set_unfused
 
 _VT = "timm.models.vision_transformer"
 _ATTENTION = "timm.layers.attention:Attention"
@@ -257,48 +256,20 @@ class VitAdapter(BlocksAdapter):
                         p = select(out)
                         record(layer, p[:, :, :P] if rows == "prefix" else p)
 
-                    softmax.handlers[layer] = on_softmax
-                    self._mark_running(stack, attn, softmax, layer, path, "softmax")
+                    softmax.watch(stack, layer, path, attn, on_softmax)
                     set_unfused(stack, attn)
                 continue
             if kind == _ATTENTION:
                 self._install_qk(stack, layer, path, attn, record, select, rows, current)
                 continue
 
-            def on_sdpa(args: tuple, kwargs: dict, layer: int = layer, path: str = path) -> None:
-                q, k, mask, causal, scale = _sdpa_args(args, kwargs)
-                P = self._expect(current, layer, k.shape[-2], path)
-                with torch.no_grad():
-                    if head_index is not None:
-                        idx = head_index.to(q.device)
-                        q, k = q.index_select(1, idx), k.index_select(1, idx)
-                        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] > 1:
-                            mask = mask.index_select(1, idx)
-                    p = attention_probs(q, k, scale, mask, causal, slice(0, P) if rows == "prefix" else slice(None))
-                record(layer, p.to(q.dtype) if q.dtype != p.dtype else p)
+            def on_sdpa(call: SdpaCall, layer: int = layer, path: str = path) -> None:
+                P = self._expect(current, layer, call.num_keys, path)
+                record(layer, call.probs(head_index, slice(0, P) if rows == "prefix" else slice(None)))
 
-            sdpa.handlers[layer] = on_sdpa
-            self._mark_running(stack, attn, sdpa, layer, path, "scaled_dot_product_attention")
-        if sdpa.handlers:
-            stack.enter_context(sdpa)
-        if softmax.handlers:
-            stack.enter_context(softmax)
-
-    @staticmethod
-    def _mark_running(stack: ExitStack, module: nn.Module, tap: Any, layer: int, path: str, what: str) -> None:
-        """Tell ``tap`` which layer runs while ``module`` is in its forward; require exactly one call."""
-        def enter(_m: nn.Module, _args: tuple) -> None:
-            tap.running, tap.seen = layer, 0
-
-        def leave(_m: nn.Module, _args: tuple, _out: Any) -> None:
-            tap.running, seen = None, int(tap.seen)
-            if seen != 1:
-                raise UnsupportedModelError(
-                    f"{path} called {what} {seen} times (vitlens expects exactly one); this module's "
-                    f"forward differs from what vitlens expects")
-
-        stack.callback(module.register_forward_pre_hook(enter).remove)
-        stack.callback(module.register_forward_hook(leave).remove)
+            sdpa.watch(stack, layer, path, attn, on_sdpa)
+        sdpa.activate(stack)
+        softmax.activate(stack)
 
     def _install_qk(self, stack: ExitStack, layer: int, path: str, attn: nn.Module, record: RecordFn,
                     select: Callable[[torch.Tensor], torch.Tensor], rows: str,
