@@ -109,12 +109,16 @@ class _SoftmaxRecorder(TorchFunctionMode):
         return out
 
 
-def oracle(model: nn.Module, x: torch.Tensor, *, multiplied: bool = False) -> dict[str, torch.Tensor]:
+def oracle(model: nn.Module, x: torch.Tensor, *, multiplied: bool = False,
+           counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """``{attention module path: the last softmax it computed}`` with the model's unfused path.
 
     ``multiplied=True``: instead, the left operand of the last ``weights @ v`` product in
     the module -- the reference for layers whose weights are not the softmax itself
-    (``LayerSpec.softmax`` False, e.g. talking-heads attention mixes heads after it).
+    (``LayerSpec.softmax`` False, e.g. talking-heads attention mixes heads after it; or a
+    module that computes several softmaxes and applies a combination of them, e.g.
+    ConViT's gated mixture of a content and a positional softmax). ``counts`` receives
+    how many softmaxes each module computed in the forward.
     """
     paths = [p for p, _ in adapter_for(model).attention_modules()]
     flags = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
@@ -134,6 +138,8 @@ def oracle(model: nn.Module, x: torch.Tensor, *, multiplied: bool = False) -> di
             h.remove()
         for m, old in flags:
             m.fused_attn = old
+    if counts is not None:
+        counts.update({p: len(rec.seen.get(p, ())) for p in paths})
     seen = rec.multiplied if multiplied else rec.seen
     missing = [p for p in paths if p not in seen]
     assert not missing, f"no {'weights @ v product' if multiplied else 'softmax'} seen in {missing}"
@@ -155,13 +161,17 @@ def test_recorded_attention_equals_the_models_own_softmax(cls, name, kwargs):
     with torch.no_grad(), vitlens.capture(model) as cache:
         inside = logits_or_tensor(model(x))
     assert torch.equal(plain, inside), "outputs differ inside capture on the default path"
-    ref = transformers_reference(name, model, x) if callable(name) else oracle(model, x)
+    counts: dict[str, int] = {}
+    ref = transformers_reference(name, model, x) if callable(name) else oracle(model, x, counts=counts)
     desc = adapter_for(model).describe(tuple(x.shape[-2:]))
     assert len(desc.layers) == cache.num_layers == len(ref)
-    weights = oracle(model, x, multiplied=True) if not all(s.softmax for s in desc.layers) else {}
+    # the model applies the softmax itself unless the weights are declared otherwise or the
+    # module combines several softmaxes: then the reference is the product's left operand
+    combined = {p for p, n in counts.items() if n > 1}
+    weights = oracle(model, x, multiplied=True) if combined or not all(s.softmax for s in desc.layers) else {}
     for spec in desc.layers:
         got = cache.attention(spec.index).float()
-        want = (ref if spec.softmax else weights)[spec.hook_point].float()
+        want = (ref if spec.softmax and spec.hook_point not in combined else weights)[spec.hook_point].float()
         if not spec.softmax:  # declared non-probabilities: they must not be (rows away from 1)
             assert (got.sum(-1) - 1).abs().max() > 1e-3, f"{spec.hook_point} is declared softmax=False"
         if spec.kind in ("window", "grid"):

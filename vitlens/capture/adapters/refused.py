@@ -27,6 +27,3 @@ refuse("timm.models.efficientformer_v2:EfficientFormerV2",
        "EfficientFormerV2's attention mixes the heads after the softmax (talking_head2, a 1x1 conv over "
        "heads): the weights multiplied with v are signed linear combinations of the heads' softmaxes, not "
        "probabilities, and no head of them is a single softmax")
-refuse("timm.models.convit:ConVit",
-       "ConViT's gated positional self-attention (GPSA) multiplies v with (1 - σ(g))·softmax(qkᵀ) + "
-       "σ(g)·softmax(positional scores), renormalised; vitlens does not record this mixture yet")
