@@ -23,7 +23,3 @@ refuse("timm.models.efficientvit_msra:EfficientVitMsra",
 refuse("timm.models.coat:CoaT",
        "CoaT uses factorized attention: a softmax over the keys along the token axis, then kᵀ·v (a channels x "
        "channels matrix) applied to q; no token-by-token attention matrix exists to record")
-refuse("timm.models.efficientformer_v2:EfficientFormerV2",
-       "EfficientFormerV2's attention mixes the heads after the softmax (talking_head2, a 1x1 conv over "
-       "heads): the weights multiplied with v are signed linear combinations of the heads' softmaxes, not "
-       "probabilities, and no head of them is a single softmax")
