@@ -1,20 +1,18 @@
-"""The LRP figure of docs/methods.md: AttnLRP / CP-LRP maps on Swin-T and on the demo model, real photos.
+"""The LRP figure of docs/methods.md: AttnLRP / CP-LRP maps on the bundled demo Swin and demo ViT.
 
-    python scripts/lrp_figure.py [--out docs/images/lrp_maps.png]
+    python scripts/lrp_figure.py [--out docs/images/lrp_maps.png] [--image examples/chelsea.jpg]
 
-Row 1: ``swin_tiny_patch4_window7_224`` with *random* weights (seed 0; no pretrained
-weights can be downloaded here) on ``examples/chelsea.jpg``: the relevance goes through
-shifted windows and patch merging; with random weights it follows image structure,
-not a class. Row 2: the bundled demo ViT (CIFAR-10) on the same photo, its predicted
-class explained. Relevance is signed: red = for the class, blue = against; each panel
-is scaled symmetrically to its own largest |value|.
+Both models were trained on CIFAR-10 by ``scripts/train_demo.py`` (``demo-swin``: two stages,
+shifted 4x4 windows, one patch merging; ``demo``: the ViT). Each row explains the model's
+predicted class on the same real photo: AttnLRP relevance per pixel and per first-stage patch,
+then CP-LRP (Swin) or ``chefer`` (ViT) per patch. Relevance is signed: red = for the class,
+blue = against; each panel is scaled symmetrically to its own largest |value|. For Swin the
+relevance goes through the shifted windows and the patch merging back to the input.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,8 +22,6 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import timm
-    from timm.data import create_transform, resolve_data_config
 
     import vitlens
 
@@ -35,37 +31,34 @@ def main() -> None:
     args = ap.parse_args()
     img = vitlens.load_image(args.image)
 
-    torch.manual_seed(0)
-    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
-    tf = create_transform(**resolve_data_config({}, model=swin))
-    xs = tf(img)[None]
-    demo, cfg = vitlens.load_model("demo")
-    xd = vitlens.preprocess(img, cfg).tensor[None]
-    names = vitlens.class_names(demo)
+    rows = []
+    for name, title, third in (("demo-swin", "demo Swin (CIFAR-10)", ("cp-lrp", "CP-LRP")),
+                               ("demo", "demo ViT (CIFAR-10)", ("chefer", "chefer"))):
+        model, cfg = vitlens.load_model(name)
+        pre = vitlens.preprocess(img, cfg)
+        rows.append((name, title, model, pre, third))
 
-    rows = [
-        ("Swin-T, random weights", swin, xs, [("attnlrp", {"pixels": True}, "AttnLRP, pixels"),
-                                              ("attnlrp", {}, "AttnLRP, 56x56 patches"),
-                                              ("cp-lrp", {}, "CP-LRP, patches")]),
-        ("demo ViT (CIFAR-10)", demo, xd, [("attnlrp", {"pixels": True}, "AttnLRP, pixels"),
-                                           ("attnlrp", {}, "AttnLRP, 8x8 patches"),
-                                           ("chefer", {}, "chefer, patches")]),
-    ]
-    fig, axes = plt.subplots(2, 4, figsize=(13, 6.6))
-    for r, (title, model, x, cases) in enumerate(rows):
+    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 3.4 * len(rows)))
+    for r, (name, title, model, pre, (third, third_title)) in enumerate(rows):
+        x = pre.tensor[None]
         res = vitlens.explain(model, x, "attnlrp", details=True)
         t = int(res.target[0])
-        label = names[t] if model is demo and names else f"class {t}"
-        axes[r, 0].imshow(img.resize((224, 224)))
-        axes[r, 0].set_title(f"{title}\nexplains: {label}", fontsize=10)
-        for c, (method, opts, name) in enumerate(cases, start=1):
-            m = vitlens.explain(model, x, method, **opts)[0]
-            if method == "chefer":
-                axes[r, c].imshow(m, cmap="inferno")
-            else:
+        p = float(res.logits.float().softmax(-1)[0, t])
+        names = vitlens.class_names(model)
+        gh, gw = res.maps.shape[-2:]
+        axes[r, 0].imshow(img.crop(tuple(round(v) for v in pre.box)))   # what the model sees (centre crop)
+        axes[r, 0].set_title(f"{title}\npredicted and explained: {names[t]} ({p:.2f})", fontsize=10)
+        panels = [(vitlens.explain(model, x, "attnlrp", pixels=True)[0], "AttnLRP, pixels", True),
+                  (res.maps[0], f"AttnLRP, {gh}x{gw} patches", True),
+                  (vitlens.explain(model, x, third)[0], f"{third_title}, patches", third != "chefer")]
+        for c, (m, label, signed) in enumerate(panels, start=1):
+            m = m.detach().float()
+            if signed:
                 lim = float(m.abs().max()) or 1.0
                 axes[r, c].imshow(m, cmap="bwr", vmin=-lim, vmax=lim)
-            axes[r, c].set_title(name, fontsize=10)
+            else:
+                axes[r, c].imshow(m, cmap="inferno")
+            axes[r, c].set_title(label, fontsize=10)
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
