@@ -96,6 +96,8 @@ class ModuleTap(TorchFunctionMode):
 
     #: what is watched, for messages
     what = "the watched function"
+    #: appended to the message when a module made no watched call (what to do about it)
+    missing_hint = ""
 
     def __init__(self) -> None:
         super().__init__()
@@ -133,7 +135,7 @@ class ModuleTap(TorchFunctionMode):
         if seen != 1:
             raise UnsupportedModelError(
                 f"{path} called {self.what} {seen} times (vitlens expects exactly one); this module's "
-                f"forward differs from what vitlens expects")
+                f"forward differs from what vitlens expects{self.missing_hint if not seen else ''}")
 
 
 class SdpaCall:

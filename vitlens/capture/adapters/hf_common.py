@@ -34,10 +34,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from . import Adapter, RecordFn
-from .generic import _sdpa_args, attention_probs
+from .generic import ModuleTap, SdpaCall
 from ..cache import TokenLayout, WindowLayout
 from ...errors import UnsupportedModelError
 
@@ -49,14 +48,17 @@ RECORDABLE_IMPLEMENTATIONS = ("sdpa", "eager", None)
 Handler = Callable[[tuple, dict], Any]
 
 
-class HFTap(TorchFunctionMode):
-    """Sees ``scaled_dot_product_attention`` and ``softmax`` calls made while a tapped module runs."""
+class HFTap(ModuleTap):
+    """Sees the ``scaled_dot_product_attention`` or ``softmax`` call a watched module makes
+    (:meth:`ModuleTap.watch`; ``handlers``: the SDPA handlers, ``softmax``: the softmax ones);
+    a handler may return a replacement result."""
+
+    what = "scaled_dot_product_attention or softmax"
+    missing_hint = (" (an attention implementation other than 'sdpa' or 'eager'?); load the model with "
+                    "attn_implementation='sdpa' or 'eager'")
 
     def __init__(self) -> None:
         super().__init__()
-        self.running: int | None = None
-        self.seen = 0
-        self.sdpa: dict[int, Handler] = {}
         self.softmax: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -66,7 +68,7 @@ class HFTap(TorchFunctionMode):
             self.running = None  # the handler's own torch calls are not the model's
             try:
                 self.seen += 1
-                out = self.sdpa[layer](args, kwargs)
+                out = self.handlers[layer](args, kwargs)
             finally:
                 self.running = layer
             return func(*args, **kwargs) if out is None else out
@@ -292,34 +294,21 @@ class HFAdapter(Adapter):
 
             def on_sdpa(args: tuple, kwargs: dict, layer: int = layer, path: str = path,
                         state: dict = state) -> torch.Tensor | None:
-                q, k, mask, causal, scale = _sdpa_args(args, kwargs)
-                names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
-                bound = {**dict(zip(names, args)), **kwargs}
+                call = SdpaCall(args, kwargs)
                 if grad:
-                    p = probs_with_graph(q, k, scale, mask, causal)
+                    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+                    bound = {**dict(zip(names, args)), **kwargs}
+                    p = probs_with_graph(call.q, call.k, call.scale, call.mask, call.causal)
                     used = emit(p, layer, path, state)
                     drop = float(bound.get("dropout_p") or 0.0)
                     if drop:
                         used = F.dropout(used, drop, training=True)
                     return used @ bound["value"]
-                windowed = windows(layer) is not None
-                with torch.no_grad():
-                    if windowed:
-                        p = attention_probs(q, k, scale, mask, causal)
-                    else:
-                        P = n_prefix(layer, k.shape[-2], path)
-                        if head_index is not None:  # only the recorded heads' q, k (and mask)
-                            idx = head_index.to(q.device)
-                            q, k = q.index_select(1, idx), k.index_select(1, idx)
-                            if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] > 1:
-                                mask = mask.index_select(1, idx)
-                        p = attention_probs(q, k, scale, mask, causal,
-                                            slice(0, P) if rows == "prefix" else slice(None))
-                p = p.to(q.dtype) if p.dtype != q.dtype else p
-                if windowed:
-                    emit(p, layer, path, state)
-                else:
-                    record(layer, p)
+                if windows(layer) is not None:
+                    emit(call.probs(), layer, path, state)
+                    return None
+                P = n_prefix(layer, call.num_keys, path)  # only the recorded heads' q, k (and mask)
+                record(layer, call.probs(head_index, slice(0, P) if rows == "prefix" else slice(None)))
                 return None
 
             def on_softmax(out: torch.Tensor, layer: int = layer, path: str = path,
@@ -332,25 +321,14 @@ class HFAdapter(Adapter):
                 new = emit(out, layer, path, state)
                 return new if new is not out else None
 
-            def enter(_m: nn.Module, args: tuple, kwargs: dict, layer: int = layer, state: dict = state) -> None:
+            def on_call(_m: nn.Module, args: tuple, kwargs: dict, state: dict = state) -> None:
                 state.clear()
                 state["mask"] = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-                tap.running, tap.seen = layer, 0
 
-            def leave(_m: nn.Module, _args: tuple, _out: Any, path: str = path) -> None:
-                tap.running = None
-                if not tap.seen:
-                    raise UnsupportedModelError(
-                        f"{path} ran without calling scaled_dot_product_attention or softmax, so vitlens saw no "
-                        f"attention to record (an attention implementation other than 'sdpa' or 'eager'?); "
-                        f"load the model with attn_implementation='sdpa' or 'eager'")
-
-            tap.sdpa[layer] = on_sdpa
             tap.softmax[layer] = on_softmax
-            stack.callback(attn.register_forward_pre_hook(enter, with_kwargs=True).remove)
-            stack.callback(attn.register_forward_hook(leave).remove)
-        if tap.sdpa:
-            stack.enter_context(tap)
+            stack.callback(attn.register_forward_pre_hook(on_call, with_kwargs=True).remove)
+            tap.watch(stack, layer, path, attn, on_sdpa)
+        tap.activate(stack)
 
 
 class HFFlatAdapter(HFAdapter):
