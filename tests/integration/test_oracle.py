@@ -201,8 +201,9 @@ def test_grad_path_records_the_same_probabilities(cls, name, kwargs):
 def _hook_state(model: nn.Module):
     return ([(n, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
              for n, m in model.named_modules()],
-            [(n, getattr(m, "fused_attn", None), getattr(m, "grad_checkpointing", None))
-             for n, m in model.named_modules()])
+            [(n, getattr(m, "fused_attn", None), getattr(m, "grad_checkpointing", None),
+              getattr(m, "gradient_checkpointing", None)) for n, m in model.named_modules()],
+            torch._C._len_torch_function_stack())  # no TorchFunctionMode (transformers' tap) left active
 
 
 @pytest.mark.parametrize("cls,name,kwargs", CASES)
@@ -218,6 +219,21 @@ def test_hooks_and_flags_restored_after_success_and_after_an_error(cls, name, kw
         with vitlens.capture(model, grad=grad):
             raise RuntimeError("injected")
     assert _hook_state(model) == before
+    # an error in the middle of the forward, after the first layers were recorded
+    last = adapter_for(model).attention_modules()[-1][1]
+
+    def fail(*_):
+        raise RuntimeError("injected mid-forward")
+
+    handle = last.register_forward_pre_hook(fail)
+    try:
+        before = _hook_state(model)
+        with pytest.raises(RuntimeError, match="injected mid-forward"):
+            with vitlens.capture(model, grad=grad):
+                model(x)
+        assert _hook_state(model) == before
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("fail_at", [1, 3])
