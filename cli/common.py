@@ -172,10 +172,10 @@ RANDOM_WEIGHTS_NOTE = ("random weights: --no-pretrained without --checkpoint giv
 def random_weights(model: Any, checkpoint: str | None, pretrained: bool) -> bool:
     """The model runs with random-init weights (``--no-pretrained`` without ``--checkpoint``;
     the bundled demo always has its trained weights)."""
-    from vitlens.models import DEMO_NAME
+    from vitlens.models import is_demo
 
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-    return not pretrained and checkpoint is None and arch != DEMO_NAME
+    return not pretrained and checkpoint is None and not is_demo(arch)
 
 
 def load_cli_model(model_name: str | None, checkpoint: str | None, pretrained: bool, device: str | None):
@@ -455,9 +455,11 @@ def model_label(model_name: str | None, model: Any, checkpoint: str | None) -> s
     checkpoint's file name, so maps of two fine-tunes of one architecture never share a name."""
     from pathlib import Path
 
+    from vitlens.models import is_demo
+
     cfg = getattr(model, "pretrained_cfg", None) or {}
     name = model_name
     if name is None:
         arch, tag = cfg.get("architecture"), cfg.get("tag")
-        name = f"{arch}.{tag}" if arch and tag and arch != "demo" else str(arch or type(model).__name__)
+        name = f"{arch}.{tag}" if arch and tag and not is_demo(arch) else str(arch or type(model).__name__)
     return f"{name}+{Path(checkpoint).stem}" if checkpoint else name

@@ -127,6 +127,7 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
     INPUT OUTPUT.h5 ...`; --virtual makes it a view over the shards instead).
     """
     from vitlens.batch import ExportOptions, dist_info, run_export
+    from vitlens.models import is_demo
     from vitlens.data import resolve_inputs
 
     if resume and overwrite:
@@ -163,7 +164,7 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
                 if getattr(bar, "_bar", None) is not None:
                     bar._bar.length = n
             summary = run_export(model, cfg, inputs, output, options, checkpoint=checkpoint,
-                                 pretrained=pretrained if checkpoint is None and name != "demo" else False,
+                                 pretrained=pretrained if checkpoint is None and not is_demo(name) else False,
                                  model_name=name, command=_command_line(),
                                  random_weights=random_weights(model, checkpoint, pretrained),
                                  progress=bar.update, total=set_total)

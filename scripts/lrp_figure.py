@@ -1,6 +1,6 @@
 """The LRP figure of docs/methods.md: AttnLRP / CP-LRP maps on the bundled demo Swin and demo ViT.
 
-    python scripts/lrp_figure.py [--out docs/images/lrp_maps.png] [--image examples/chelsea.jpg]
+    python scripts/lrp_figure.py [--out docs/images/lrp_maps.png] [--image examples/cifar10_cat.png]
 
 Both models were trained on CIFAR-10 by ``scripts/train_demo.py`` (``demo-swin``: two stages,
 shifted 4x4 windows, one patch merging; ``demo``: the ViT). Each row explains the model's
@@ -27,7 +27,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(REPO / "docs" / "images" / "lrp_maps.png"))
-    ap.add_argument("--image", default=str(REPO / "examples" / "chelsea.jpg"))
+    ap.add_argument("--image", default=str(REPO / "examples" / "cifar10_cat.png"))
     args = ap.parse_args()
     img = vitlens.load_image(args.image)
 
@@ -61,7 +61,7 @@ def main() -> None:
             axes[r, c].set_title(label, fontsize=10)
     for ax in axes.flat:
         ax.set_axis_off()
-    fig.tight_layout()
+    fig.tight_layout(h_pad=2.0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=80)
     print(f"wrote {args.out}")

@@ -302,11 +302,13 @@ def _weights_fingerprint(model: nn.Module) -> str:
 
 
 def _model_name(model: nn.Module) -> str:
+    from .models import is_demo
+
     cfg = getattr(model, "pretrained_cfg", None) or {}
     arch = cfg.get("architecture")
     tag = cfg.get("tag")
     if arch:
-        return f"{arch}.{tag}" if tag and arch != "demo" else str(arch)
+        return f"{arch}.{tag}" if tag and not is_demo(arch) else str(arch)
     return type(model).__name__
 
 

@@ -25,6 +25,9 @@ from .hf_models import HF_PREFIX, class_names_hf, data_config_hf, is_hf_model, l
 
 #: Name under which the bundled CIFAR-10 demo model loads.
 DEMO_NAME = "demo"
+#: The bundled demo models, name -> file stem in ``vitlens/assets`` (``.json`` config, ``.safetensors``
+#: weights): the demo ViT and a small Swin, both trained on CIFAR-10 by ``scripts/train_demo.py``.
+DEMOS = {DEMO_NAME: "demo_vit", "demo-swin": "demo_swin"}
 #: The model ``vitlens attend`` uses when none is given.
 DEFAULT_MODEL = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 
@@ -55,28 +58,38 @@ class Preprocessed(NamedTuple):
 
 
 # --------------------------------------------------------------------------- demo
-def _demo_meta() -> dict[str, Any]:
-    path = resources.files("vitlens.assets") / "demo_vit.json"
+def is_demo(name: Any) -> bool:
+    """Whether ``name`` (a model name or a ``pretrained_cfg["architecture"]``) is a bundled demo model."""
+    return isinstance(name, str) and name in DEMOS
+
+
+def _demo_meta(name: str = DEMO_NAME) -> dict[str, Any]:
+    stem = DEMOS[name]
+    path = resources.files("vitlens.assets") / f"{stem}.json"
     if not path.is_file():
-        raise VitlensError("the bundled demo model is missing from this installation "
-                           "(vitlens/assets/demo_vit.json); reinstall vitlens")
+        raise VitlensError(f"the bundled demo model '{name}' is missing from this installation "
+                           f"(vitlens/assets/{stem}.json); reinstall vitlens")
     return json.loads(path.read_text())
 
 
-def _build_demo(with_weights: bool) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
+def _build_demo(with_weights: bool, name: str = DEMO_NAME) -> nn.Module:
+    meta = _demo_meta(name)
+    if meta.get("architecture") == "SwinTransformer":
+        from timm.models.swin_transformer import SwinTransformer as Arch
+    else:
+        from timm.models.vision_transformer import VisionTransformer as Arch
 
-    meta = _demo_meta()
-    model = VisionTransformer(**meta["model_config"])
+    config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["model_config"].items()}
+    model = Arch(**config)
     model.pretrained_cfg = {
-        "architecture": DEMO_NAME, "tag": "cifar10", "num_classes": len(meta["labels"]),
+        "architecture": name, "tag": "cifar10", "num_classes": len(meta["labels"]),
         "label_names": list(meta["labels"]),
         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in _DATA_CONFIG_KEYS},
     }
     if with_weights:
         from safetensors.torch import load_file
 
-        weights = resources.files("vitlens.assets") / "demo_vit.safetensors"
+        weights = resources.files("vitlens.assets") / f"{DEMOS[name]}.safetensors"
         with resources.as_file(weights) as p:
             model.load_state_dict(load_file(str(p)))
     return model
@@ -252,7 +265,7 @@ def _check_name(name: str) -> None:
     arch = name.split(".", 1)[0]
     close = difflib.get_close_matches(arch, _all_model_names(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models() lists the names"
-    raise VitlensError(f"unknown model '{name}' (not a timm model name and not '{DEMO_NAME}'){hint}")
+    raise VitlensError(f"unknown model '{name}' (not a timm model name and not one of the bundled {', '.join(DEMOS)}){hint}")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -496,7 +509,7 @@ def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str |
     Args:
         name: a timm model name, optionally with a pretrained tag
             (``"vit_base_patch16_224.augreg2_in21k_ft_in1k"``); ``"demo"`` for the bundled
-            CIFAR-10 ViT; ``"hf:<repo id>"`` or ``"hf:PATH"`` (a ``save_pretrained`` folder)
+            CIFAR-10 ViT, ``"demo-swin"`` for the bundled CIFAR-10 Swin; ``"hf:<repo id>"`` or ``"hf:PATH"`` (a ``save_pretrained`` folder)
             for a Hugging Face transformers model (extra ``vitlens[hf]``); or an
             ``nn.Module`` you already built (a transformers ``PreTrainedModel`` included:
             its preprocessing then comes from the family's image-processor defaults).
@@ -533,8 +546,8 @@ def load_model(name: str | nn.Module, pretrained: bool = True, checkpoint: str |
         if checkpoint is not None:
             _load_checkpoint_into(model, checkpoint, type(model).__name__)
     elif isinstance(name, str):
-        if name == DEMO_NAME:
-            model = _build_demo(with_weights=checkpoint is None)
+        if is_demo(name):
+            model = _build_demo(with_weights=checkpoint is None, name=name)
         else:
             model = _create_timm(name, pretrained=pretrained and checkpoint is None)
         if checkpoint is not None:
@@ -579,8 +592,8 @@ def build_skeleton(name: str) -> nn.Module:
     with torch.device("meta"):
         if name.startswith(HF_PREFIX):  # transformers: the class its config.json names
             return skeleton_hf(name)
-        if name == DEMO_NAME:
-            return _build_demo(with_weights=False)
+        if is_demo(name):
+            return _build_demo(with_weights=False, name=name)
         import timm
 
         _check_name(name)

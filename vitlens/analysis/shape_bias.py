@@ -322,7 +322,7 @@ def default_mapping_name(model: nn.Module) -> str:
     Raises:
         VitlensError: any other label space; pass ``mapping=`` then.
     """
-    from ..models import DEMO_NAME, class_names
+    from ..models import class_names, is_demo
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     n = getattr(model, "num_classes", None)
@@ -330,7 +330,7 @@ def default_mapping_name(model: nn.Module) -> str:
         from ..hf_models import num_classes_hf
 
         n = num_classes_hf(model)
-    if cfg.get("architecture") == DEMO_NAME:
+    if is_demo(cfg.get("architecture")):
         return "cifar10"
     if n == 1000:
         return "imagenet16"
