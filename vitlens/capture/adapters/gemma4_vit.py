@@ -78,7 +78,7 @@ class Gemma4VitAdapter(VitTowerAdapter):
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
                 rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
         current: dict[str, TokenLayout] = {}
-        pe = self.model.encoder.patch_embed
+        pe = self.tower.patch_embed
 
         def on_call(_m: nn.Module, args: tuple) -> None:
             x = args[0]
@@ -92,7 +92,7 @@ class Gemma4VitAdapter(VitTowerAdapter):
             expected = torch.stack([xs.flatten(), ys.flatten()], -1).to(out[1].device)  # internal (x, y)
             if out[2] is not None or out[1].shape[1:] != expected.shape or not bool((out[1] == expected).all()):
                 raise UnsupportedModelError(
-                    f"encoder.patch_embed produced position ids or a padding mask other than the row-major "
+                    f"{self.point('patch_embed')} produced position ids or a padding mask other than the row-major "
                     f"{layout.grid_size} grid vitlens predicted; this model's forward differs from what vitlens expects")
             current["layout"] = layout
             set_layout(layout)

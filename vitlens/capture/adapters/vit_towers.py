@@ -50,38 +50,56 @@ class VitTowerAdapter(BlocksAdapter):
     attention_classes = ("timm.layers.attention:AttentionRope",)
     test_models = (("qwen3_vit_88m", dict(img_size=64, depth=2, embed_dim=64, num_heads=4)),
                    ("deepseek_vit_412m", dict(img_size=(56, 84), depth=2, embed_dim=64, num_heads=4)))
+    #: path of the tower (the module holding ``patch_embed`` and ``blocks``) inside the model:
+    #: ``"encoder"`` in the classifier wrappers, ``""`` for an encoder built alone; every hook
+    #: point is named under it (``encoder.blocks.{i}.attn`` / ``blocks.{i}.attn``)
+    tower_path = "encoder"
+
+    @classmethod
+    def tower_of(cls, model: nn.Module) -> nn.Module:
+        """The tower module of ``model`` (``model`` itself when :attr:`tower_path` is ``""``)."""
+        return model.get_submodule(cls.tower_path)
+
+    @classmethod
+    def point(cls, path: str) -> str:
+        """The hook-point name of the tower's submodule ``path`` (``"blocks.0.attn"`` -> ``"encoder.blocks.0.attn"``)."""
+        return f"{cls.tower_path}.{path}" if cls.tower_path else path
+
+    @property
+    def tower(self) -> nn.Module:
+        return self.tower_of(self.model)
 
     @classmethod
     def attention_modules_of(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        return [(f"encoder.blocks.{i}.attn", b.attn) for i, b in enumerate(model.encoder.blocks)]
+        return [(cls.point(f"blocks.{i}.attn"), b.attn) for i, b in enumerate(cls.tower_of(model).blocks)]
 
     @property
     def num_heads(self) -> int:
-        return int(self.model.encoder.blocks[0].attn.num_heads)
+        return int(self.tower.blocks[0].attn.num_heads)
 
     @property
     def num_prefix_tokens(self) -> int:
         return 0
 
     def default_input_size(self) -> tuple[int, int]:
-        return _to_pair(self.model.encoder.patch_embed.img_size)
+        return _to_pair(self.tower.patch_embed.img_size)
 
     def _layout(self, image_hw: tuple[int, int], grid: tuple[int, int]) -> TokenLayout:
         return TokenLayout(num_prefix_tokens=0, prefix_names=(), grid_size=grid,
-                           patch_size=_to_pair(self.model.encoder.patch_embed.patch_size), input_size=tuple(image_hw))
+                           patch_size=_to_pair(self.tower.patch_embed.patch_size), input_size=tuple(image_hw))
 
     def layout_for(self, image_hw: tuple[int, int]) -> TokenLayout:
-        pe = self.model.encoder.patch_embed
+        pe = self.tower.patch_embed
         (ph, pw) = _to_pair(pe.patch_size)
         pad = bool(getattr(pe, "dynamic_img_pad", False))
         grid = (-(-image_hw[0] // ph), -(-image_hw[1] // pw)) if pad else (image_hw[0] // ph, image_hw[1] // pw)
         return self._layout(image_hw, grid)
 
     def gradcam_points(self) -> tuple[tuple[str, ...], str]:
-        return tuple(f"encoder.blocks.{i}.norm1" for i in range(len(self.model.encoder.blocks))), "tokens"
+        return tuple(self.point(f"blocks.{i}.norm1") for i in range(len(self.tower.blocks))), "tokens"
 
     def block_points(self) -> list[tuple[str, nn.Module]]:
-        return [(f"encoder.blocks.{i}", b) for i, b in enumerate(self.model.encoder.blocks)]
+        return [(self.point(f"blocks.{i}"), b) for i, b in enumerate(self.tower.blocks)]
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
                 rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
@@ -89,12 +107,12 @@ class VitTowerAdapter(BlocksAdapter):
 
         def on_patches(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
             if out.ndim != 4:
-                raise UnsupportedModelError(f"encoder.patch_embed returned {tuple(out.shape)}; vitlens expects "
-                                            f"the NHWC patch grid [B, H, W, C]")
+                raise UnsupportedModelError(f"{self.point('patch_embed')} returned {tuple(out.shape)}; vitlens "
+                                            f"expects the NHWC patch grid [B, H, W, C]")
             current["layout"] = layout = self._layout(tuple(args[0].shape[-2:]), (int(out.shape[1]), int(out.shape[2])))
             set_layout(layout)
 
-        stack.callback(self.model.encoder.patch_embed.register_forward_hook(on_patches).remove)
+        stack.callback(self.tower.patch_embed.register_forward_hook(on_patches).remove)
         if not grad:
             layers = self._install_sdpa(stack, layers, record, heads, rows, current)
         self._install_unfused(stack, layers, record, heads, rows, current)
