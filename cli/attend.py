@@ -19,8 +19,8 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.summary.replace('`', '')}" for m in _MET
 
 from vitlens.export.overlay import DEFAULT_COLORMAP
 
-from .common import (EXIT_UNREADABLE, model_label as _model_label, random_weights, check_output, geometry, handle_errors, load_cli_model, max_pixels_option,
-                     model_options, warn_small)
+from .common import (EXIT_UNREADABLE, model_label as _model_label, random_weights, check_output, fail, geometry, handle_errors,
+                     load_cli_model, max_pixels_option, model_options, one_line, warn_small)
 
 
 def _head_option(value: str) -> str | int | None:
@@ -129,7 +129,8 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
     import torch
 
     import vitlens
-    from vitlens.capture import adapter_for
+    from vitlens.capture import adapter_for, require_logits
+    from vitlens.errors import UnsupportedModelError
     from vitlens.export.overlay import (COLORMAPS, DEFAULT_CONTOURS, annotate, fresh_path, overlay, overlay_name,
                                         save_png)
 
@@ -149,7 +150,15 @@ def attend(images, model_name, checkpoint, pretrained, device, debug, method, ta
     model, cfg = load_cli_model(model_name, checkpoint, pretrained, device)
     model_label = _model_label(model_name, model, checkpoint)
     random = random_weights(model, checkpoint, pretrained)
-    adapter_for(model)  # unsupported architecture: fail before decoding any image
+    adapter = adapter_for(model)  # unsupported architecture: fail before decoding any image
+    try:
+        require_logits(model)
+    except UnsupportedModelError as e:  # a tower's encoder (*_enc): no predictions to print or explain
+        fail(f"{one_line(e)}; vitlens attend prints predictions and explains them, so it cannot run on this "
+             f"model: vitlens export (rollout, distance) and vitlens distance show its attention")
+    if method == "cls" and not adapter.describe().has_cls:
+        fail(f"{model_label} has no CLS token, so --method cls (the default) has no map to draw; use "
+             f"--method rollout or a gradient method")
     dev = model_device(model)
     names = vitlens.class_names(model)
     target_idx = _target_option(target, names)

@@ -82,6 +82,8 @@ def inspect(path, failed, as_json, debug, repair):
            f"analyses: {_fmt(info['analyses'] or [])}"]
     if a.get("cls_attention_omitted"):
         out.append(f"  cls_attention omitted: {a['cls_attention_omitted']}")
+    if a.get("logits_omitted"):
+        out.append(f"  logits omitted: {a['logits_omitted']}")
     if info["shards"]:
         out.append(f"view over shards (keep them beside it): {_fmt(info['shards'])}")
     elif a.get("merged_from"):

@@ -154,6 +154,7 @@ class _Plan:
     num_layers: int
     has_cls: bool
     reductions: tuple[str, ...] = ()         # capture(reduce=...) names; () = keep full tensors
+    no_logits: str = ""                      # why the model has no class logits ("" when it has them)
 
 
 #: analysis -> the reduce-on-record reduction that computes it (vitlens.reductions).
@@ -187,13 +188,17 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     if odd is None and branch is not None:
         why_not["rollout"] = f"layer {branch.index} ({branch.hook_point}) is a parallel attention branch"
     if options.analyses is None:
-        analyses = tuple(a for a in ANALYSES if (a != "cls" or (has_cls and not windowed)) and a not in why_not)
+        analyses = tuple(a for a in ANALYSES if (a != "cls" or (has_cls and not windowed)) and a not in why_not
+                         and (a != "logits" or desc.class_logits))
     else:
         analyses = tuple(dict.fromkeys(options.analyses))
         unknown = [a for a in analyses if a not in ANALYSES]
         if unknown:
             raise VitlensError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(ANALYSES)} "
                                f"(comma-separated), or leave `analyses` out (None) for all the model supports")
+        if "logits" in analyses and not desc.class_logits:
+            raise VitlensError(f"'logits' cannot be exported: {adapter.no_logits_reason()}; drop it from "
+                               f"`analyses` (or leave `analyses` out for all the model supports)")
         refused = [a for a in analyses if a in why_not]
         if refused:
             raise VitlensError(f"{refused[0]!r} needs square token attention probabilities in every layer of "
@@ -230,7 +235,7 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     rows = "all" if needs_all or not desc.num_prefix_tokens else "prefix"
     reductions = tuple(_REDUCTIONS[a] for a in attention_analyses) if options.reduce else ()
     return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed,
-                 reductions)
+                 reductions, "" if desc.class_logits else "the model returns tokens for a language model, not class logits")
 
 
 # ------------------------------------------------------------------------ compute
@@ -248,8 +253,11 @@ def _analyse(model: nn.Module, x: torch.Tensor, plan: _Plan, precision: str) -> 
     """One forward; every requested analysis for the batch, ``{dataset: [B, ...]}`` on the CPU."""
     out: dict[str, torch.Tensor] = {}
     with _autocast(x.device, precision):
+        # the output is read as logits only when they are exported: a model returning tokens
+        # (no class logits, refused in plan_analyses) still exports its attention
+        read = (lambda out: logits_of(model, out)) if "logits" in plan.analyses else (lambda out: None)
         if plan.capture_layers is None:
-            logits = logits_of(model, model(x))
+            logits = read(model(x))
             layout = None
             cache = None
         else:
@@ -263,9 +271,9 @@ def _analyse(model: nn.Module, x: torch.Tensor, plan: _Plan, precision: str) -> 
             with capture(model, layers=list(plan.capture_layers), rows=plan.rows, grad=plan.rows == "all",
                          reduce=list(plan.reductions) or None,
                          keep=(list(plan.full_layers) or False) if plan.reductions else None) as cache:
-                logits = logits_of(model, model(x))
+                logits = read(model(x))
             layout = cache.layout
-    if "logits" in plan.analyses:
+    if logits is not None:
         out["logits"] = logits.float()
     if cache is not None:
         if "cls" in plan.analyses:
@@ -538,6 +546,8 @@ def _attrs(model: nn.Module, name: str, data_config: dict[str, Any], layout: Any
         attrs["cls_attention_omitted"] = "the model has no CLS token"
     elif "cls" not in plan.analyses:
         attrs["cls_attention_omitted"] = "not requested (the analyses did not include 'cls')"
+    if plan.no_logits:
+        attrs["logits_omitted"] = plan.no_logits
     names = _models.class_names(model)
     if names:
         attrs["class_names"] = list(names)

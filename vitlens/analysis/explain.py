@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._util import maps_html, maps_repr
-from ..capture import TokenLayout, adapter_for, capture, logits_of
+from ..capture import TokenLayout, adapter_for, capture, logits_of, require_logits
 from .cls_attention import HEAD_FUSIONS, cls_attention
 from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout, gradcam, gradcam_modules,
                         input_x_gradient, integrated_gradients, pool_to_patches, preserved_model_state,
@@ -358,11 +358,14 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "rollout",
             range, or a method the model cannot support (``cls`` without CLS token;
             ``chefer`` on windowed models such as Swin, which needs token-level
             attention: :class:`~vitlens.UnsupportedModelError`).
+        UnsupportedModelError: a model whose forward returns tokens, not class logits (a
+            multimodal tower's encoder, ``*_enc``), for every method.
         TypeError: unknown option, or a target that is not integer.
     """
     spec = get_method(method)
     opts = spec.make_options(options)
     _check_images(images)
+    require_logits(model)  # every method returns the logits: a model returning tokens is refused here
     with preserved_model_state(model):
         out = spec.run(model, images, target, opts)
         logits = out.logits.detach()

@@ -88,6 +88,9 @@ class ModelDescription:
             accepts (blocks of a flat ViT, stages of a Swin).
         gradcam_kind: ``"tokens"`` (``[B, T, D]``), ``"nhwc"`` (``[B, H, W, C]``) or ``"nlc"`` (a
             stage's tokens ``[B, H_s * W_s, C]`` row-major, possibly the first element of a tuple).
+        class_logits: the model's forward returns class logits. False for a model that returns
+            tokens (a multimodal tower's encoder, ``*_enc``): what needs a prediction (explain,
+            evaluate, shape bias, token importance, the ``logits`` export) refuses it.
     """
 
     family: str
@@ -97,6 +100,7 @@ class ModelDescription:
     layers: tuple[LayerSpec, ...]
     gradcam_points: tuple[str, ...]
     gradcam_kind: str
+    class_logits: bool = True
 
     @property
     def has_cls(self) -> bool:

@@ -78,6 +78,10 @@ class Adapter:
     attention_classes: tuple[str, ...] = ()
     #: :meth:`forward_kept` (token dropping) is exact for this family.
     token_drop: bool = False
+    #: The model's forward returns class logits. False for models that return tokens or
+    #: embeddings by design (a multimodal tower's encoder): :meth:`logits` then refuses, and
+    #: so does :func:`logits_of` even on the plain tensor such a model returns.
+    returns_logits: bool = True
     #: Why not, when ``token_drop`` is False (a clause: "its attention ...").
     token_drop_reason: str = ("its attention depends on the full patch grid (windows, relative position bias "
                               "or RoPE) or it has no token sequence")
@@ -208,7 +212,7 @@ class Adapter:
         points, kind = self.gradcam_points()
         return ModelDescription(family=self.family, input_size=hw, layout=layout,  # type: ignore[arg-type]
                                 windows=tuple(windows), layers=tuple(specs), gradcam_points=points,
-                                gradcam_kind=kind)
+                                gradcam_kind=kind, class_logits=self.returns_logits)
 
     # ------------------------------------------------------------------ outputs and gradients
     def logits(self, output: object) -> torch.Tensor:
@@ -221,6 +225,10 @@ class Adapter:
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
             return output[0]
         raise TypeError(f"cannot read logits from a {type(output).__name__} returned by {type(self.model).__name__}")
+
+    def no_logits_reason(self) -> str:
+        """Why the model's output holds no class logits (for adapters with ``returns_logits`` False)."""
+        return f"{type(self.model).__name__} ({self.family}) returns no class logits"
 
     def gradcam_points(self) -> tuple[tuple[str, ...], str]:
         """Module paths whose outputs Grad-CAM reads (one per accepted ``layer``) and their kind.
@@ -518,13 +526,29 @@ def adapter_for(model: nn.Module) -> Adapter:
 def logits_of(model: nn.Module, output: object) -> torch.Tensor:
     """The ``[B, classes]`` logits in what ``model(x)`` returned.
 
-    A tensor is returned as is (timm models, any plain classifier); anything else (a
-    transformers ``ImageClassifierOutput``) is read by the model's adapter
-    (:meth:`Adapter.logits`), which refuses outputs without logits with the reason.
+    A tensor is returned as is (timm models, any plain classifier) unless the adapter
+    claiming ``model``'s class says its forward returns no class logits (a multimodal
+    tower's encoder returns tokens, also a tensor); anything else (a transformers
+    ``ImageClassifierOutput``) is read by the model's adapter (:meth:`Adapter.logits`),
+    which refuses outputs without logits with the reason.
     """
-    if isinstance(output, torch.Tensor):
+    if isinstance(output, torch.Tensor) and not _returns_no_logits(model):
         return output
     return adapter_for(model).logits(output)
+
+
+def require_logits(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` with the reason if ``model``'s forward returns no class
+    logits (a tower's encoder returning tokens); for entry points that need a prediction, before
+    any forward."""
+    for cls in registered_adapters():
+        if not cls.returns_logits and cls.claims_model(model):
+            raise UnsupportedModelError(cls(model).no_logits_reason())
+
+
+def _returns_no_logits(model: nn.Module) -> bool:
+    """Some adapter claiming ``model``'s exact class declares its output has no class logits."""
+    return any(not cls.returns_logits and cls.claims_model(model) for cls in registered_adapters())
 
 
 def classifier(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -38,21 +38,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import Adapter, RecordFn, refuse, register_adapter
+from . import Adapter, RecordFn, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
-from .vit_towers import VitTowerAdapter
+from .vit_towers import TokensOnly, VitTowerAdapter
 
 _NAFLEX = ("Gemma 4 NaFlex input (a dict, pre-patchified patches, or patch_coord / patch_valid) is refused: "
            "each image then brings its own patch coordinates and padding mask, so the token layout belongs to "
            "the input, not to the model, and vitlens records one layout per forward. Call the model on a "
            "[B, C, H, W] image tensor (recorded exactly)")
-
-
-refuse("timm.models.gemma4_vit:Gemma4VitEncoder",
-       "the Gemma 4 encoder alone (gemma4_vit_*_enc) returns soft tokens for a language model, not class logits, "
-       "so vitlens could not read a prediction to explain; build the matching classifier (the name without _enc, "
-       "whose .encoder is this class) and load the encoder weights into its .encoder")
 
 
 @register_adapter
@@ -102,3 +96,22 @@ class Gemma4VitAdapter(VitTowerAdapter):
         if not grad:
             layers = self._install_sdpa(stack, layers, record, heads, rows, current)
         self._install_unfused(stack, layers, record, heads, rows, current)
+
+
+@register_adapter
+class Gemma4VitEncoderAdapter(TokensOnly, Gemma4VitAdapter):
+    """``Gemma4VitEncoder`` built alone (``gemma4_vit_*_enc``): the classifier's tower at the model's root.
+    Its soft-token pooler runs after the blocks and is no attention; NaFlex input is refused as for the
+    classifier (same patch-embedding hooks)."""
+
+    family = "Gemma4 ViT encoder"
+    examples = ("gemma4_vit_167m_enc", "gemma4_vit_570m_enc")
+    model_classes = ("timm.models.gemma4_vit:Gemma4VitEncoder",)
+    tower_path = ""
+    # the default soft-token pooler needs H and W divisible by patch * 3 = 48
+    test_models = (("gemma4_vit_167m_enc", dict(embed_dim=64, depth=2, num_heads=4, head_dim=16,
+                                                intermediate_size=128,
+                                                pretrained_cfg_overlay=dict(input_size=(3, 48, 96)))),
+                   ("gemma4_vit_167m_enc", dict(embed_dim=64, depth=2, num_heads=4, head_dim=16, num_kv_heads=2,
+                                                intermediate_size=128,
+                                                pretrained_cfg_overlay=dict(input_size=(3, 96, 48)))))

@@ -27,17 +27,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import RecordFn, refuse, register_adapter
+from . import RecordFn, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
 from .generic import BlocksAdapter, _to_pair
-
-
-for _cls, _name in (("timm.models.qwen3_vit:Qwen3VitEncoder", "qwen3_vit_*_enc"),
-                    ("timm.models.deepseek_vit:DeepseekVitEncoder", "deepseek_vit_*_enc")):
-    refuse(_cls, f"the encoder alone ({_name}) returns tokens for a language model, not class logits, so vitlens "
-                 f"could not read a prediction to explain; build the matching classifier (the name without "
-                 f"_enc, whose .encoder is this class) and load the encoder weights into its .encoder")
 
 
 @register_adapter
@@ -116,3 +109,44 @@ class VitTowerAdapter(BlocksAdapter):
         if not grad:
             layers = self._install_sdpa(stack, layers, record, heads, rows, current)
         self._install_unfused(stack, layers, record, heads, rows, current)
+
+
+class TokensOnly:
+    """Mixin for adapters of models whose forward returns tokens for a language model, not
+    class logits (the multimodal towers' encoders built alone, ``*_enc``).
+
+    Capture records them exactly; :meth:`logits` (and so :func:`vitlens.capture.logits_of`,
+    even on the plain tensor they return) refuses with the reason, so nothing that needs a
+    prediction reads tokens as logits.
+    """
+
+    returns_logits = False
+    model: nn.Module
+
+    def logits(self, output: object) -> torch.Tensor:
+        raise UnsupportedModelError(self.no_logits_reason())
+
+    def no_logits_reason(self) -> str:
+        arch = (getattr(self.model, "pretrained_cfg", None) or {}).get("architecture")
+        name = type(self.model).__name__ + (f" ({arch})" if arch else "")
+        return (
+            f"{name} returns tokens for a language model, not class logits, so what needs a prediction "
+            f"(explain, evaluate, shape bias, token importance, the logits export) cannot run on it: build the "
+            f"matching classifier (the name without _enc, whose .encoder is this class) for those. Capture and "
+            f"the analyses that need neither logits nor a CLS token (rollout, attention distance and entropy, "
+            f"attention received) work on the encoder")
+
+
+@register_adapter
+class VitTowerEncoderAdapter(TokensOnly, VitTowerAdapter):
+    """``Qwen3VitEncoder`` / ``DeepseekVitEncoder`` built alone (``*_enc``): the classifiers' tower at the
+    model's root. The VLM projector (Qwen's merger, DeepSeek's aligner) runs after the blocks and is no
+    attention; the blocks see the patch grid row-major, as in the classifiers."""
+
+    family = "ViT tower encoder"
+    examples = ("qwen3_vit_88m_enc", "deepseek_vit_412m_enc")
+    model_classes = ("timm.models.qwen3_vit:Qwen3VitEncoder", "timm.models.deepseek_vit:DeepseekVitEncoder")
+    tower_path = ""
+    test_models = (("qwen3_vit_88m_enc", dict(img_size=64, depth=2, embed_dim=64, num_heads=4, out_features=32)),
+                   ("deepseek_vit_412m_enc", dict(img_size=(56, 84), depth=2, embed_dim=64, num_heads=4,
+                                                  out_features=32)))
