@@ -305,7 +305,8 @@ def _weights_fingerprint(model: nn.Module) -> str:
         h.update(name.encode())
         t = t.detach()
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a 0-dim tensor (Gemma 4's clamp bounds) cannot be viewed as bytes; same bytes otherwise
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:32]
 
 
