@@ -137,6 +137,7 @@ def test_what_needs_a_prediction_refuses_with_the_reason(key):
     assert r.shape == (2, gh, gw) and torch.allclose(r.sum((1, 2)), torch.ones(2))
     assert vitlens.mean_attention_distance(cache).shape == (2, 2, 4)
     assert vitlens.attention_entropy(cache).shape == (2, 2, 4)
+    assert vitlens.attention_received(cache).shape == (2, gh, gw)
 
 
 def test_classifiers_still_give_their_logits():

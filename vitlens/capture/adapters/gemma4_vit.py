@@ -1,5 +1,6 @@
 """timm's Gemma 4 vision tower (``gemma4_vit_*``): ``Gemma4VitClassifier`` = ``encoder``
-(``Gemma4VitEncoder``) + masked-mean pool + norm + head.
+(``Gemma4VitEncoder``) + masked-mean pool + norm + head; and ``Gemma4VitEncoder`` built alone
+(``gemma4_vit_*_enc``).
 
 A pre-norm ("sandwich": four norms per block) ViT over the patch grid, no prefix tokens.
 ``Gemma4Attention``: separate q/k/v projections, RMS-normed q, k (and v), 2D RoPE on q and
@@ -16,7 +17,8 @@ Two input modes, decided per call:
   ``patch_valid``: each image brings its own coordinates and padding, so the token layout
   belongs to the input, not the model. Refused before the model runs.
 
-Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches):
+Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches), named as below in the
+classifier and without the ``encoder.`` prefix for the encoder built alone:
 
 - ``encoder.patch_embed`` (pre-hook: the mode check; forward hook: its returned position
   ids ``[B, N, 2]`` checked against the row-major grid the layout predicts).
@@ -27,8 +29,11 @@ Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches):
 - gradient path: ``fused_attn`` off for the block; ``encoder.blocks.{i}.attn.attn_drop``
   (forward hook) receives the probabilities multiplied with v.
 
-The ``*_enc`` variants (``Gemma4VitEncoder`` alone, returning soft tokens, not logits) are
-refused with the reason, like the other towers' encoders (``vit_towers.py``).
+The ``*_enc`` variants (:class:`Gemma4VitEncoderAdapter`): the same tower at the model's root,
+then the soft-token pooler (a spatial 3x3 average of the output tokens, no attention) instead
+of the classifier's pool and head. Recorded exactly like the classifier's tower (NaFlex input
+refused the same way); their forward returns soft tokens for a language model, not class
+logits, so what needs a prediction refuses them with the reason (``vit_towers.TokensOnly``).
 """
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """ViT towers of multimodal models in timm: Qwen3-VL (``qwen3_vit_*``) and DeepSeek
 (``deepseek_vit_*``) image encoders, as timm's classifier wrappers
-(``Qwen3VitClassifier``, ``DeepseekVitClassifier``: ``encoder`` + pooling + head).
+(``Qwen3VitClassifier``, ``DeepseekVitClassifier``: ``encoder`` + pooling + head) and as the
+encoders built alone (``*_enc``: ``Qwen3VitEncoder``, ``DeepseekVitEncoder``).
 
 Plain pre-norm ViTs over the patch grid without prefix tokens; axial 2D RoPE on q and k
 (``timm.layers.AttentionRope``), plus a resampled absolute grid embedding (Qwen3).
 
-Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches):
+Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches), under the tower's path
+(:attr:`VitTowerAdapter.tower_path`: ``encoder.`` in the classifiers, nothing for ``*_enc``):
 
 - ``encoder.patch_embed`` (forward hook): image -> NHWC grid ``[B, gh, gw, C]``: the token
   layout (no prefix tokens; any input size, the grid is read from this output).
@@ -16,8 +18,15 @@ Hook points, per layer ``i`` (B batch, H heads, N = gh * gw patches):
 - gradient path: ``fused_attn`` off for the block and ``encoder.blocks.{i}.attn.attn_drop``
   (forward hook) receives the probabilities multiplied with v.
 
-The ``*_enc`` variants (encoder plus VLM projector, returning tokens, not logits) are other
-classes and are refused. Gemma 4's tower (``gemma4_vit_*``): see ``gemma4_vit.py``.
+The ``*_enc`` variants (:class:`VitTowerEncoderAdapter`) are the same tower at the model's
+root followed by the VLM projector (Qwen's ``merger``: 2x2 spatial merge; DeepSeek's
+``aligner``: 3x3 unshuffle). The projector runs after the blocks and is no attention; the
+blocks see the NHWC patch grid flattened row-major (Qwen's reference orders tokens by its
+spatial merge, timm's encoder does not), so the layout is the classifiers' and recording is
+exact. Their forward returns tokens for a language model, not class logits: ``logits`` refuses
+(:class:`TokensOnly`), and with it everything that needs a prediction (explain, evaluate,
+shape bias, token importance, the logits export). Gemma 4's tower (``gemma4_vit_*``): see
+``gemma4_vit.py``.
 """
 from __future__ import annotations
 
