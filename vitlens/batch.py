@@ -255,7 +255,7 @@ def _analyse(model: nn.Module, x: torch.Tensor, plan: _Plan, precision: str) -> 
     with _autocast(x.device, precision):
         # the output is read as logits only when they are exported: a model returning tokens
         # (no class logits, refused in plan_analyses) still exports its attention
-        read = (lambda out: logits_of(model, out)) if "logits" in plan.analyses else (lambda out: None)
+        read = (lambda y: logits_of(model, y)) if "logits" in plan.analyses else (lambda y: None)
         if plan.capture_layers is None:
             logits = read(model(x))
             layout = None

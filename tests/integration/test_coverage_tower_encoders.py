@@ -9,9 +9,11 @@ tests/cli/test_tower_encoders_cli.py).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import timm
 import torch
-import pytest
 from timm.models.qwen3_vit import resample_pos_embed_grid
 
 import vitlens
@@ -20,8 +22,8 @@ from vitlens.capture.adapters.gemma4_vit import Gemma4VitEncoderAdapter
 from vitlens.capture.adapters.vit_towers import VitTowerEncoderAdapter
 from vitlens.errors import UnsupportedModelError
 
-
 REASON = "returns tokens for a language model, not class logits"
+CUE_CONFLICT = Path(__file__).resolve().parents[1] / "data" / "cue-conflict"
 
 QWEN, DEEPSEEK = VitTowerEncoderAdapter.test_models  # tiny configurations, 2 blocks of 4 heads
 GEMMA = Gemma4VitEncoderAdapter.test_models[0]       # input 48x96: a 3x6 patch grid
@@ -123,6 +125,7 @@ def test_what_needs_a_prediction_refuses_with_the_reason(key):
         "deletion_curve": lambda: vitlens.deletion_curve(model, x, torch.rand(x.shape[0], *grid),
                                                          torch.zeros(x.shape[0], dtype=torch.long)),
         "token_importance": lambda: vitlens.token_importance(model, x),
+        "shape_bias": lambda: vitlens.shape_bias(model, CUE_CONFLICT, mapping="imagenet16"),
     }
     for what, call in calls.items():
         with pytest.raises(UnsupportedModelError, match=REASON) as e:

@@ -36,7 +36,7 @@ from torch import nn
 from .._util import describe, html_table, jsonable as _jsonable, model_device, resolve_model
 from ..data.cue_conflict import (CUE_CONFLICT_CATEGORIES, SkippedFile, Stimulus, scan_stimuli, stimulus_batches,
                                  texture_label, unreadable)
-from ..capture import logits_of
+from ..capture import logits_of, require_logits
 from ..errors import VitlensError
 from .gradients import preserved_model_state
 from .texture_attention import (TextureAttention, summarise_texture_attention, texture_attention_unavailable,
@@ -497,10 +497,13 @@ def shape_bias(model: nn.Module | Any, stimuli_dir: str | os.PathLike[str],
             category, a stimulus name without texture label, an image outside the
             category folders, no readable stimuli, a mapping that does not fit the model
             (class index out of range) or no mapping for the model's label space.
+        UnsupportedModelError: a model whose forward returns tokens, not class logits (a
+            multimodal tower's encoder, ``*_enc``).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     module, cfg, loaded_name = resolve_model(model, data_config)
+    require_logits(module)  # decisions are predictions: a model returning tokens is refused with the reason
     _fit_input_size(module, cfg, explicit=data_config is not None)
     label = model_name or loaded_name or _model_label(module)
     cmap = load_mapping(mapping if mapping is not None else default_mapping_name(module))

@@ -532,7 +532,7 @@ def logits_of(model: nn.Module, output: object) -> torch.Tensor:
     ``ImageClassifierOutput``) is read by the model's adapter (:meth:`Adapter.logits`),
     which refuses outputs without logits with the reason.
     """
-    if isinstance(output, torch.Tensor) and not _returns_no_logits(model):
+    if isinstance(output, torch.Tensor) and _no_logits_adapter(model) is None:
         return output
     return adapter_for(model).logits(output)
 
@@ -541,14 +541,15 @@ def require_logits(model: nn.Module) -> None:
     """Raise :class:`UnsupportedModelError` with the reason if ``model``'s forward returns no class
     logits (a tower's encoder returning tokens); for entry points that need a prediction, before
     any forward."""
-    for cls in registered_adapters():
-        if not cls.returns_logits and cls.claims_model(model):
-            raise UnsupportedModelError(cls(model).no_logits_reason())
+    cls = _no_logits_adapter(model)
+    if cls is not None:
+        raise UnsupportedModelError(cls(model).no_logits_reason())
 
 
-def _returns_no_logits(model: nn.Module) -> bool:
-    """Some adapter claiming ``model``'s exact class declares its output has no class logits."""
-    return any(not cls.returns_logits and cls.claims_model(model) for cls in registered_adapters())
+def _no_logits_adapter(model: nn.Module) -> type[Adapter] | None:
+    """The adapter claiming ``model``'s exact class if it declares the model's output has no class logits."""
+    path = class_path(model)
+    return next((cls for cls in registered_adapters() if not cls.returns_logits and path in cls.model_classes), None)
 
 
 def classifier(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
