@@ -247,3 +247,33 @@ def test_memory_held_for_rollout_does_not_grow_with_depth():
     assert held[12][-1] == held[24][-1] == 2 * 9 * 4                  # then only the maps
     full = {d: _held_after_each_layer(_tiny_vit(d), x, {d - 1})[-1] for d in (12, 24)}
     assert full[24] == 2 * full[12] == 24 * 2 * 3 * 10 * 10 * 4
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("class_token", [True, False])
+def test_rollout_first_and_last_layer_shortcuts(depth, class_token):
+    """The reduction starts from Â_0 itself (no product with the identity) and ends with the
+    readout row only (u·Â_L·R); a one-layer model takes both branches at once. Checked against
+    rollout's formula written out as the full matrix product."""
+    import timm
+
+    torch.manual_seed(depth)
+    kw = {} if class_token else dict(class_token=False, global_pool="avg")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=48, depth=depth, num_classes=5,
+                              **kw).eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad(), vitlens.capture(model) as full:
+        model(x)
+    with torch.no_grad(), vitlens.capture(model, reduce=["rollout"]) as reduced:
+        model(x)
+    P = full.layout.num_prefix_tokens
+    R = None
+    for layer in range(depth):
+        a = full.attention(layer).double().mean(1)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        R = a if R is None else a @ R
+    row = R[:, 0, P:] if class_token else R[:, P:, P:].mean(1)
+    expected = (row / row.sum(-1, keepdim=True)).reshape(2, 3, 3).float()
+    torch.testing.assert_close(vitlens.rollout(reduced), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(vitlens.rollout(full), expected, atol=1e-6, rtol=0)

@@ -139,17 +139,17 @@ class Rollout(Reduction):
             return
         P, cls = geometry.num_prefix_tokens, geometry.cls_index
         a = fused_layer(probs, self.head, self.discard_ratio, P, cls)     # [B, T, T]
-        R = self._R
-        if R is None:
-            B, T = a.shape[0], a.shape[-1]
-            R = torch.eye(T, dtype=a.dtype, device=a.device).expand(B, T, T).contiguous()
-        self._R = R = residual_step(a, R, left=True)
-        del a
         if last:
-            u = readout_vector(R.shape[0], R.shape[-1], P, cls, R)
-            m = (u.unsqueeze(1) @ R).squeeze(1)[:, P:]
+            # only the readout row of the final product is kept: u·Â_L·R (a vector step and one
+            # [B, T] x [B, T, T] product), not the full Â_L·R
+            u = readout_vector(a.shape[0], a.shape[-1], P, cls, a)
+            v = residual_step(a, u, left=False)
+            m = (v if self._R is None else (v.unsqueeze(1) @ self._R).squeeze(1))[:, P:]
             self._maps.append(finish_map(m, None, geometry.grid_size))
             self._R = None
+            return
+        # the first layer's product with the identity is Â_0 itself (no T x T x T product)
+        self._R = residual_step(a, self._R, left=True)
 
     def ready(self) -> bool:
         """A map exists for every finished forward (at least one)."""

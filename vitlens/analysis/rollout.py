@@ -73,17 +73,22 @@ def fused_layer(layer_attn: torch.Tensor, head: str, discard_ratio: float, P: in
     return a
 
 
-def residual_step(a: torch.Tensor, x: torch.Tensor, *, left: bool) -> torch.Tensor:
+def residual_step(a: torch.Tensor, x: torch.Tensor | None, *, left: bool) -> torch.Tensor:
     """Step 3 applied: ``Â = D⁻¹(½·A + ½·I)`` with ``D = diag(½·rowsum(A) + ½)`` (rows renormalised).
 
     The one implementation of the formula, for both orders of the product:
 
     - ``left=True``: ``Â·x`` for the running product ``x = R`` ``[b, T, T]`` (forward order,
-      ``R ← Â_l·R``, as reduce-on-record sees the layers);
+      ``R ← Â_l·R``, as reduce-on-record sees the layers); ``x=None`` stands for the
+      identity (the first layer) and returns ``Â`` itself, without the matrix product;
     - ``left=False``: ``x·Â`` for a row vector ``x`` ``[..., q]`` over ``a`` ``[..., q, k]``
       (pushed down from the last layer, ``v ← v·Â_l``; windowed ``[B, nW, n]`` too).
     """
     d = 0.5 * a.sum(dim=-1) + 0.5
+    if left and x is None:
+        r = a.mul(0.5)
+        r.diagonal(dim1=-2, dim2=-1).add_(0.5)
+        return r.div_(d.unsqueeze(-1))
     if left:
         return torch.baddbmm(x, a, x, beta=0.5, alpha=0.5).div_(d.unsqueeze(-1))
     w = x / d
