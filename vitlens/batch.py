@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from torch import nn
 
 from .analysis import cls_attention, rollout
 from .capture import capture, logits_of
-from .data import Inputs, image_batches, relative_name, resolve_inputs
+from .data import ImageBatch, Inputs, image_batches, relative_name, resolve_inputs
 from ._util import model_device, resolve_indices
 from .errors import VitlensError
 
@@ -411,9 +412,29 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     start, stop = rank * n // world, (rank + 1) * n // world
     target = hdf5.shard_path(output, rank) if world > 1 else Path(output)
 
-    # probe: one zero image through the whole pipeline gives the geometry and every row shape
-    size = tuple(int(v) for v in data_config["input_size"])
-    probe, layout = _analyse(model, torch.zeros(1, *size, device=device), plan, options.precision)
+    def batches_from(first: int) -> Iterator[ImageBatch]:
+        return iter(image_batches(paths, data_config, batch_size=options.batch_size, workers=options.workers,
+                                  pin_memory=device.type == "cuda", start=first, stop=stop))
+
+    def analysed(batch: ImageBatch) -> tuple[dict[str, torch.Tensor], Any]:
+        return _analyse(model, batch.images.to(device, non_blocking=True), plan, options.precision)
+
+    # The geometry and every row's shape come from the first batch's own results (analysed
+    # before the file is opened, then written as its first rows). A resumed file starts
+    # after rows only the file knows, and an empty shard has no batch: those take them from
+    # one zero image through the same pipeline instead. (Ctrl-C during the first batch leaves
+    # no file: nothing was committed.)
+    batches: Iterator[ImageBatch] | None = None
+    first: tuple[ImageBatch, dict[str, torch.Tensor]] | None = None
+    t0 = time.perf_counter()
+    if not options.resume and stop > start:
+        batches = batches_from(start)
+        batch0 = next(batches)
+        probe, layout = analysed(batch0)
+        first = (batch0, probe)
+    else:
+        size = tuple(int(v) for v in data_config["input_size"])
+        probe, layout = _analyse(model, torch.zeros(1, *size, device=device), plan, options.precision)
     weights = _weights_fingerprint(model)
     name = model_name or _model_name(model)
     config = {
@@ -434,7 +455,6 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     if world > 1:
         attrs.update(shard_rank=rank, shard_world_size=world, shard_offset=start)
 
-    t0 = time.perf_counter()
     interrupted = False
     small = 0
     method = "rollout" if "rollout" in plan.analyses else ("cls" if "cls" in plan.analyses else None)
@@ -446,12 +466,14 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
         if total is not None:
             total(stop - start - resumed)
         try:
-            batches = image_batches(paths, data_config, batch_size=options.batch_size, workers=options.workers,
-                                    pin_memory=device.type == "cuda", start=start + resumed, stop=stop)
-            for batch in batches:
+            if batches is None:
+                batches = batches_from(start + resumed)
+            for batch in itertools.chain([first[0]] if first else [], batches):
                 small += len(batch.smaller_than_input(data_config))
-                x = batch.images.to(device, non_blocking=True)
-                rows, _ = _analyse(model, x, plan, options.precision)
+                if first is not None:
+                    rows, first = first[1], None
+                else:
+                    rows, _ = analysed(batch)
                 ok = batch.ok.numpy().astype(bool)
                 idx = batch.index.tolist()
                 data: dict[str, Any] = {"images/path": [rels[i] for i in idx], "images/ok": ok,
