@@ -2,7 +2,8 @@
 
     python benchmarks/export_throughput.py [--models vit_small_patch16_224 vit_base_patch16_224
                                             swin_tiny_patch4_window7_224] [--batch 32] [--n 96]
-                                           [--workers 1] [--repeats 3] [--no-memory] [--no-speed]
+                                           [--workers 1] [--repeats 3] [--modes export export-full]
+                                           [--no-memory] [--no-speed]
 
 Three runs of each model over the *same* images and DataLoader
 (``vitlens.data.image_batches``, same batch size and workers):
@@ -173,6 +174,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--modes", nargs="+", choices=MODES[1:], default=list(MODES[1:]),
+                    help="the runs timed against plain in the throughput rounds (fewer: more rounds in the same time)")
     ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
     ap.add_argument("--no-speed", action="store_true", help="skip the in-process throughput rounds")
     ap.add_argument("--streaming", type=int, nargs="*", default=[],
@@ -225,16 +228,17 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - a benchmark reports, never fails
                 print(f"{name}: skipped ({type(e).__name__}: {e})")
                 continue
-            rates: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+            modes = ("plain", *(m for m in MODES[1:] if m in args.modes))
+            rates: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
 
             def case(mode: str):
                 return lambda: rates[mode].append(
                     _run(mode, model, cfg, Path(inputs.root), paths, args.batch, args.workers, tmp / f"{mode}.h5"))
 
-            t = _interleaved({mode: case(mode) for mode in MODES}, args.repeats)
-            cpu = {mode: [len(paths) / r[1] for r in rates[mode][1:]] for mode in MODES}   # CPU seconds per pass
+            t = _interleaved({mode: case(mode) for mode in modes}, args.repeats)
+            cpu = {mode: [len(paths) / r[1] for r in rates[mode][1:]] for mode in modes}   # CPU seconds per pass
             line = [f"{name}: plain {statistics.median(r[0] for r in rates['plain'][1:]):.2f} img/s"]
-            for mode in MODES[1:]:
+            for mode in modes[1:]:
                 med, q1, q3, best = _ratios(t, mode)
                 cmed = _ratios(cpu, mode)[0]
                 line.append(f"{mode} {statistics.median(r[0] for r in rates[mode][1:]):.2f} img/s, throughput "
