@@ -422,12 +422,13 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     # The geometry and every row's shape come from the first batch's own results (analysed
     # before the file is opened, then written as its first rows). A resumed file starts
     # after rows only the file knows, and an empty shard has no batch: those take them from
-    # one zero image through the same pipeline instead. (Ctrl-C during the first batch leaves
-    # no file: nothing was committed.)
+    # one zero image through the same pipeline instead; so does an existing file the writer
+    # will refuse, which then costs one image, not a batch. (Ctrl-C during the first batch
+    # leaves no file: nothing was committed.)
     batches: Iterator[ImageBatch] | None = None
     first: tuple[ImageBatch, dict[str, torch.Tensor]] | None = None
     t0 = time.perf_counter()
-    if not options.resume and stop > start:
+    if not options.resume and stop > start and (options.overwrite or not target.exists()):
         batches = batches_from(start)
         batch0 = next(batches)
         probe, layout = analysed(batch0)

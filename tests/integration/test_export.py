@@ -368,3 +368,25 @@ def test_config_records_what_determines_the_contents(exported):
     assert cfg["model"] == "demo" and len(cfg["weights_sha256"]) == 32
     assert cfg["inputs"]["count"] == 9 and cfg["dtype"] == "float32"
     assert json.dumps(cfg)  # plain JSON
+
+
+def test_first_batch_as_probe_writes_what_the_zero_image_probe_writes(exported, tmp_path, demo):
+    """A new file takes its geometry and row shapes from the first batch's own results; a
+    resumed one (here: resume=True on a missing file) from one zero image. Same file either way."""
+    inputs, _, _ = exported
+    model, cfg = demo
+    files = {}
+    for resume in (False, True):
+        out = tmp_path / f"resume{resume}.h5"
+        s = run_export(model, cfg, inputs, out, ExportOptions(batch_size=BATCH, workers=0, dtype="float32",
+                                                               resume=resume))
+        assert (s.rows, s.failed) == (9, 1)
+        files[resume] = out
+    with h5py.File(files[False], "r") as a, h5py.File(files[True], "r") as b:
+        names = []
+        a.visit(lambda n: names.append(n) if isinstance(a[n], h5py.Dataset) else None)
+        assert "rollout" in names and "cls_attention" in names
+        for n in names:
+            assert a[n].shape == b[n].shape and a[n].dtype == b[n].dtype and a[n].chunks == b[n].chunks, n
+            np.testing.assert_array_equal(a[n][()], b[n][()], err_msg=n)
+        assert json.loads(a.attrs["config"]) == json.loads(b.attrs["config"])
