@@ -15,7 +15,7 @@ import zipfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import nn

@@ -23,7 +23,7 @@ from .gradients import (POOLINGS, attention_gradients, chefer_map, grad_rollout,
                         input_x_gradient, integrated_gradients, pool_to_patches, preserved_model_state,
                         reduce_pixels, resolve_target)
 from .lrp import lrp_relevance
-from .registry import Method, MethodOutput, get_method, method_names, methods, register_method
+from .registry import MethodOutput, get_method, method_names, methods, register_method
 from .rollout import rollout
 
 

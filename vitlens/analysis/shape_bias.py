@@ -202,7 +202,7 @@ class ShapeBiasResult:
         lines = [f"ShapeBiasResult(  # shape bias {sb} of {self.model!r} on {self.n_images} stimuli",
                  f"    n_shape={self.n_shape}, n_texture={self.n_texture}, n_other={self.n_other}, "
                  f"n_excluded={self.n_excluded}, n_uncovered={self.n_uncovered},",
-                 f"    per_category: " + ", ".join(f"{c} {'n/a' if v is None else f'{v:.2f}'}"
+                 "    per_category: " + ", ".join(f"{c} {'n/a' if v is None else f'{v:.2f}'}"
                                                    for c, v in self.per_category.items()) + ","]
         if len(lines[-1]) > 160:
             lines[-1] = lines[-1][:150] + "...,"

@@ -485,9 +485,9 @@ def adapter_for(model: nn.Module) -> Adapter:
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if _is_compiled(model):
         raise UnsupportedModelError(
-            f"cannot record a torch.compile'd model: compiled graphs do not run vitlens' hooks as "
-            f"written; pass the eager module instead, vitlens.capture(model._orig_mod) (it shares the "
-            f"compiled model's weights), or capture before compiling")
+            "cannot record a torch.compile'd model: compiled graphs do not run vitlens' hooks as "
+            "written; pass the eager module instead, vitlens.capture(model._orig_mod) (it shares the "
+            "compiled model's weights), or capture before compiling")
     adapters = registered_adapters()
     for path, m in model.named_modules():
         why = REFUSED_ATTENTION.get(class_path(m))

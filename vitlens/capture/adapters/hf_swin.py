@@ -34,7 +34,6 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Callable
 
-import torch
 from torch import nn
 
 from . import RecordFn, register_adapter
