@@ -360,6 +360,18 @@ def write_late(write: Callable[[], Any], path: str, option: str) -> None:
         fail(f"cannot write {option} '{path}': {one_line(e)}; the results are printed above (stdout)")
 
 
+def write_plot_late(plot_path: str | None, draw: Callable[[Any], Any]) -> None:
+    """Write ``--plot`` at the end of a command whose results are on stdout already:
+    ``draw(pl)`` gets :mod:`vitlens.pl` and returns the figure; a failed write loses nothing."""
+    if plot_path is None:
+        return
+    from vitlens import pl
+    from vitlens.export.figures import save_figure
+
+    write_late(lambda: save_figure(draw(pl), plot_path), plot_path, "--plot")
+    click.echo(f"wrote {plot_path}", err=True)
+
+
 # ----------------------------------------------------------- layers and heads
 class Geometry:
     """Layers and heads of a model architecture, read from its weightless skeleton."""

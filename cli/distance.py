@@ -8,7 +8,7 @@ import click
 from vitlens.errors import VitlensError
 
 from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, FailedItems, Progress, check_output, check_plot_path, fail, geometry,
-                     handle_errors, load_cli_model, max_pixels_option, model_options, warn_failed, warn_small_inputs, write_late)
+                     handle_errors, load_cli_model, max_pixels_option, model_options, warn_failed, warn_small_inputs, write_plot_late)
 
 #: Warning lines about skipped files printed before summarising the rest.
 _MAX_SKIP_LINES = 10
@@ -110,12 +110,7 @@ def distance(input_spec, model_name, checkpoint, pretrained, device, debug, laye
             click.echo(f"{layer:>5}  {float(dmean[i]):>9.2f} ± {float(dstd[i]):<6.2f}  "
                        f"{float(emean[i]):>7.3f} ± {float(estd[i]):.3f}")
         click.echo("mean ± std over heads and images; per-head values with --json")
-    if plot_path is not None:  # after the results are on stdout: a failed write loses nothing
-        from vitlens import pl
-        from vitlens.export.figures import save_figure
-
-        write_late(lambda: save_figure(pl.head_statistics(dist, title=f"{name}: {dist.images} image{'' if dist.images == 1 else 's'}"), plot_path),
-                   plot_path, "--plot")
-        click.echo(f"wrote {plot_path}", err=True)
+    write_plot_late(plot_path, lambda pl: pl.head_statistics(
+        dist, title=f"{name}: {dist.images} image{'' if dist.images == 1 else 's'}"))
     if failures:
         raise SystemExit(EXIT_UNREADABLE)

@@ -9,7 +9,7 @@ from vitlens.analysis.registry import methods as registered_methods
 from vitlens.errors import VitlensError
 
 from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, FailedItems, Progress, check_output, check_plot_path, handle_errors,
-                     load_cli_model, max_pixels_option, model_options, warn_failed, warn_small_inputs, write_late)
+                     load_cli_model, max_pixels_option, model_options, warn_failed, warn_small_inputs, write_plot_late)
 
 
 def split_names(value: str | None) -> list[str] | None:
@@ -103,11 +103,6 @@ def evaluate(input_spec, model_name, checkpoint, pretrained, device, debug, with
         click.echo(f"{result.n_images} images ({len(batches.failed)} skipped); target: {target} class; "
                    f"perturbation accuracy against {ref}; AUC mean ± s.e.")
         click.echo(result.table())
-    if plot_path is not None:  # after the results are on stdout: a failed write loses nothing
-        from vitlens import pl
-        from vitlens.export.figures import save_figure
-
-        write_late(lambda: save_figure(pl.faithfulness(result), plot_path), plot_path, "--plot")
-        click.echo(f"wrote {plot_path}", err=True)
+    write_plot_late(plot_path, lambda pl: pl.faithfulness(result))
     if batches.failed:
         raise SystemExit(EXIT_UNREADABLE)

@@ -8,7 +8,7 @@ import click
 from vitlens.errors import VitlensError
 
 from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, random_weights, Progress, check_output, check_plot_path, handle_errors, load_cli_model,
-                     max_pixels_option, model_options, warn_failed, warn_small_inputs, write_late)
+                     max_pixels_option, model_options, warn_failed, warn_small_inputs, write_plot_late)
 from .evaluate import read_inputs
 
 
@@ -80,12 +80,7 @@ def importance(input_spec, model_name, checkpoint, pretrained, device, debug, me
         ref = "true labels" if curve.reference == "labels" else "the all-token prediction"
         click.echo(f"{curve.n_images} images ({len(batches.failed)} skipped); top-1 accuracy (%) against {ref}")
         click.echo(curve.table())
-    if plot_path is not None:  # after the results are on stdout: a failed write loses nothing
-        from vitlens import pl
-        from vitlens.export.figures import save_figure
-
-        write_late(lambda: save_figure(pl.keep_ratio(curve), plot_path), plot_path, "--plot")
-        click.echo(f"wrote {plot_path}", err=True)
+    write_plot_late(plot_path, lambda pl: pl.keep_ratio(curve))
     if batches.failed:
         raise SystemExit(EXIT_UNREADABLE)
 

@@ -10,7 +10,7 @@ import click
 from vitlens.errors import VitlensError
 
 from .common import (EXIT_UNREADABLE, RANDOM_WEIGHTS_NOTE, check_output, random_weights, check_plot_path, handle_errors, load_cli_model,
-                     max_pixels_option, model_options, write_late)
+                     max_pixels_option, model_options, write_late, write_plot_late)
 
 #: Warning lines about skipped files printed before summarising the rest.
 _MAX_SKIP_LINES = 10
@@ -96,12 +96,7 @@ def shape_bias(stimuli_dir, model_names, checkpoints, pretrained, device, mappin
     if csv_path is not None:
         write_late(lambda: _write_csv(csv_path, results, random), csv_path, "--csv")
         click.echo(f"wrote {csv_path}", err=True)
-    if plot_path is not None:
-        from vitlens.export.figures import save_figure
-        from vitlens import pl
-
-        write_late(lambda: save_figure(pl.shape_bias(results), plot_path), plot_path, "--plot")
-        click.echo(f"wrote {plot_path}", err=True)
+    write_plot_late(plot_path, lambda pl: pl.shape_bias(results))
     if any(_unreadable(s.reason) for r in results for s in r.skipped):
         raise SystemExit(EXIT_UNREADABLE)
 
