@@ -161,6 +161,17 @@ class Adapter:
         """One :class:`WindowLayout` per layer for windowed models; ``[]`` for flat ones."""
         return []
 
+    def _install_layout_hook(self, stack: ExitStack, set_layout: Callable[[TokenLayout], None],
+                             current: dict[str, TokenLayout]) -> None:
+        """Each forward: the layout for the input image's size (:meth:`layout_for`), from a
+        pre-hook on ``model.patch_embed``, into ``current["layout"]`` and the cache."""
+        def on_image(_module: nn.Module, args: tuple) -> None:
+            layout = self.layout_for(tuple(args[0].shape[-2:]))
+            current["layout"] = layout
+            set_layout(layout)
+
+        stack.callback(self.model.patch_embed.register_forward_pre_hook(on_image).remove)
+
     def layer_kind(self, layer: int) -> str:
         """``"self"``, ``"window"``, ``"grid"``, ``"class"`` or ``"pool"`` (see :class:`LayerSpec`)."""
         return "self"

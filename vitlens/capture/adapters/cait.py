@@ -95,12 +95,7 @@ class CaitAdapter(Adapter):
         if rows != "all":  # the recorder refuses it first (no prefix tokens); keep the adapter closed too
             raise ValueError(f"rows={rows!r}: CaiT's input sequence has no prefix tokens; use rows='all'")
         current: dict[str, TokenLayout] = {}
-
-        def on_image(_m: nn.Module, args: tuple) -> None:
-            current["layout"] = layout = self.layout_for(tuple(args[0].shape[-2:]))
-            set_layout(layout)
-
-        stack.callback(self.model.patch_embed.register_forward_pre_hook(on_image).remove)
+        self._install_layout_hook(stack, set_layout, current)
         head_index = None if heads is None else torch.tensor(heads)
         modules = self.attention_modules()
 

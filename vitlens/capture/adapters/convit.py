@@ -82,12 +82,7 @@ class ConVitAdapter(Adapter):
             raise ValueError(f"rows={rows!r}: ConViT's input sequence has no prefix tokens (the class token joins "
                              f"at block {self.model.local_up_to_layer}); use rows='all'")
         current: dict[str, TokenLayout] = {}
-
-        def on_image(_m: nn.Module, args: tuple) -> None:
-            current["layout"] = layout = self.layout_for(tuple(args[0].shape[-2:]))
-            set_layout(layout)
-
-        stack.callback(self.model.patch_embed.register_forward_pre_hook(on_image).remove)
+        self._install_layout_hook(stack, set_layout, current)
         head_index = None if heads is None else torch.tensor(heads)
         modules = self.attention_modules()
         for layer in layers:

@@ -244,15 +244,6 @@ class BlocksAdapter(Adapter):
         return [(f"blocks.{i}", b) for i, b in enumerate(self.model.blocks)]
 
     # ------------------------------------------------------------------ helpers
-    def _install_layout_hook(self, stack: ExitStack, set_layout: Callable[[TokenLayout], None],
-                             current: dict[str, TokenLayout]) -> None:
-        def on_image(_module: nn.Module, args: tuple) -> None:
-            layout = self.layout_for(tuple(args[0].shape[-2:]))
-            current["layout"] = layout
-            set_layout(layout)
-
-        stack.callback(self.model.patch_embed.register_forward_pre_hook(on_image).remove)
-
     @staticmethod
     def _n_prefix(current: dict[str, TokenLayout], n_tokens: int, path: str) -> int:
         """Check the sequence length against the layout; return the prefix count."""
