@@ -429,6 +429,9 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     first: tuple[ImageBatch, dict[str, torch.Tensor]] | None = None
     t0 = time.perf_counter()
     if not options.resume and stop > start and (options.overwrite or not target.exists()):
+        if total is not None:  # a progress bar shows while the first batch runs (nothing to resume)
+            total(stop - start)
+            total = None
         batches = batches_from(start)
         batch0 = next(batches)
         probe, layout = analysed(batch0)

@@ -390,3 +390,25 @@ def test_first_batch_as_probe_writes_what_the_zero_image_probe_writes(exported, 
             assert a[n].shape == b[n].shape and a[n].dtype == b[n].dtype and a[n].chunks == b[n].chunks, n
             np.testing.assert_array_equal(a[n][()], b[n][()], err_msg=n)
         assert json.loads(a.attrs["config"]) == json.loads(b.attrs["config"])
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_progress_total_is_known_before_the_first_batch_runs(exported, tmp_path, demo, monkeypatch, resume):
+    """The progress bar gets its total once, before any batch is analysed (a first batch on a
+    big model takes a while); a resumed run reports only the rows it still has to do (here: none)."""
+    import vitlens.batch as vb
+
+    inputs, _, _ = exported
+    model, cfg = demo
+    out = tmp_path / "o.h5"
+    if resume:
+        run_export(model, cfg, inputs, out, ExportOptions(batch_size=BATCH, workers=0))
+    events: list = []
+    analyse = vb._analyse
+    monkeypatch.setattr(vb, "_analyse", lambda *a, **k: (events.append("batch"), analyse(*a, **k))[1])
+    run_export(model, cfg, inputs, out, ExportOptions(batch_size=BATCH, workers=0, resume=resume),
+               total=lambda n: events.append(("total", n)))
+    if resume:   # the one-image probe (the rows to resume after are known once the file is open), no batch left
+        assert events == ["batch", ("total", 0)]
+    else:
+        assert events == [("total", 9), "batch", "batch", "batch"]
