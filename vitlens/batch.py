@@ -236,7 +236,7 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     rows = "all" if needs_all or not desc.num_prefix_tokens else "prefix"
     reductions = tuple(_REDUCTIONS[a] for a in attention_analyses) if options.reduce else ()
     return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed,
-                 reductions, "" if desc.class_logits else "the model returns tokens for a language model, not class logits")
+                 reductions, "" if desc.class_logits else f"the model returns {adapter.returns_instead}")
 
 
 # ------------------------------------------------------------------------ compute
@@ -431,7 +431,6 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     if not options.resume and stop > start and (options.overwrite or not target.exists()):
         if total is not None:  # a progress bar shows while the first batch runs (nothing to resume)
             total(stop - start)
-            total = None
         batches = batches_from(start)
         batch0 = next(batches)
         probe, layout = analysed(batch0)
@@ -467,7 +466,7 @@ def run_export(model: nn.Module, data_config: dict[str, Any], inputs: Inputs | s
     with hdf5.ExportWriter(target, columns, attrs, config, planned_rows=stop - start,
                            resume=options.resume, overwrite=options.overwrite) as writer:
         resumed = writer.committed
-        if total is not None:
+        if total is not None and first is None:  # (the first-batch path gave it above)
             total(stop - start - resumed)
         try:
             if batches is None:

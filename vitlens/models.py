@@ -79,12 +79,14 @@ def _build_demo(with_weights: bool, name: str = DEMO_NAME) -> nn.Module:
     else:
         from timm.models.vision_transformer import VisionTransformer as Arch
 
-    config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["model_config"].items()}
-    model = Arch(**config)
+    def tuples(d: dict[str, Any]) -> dict[str, Any]:  # JSON lists back to the tuples timm's configs use
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+
+    model = Arch(**tuples(meta["model_config"]))
     model.pretrained_cfg = {
         "architecture": name, "tag": "cifar10", "num_classes": len(meta["labels"]),
         "label_names": list(meta["labels"]),
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in _DATA_CONFIG_KEYS},
+        **tuples({k: v for k, v in meta.items() if k in _DATA_CONFIG_KEYS}),
     }
     if with_weights:
         from safetensors.torch import load_file

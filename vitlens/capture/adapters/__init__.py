@@ -82,6 +82,8 @@ class Adapter:
     #: embeddings by design (a multimodal tower's encoder): :meth:`logits` then refuses, and
     #: so does :func:`logits_of` even on the plain tensor such a model returns.
     returns_logits: bool = True
+    #: What the forward returns instead, when ``returns_logits`` is False (completes "returns ...").
+    returns_instead: str = "no class logits"
     #: Why not, when ``token_drop`` is False (a clause: "its attention ...").
     token_drop_reason: str = ("its attention depends on the full patch grid (windows, relative position bias "
                               "or RoPE) or it has no token sequence")
@@ -239,7 +241,7 @@ class Adapter:
 
     def no_logits_reason(self) -> str:
         """Why the model's output holds no class logits (for adapters with ``returns_logits`` False)."""
-        return f"{type(self.model).__name__} ({self.family}) returns no class logits"
+        return f"{type(self.model).__name__} ({self.family}) returns {self.returns_instead}"
 
     def gradcam_points(self) -> tuple[tuple[str, ...], str]:
         """Module paths whose outputs Grad-CAM reads (one per accepted ``layer``) and their kind.

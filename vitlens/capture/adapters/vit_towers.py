@@ -130,6 +130,7 @@ class TokensOnly:
     """
 
     returns_logits = False
+    returns_instead = "tokens for a language model, not class logits"
     model: nn.Module
 
     def logits(self, output: object) -> torch.Tensor:
@@ -139,7 +140,7 @@ class TokensOnly:
         arch = (getattr(self.model, "pretrained_cfg", None) or {}).get("architecture")
         name = type(self.model).__name__ + (f" ({arch})" if arch else "")
         return (
-            f"{name} returns tokens for a language model, not class logits, so what needs a prediction "
+            f"{name} returns {self.returns_instead}, so what needs a prediction "
             f"(explain, evaluate, shape bias, token importance, the logits export) cannot run on it: build the "
             f"matching classifier (the name without _enc, whose .encoder is this class) for those. Capture and "
             f"the analyses that need neither logits nor a CLS token (rollout, attention distance and entropy, "
