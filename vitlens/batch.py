@@ -156,6 +156,7 @@ class _Plan:
     has_cls: bool
     reductions: tuple[str, ...] = ()         # capture(reduce=...) names; () = keep full tensors
     no_logits: str = ""                      # why the model has no class logits ("" when it has them)
+    chunk: str | None = None                 # capture(chunk=...): vitlens computes the layers in image chunks
 
 
 #: analysis -> the reduce-on-record reduction that computes it (vitlens.reductions).
@@ -235,8 +236,9 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
         capture_layers = None
     rows = "all" if needs_all or not desc.num_prefix_tokens else "prefix"
     reductions = tuple(_REDUCTIONS[a] for a in attention_analyses) if options.reduce else ()
+    chunk = "auto" if reductions and rows == "all" and adapter.chunks else None
     return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed,
-                 reductions, "" if desc.class_logits else f"the model returns {adapter.returns_instead}")
+                 reductions, "" if desc.class_logits else f"the model returns {adapter.returns_instead}", chunk)
 
 
 # ------------------------------------------------------------------------ compute
@@ -262,15 +264,17 @@ def _analyse(model: nn.Module, x: torch.Tensor, plan: _Plan, precision: str) -> 
             layout = None
             cache = None
         else:
-            # rows="all": let the recorded blocks run timm's unfused path and record the very
-            # probabilities they multiply with v (capture's grad=True; no graph under no_grad),
-            # instead of the fused kernel plus a recomputation: measured ~10% faster end to end
-            # (benchmarks/export_throughput.py); logits agree with the fused forward to ~1e-6.
-            # Reduce on record (plan.reductions): each layer's probabilities go to the CLS-row,
-            # rollout and distance reductions as the forward produces them and are dropped;
-            # only the --full layers are kept whole.
-            with capture(model, layers=list(plan.capture_layers), rows=plan.rows, grad=plan.rows == "all",
-                         reduce=list(plan.reductions) or None,
+            # rows="all": compute each layer's attention once, never beside the fused kernel (a
+            # second q·kᵀ and softmax: measured ~10% slower end to end, benchmarks/export_throughput.py);
+            # logits agree with the fused forward to ~1e-6. Reduce on record (plan.reductions): each
+            # layer's probabilities go to the CLS-row, rollout and distance reductions as the forward
+            # produces them and are dropped; only the --full layers are kept whole. Where the adapter
+            # can (plan.chunk), vitlens computes each layer a few images at a time and the reductions
+            # read every chunk from the CPU cache; otherwise the blocks run timm's unfused path and
+            # their probabilities are recorded (capture's grad=True; no graph under no_grad).
+            with capture(model, layers=list(plan.capture_layers), rows=plan.rows,
+                         grad=plan.rows == "all" and plan.chunk is None,
+                         reduce=list(plan.reductions) or None, chunk=plan.chunk,
                          keep=(list(plan.full_layers) or False) if plan.reductions else None) as cache:
                 logits = read(model(x))
             layout = cache.layout

@@ -2,6 +2,7 @@
 streaming aggregation over a dataset (:class:`HeadStatistics`, :func:`head_statistics`)."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -40,6 +41,13 @@ def patch_distance_matrix(grid_size: tuple[int, int], patch_size: tuple[int, int
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     centers = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
     return torch.cdist(centers, centers).float()
+
+
+@functools.lru_cache(maxsize=16)
+def _distances(grid_size: tuple[int, int], patch_size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """:func:`patch_distance_matrix`, made once per geometry: reduce on record asks for it per layer
+    and image chunk (read only)."""
+    return patch_distance_matrix(grid_size, patch_size, device)
 
 
 def _window_distances(window: WindowLayout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +94,7 @@ def _flat_stat(attn: torch.Tensor, prefix: int, kind: str, dist: torch.Tensor | 
         s = w.sum(-1).clamp_min(torch.finfo(torch.float32).tiny)    # [b, H, N] patch mass per query
         if kind == "distance":
             assert dist is not None
-            per_query = (w * dist).sum(-1) / s                      # renormalised expectation
+            per_query = torch.linalg.vecdot(w, dist) / s           # renormalised expectation
         else:
             p = w / s[..., None]
             per_query = -torch.special.xlogy(p, p).sum(-1)
@@ -121,8 +129,7 @@ def layer_statistic(attn: torch.Tensor, geometry: TokenLayout | WindowLayout, ki
     reduce-on-record ``HeadStatistic`` both call this, so the formulas exist once."""
     if isinstance(geometry, WindowLayout):
         return _windowed_stat(attn, geometry, kind)
-    dist = (patch_distance_matrix(geometry.grid_size, geometry.patch_size, attn.device)
-            if kind == "distance" else None)
+    dist = _distances(tuple(geometry.grid_size), tuple(geometry.patch_size), attn.device) if kind == "distance" else None
     return _flat_stat(attn, geometry.num_prefix_tokens, kind, dist)
 
 

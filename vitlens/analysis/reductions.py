@@ -38,7 +38,10 @@ __all__ = ["Reduction", "ClsRows", "Rollout", "HeadStatistic", "held_bytes_estim
 
 
 class _PerLayer(Reduction):
-    """Keeps one small tensor per recorded layer and forward, concatenated over forwards."""
+    """Keeps one small tensor per recorded layer and forward (or image chunk), concatenated over
+    forwards: chunks arrive in batch order, so the concatenation is the same."""
+
+    chunked = True
 
     def __init__(self) -> None:
         self._per: dict[int, list[torch.Tensor]] = {}
@@ -74,7 +77,7 @@ class ClsRows(_PerLayer):
     kind = "cls"
     rows = "prefix"
 
-    def update(self, layer: int, probs: torch.Tensor, cache: Any) -> None:
+    def update(self, layer: int, probs: torch.Tensor, cache: Any, images: slice | None = None) -> None:
         # clone: a row of a float32 tensor is a view that would keep the whole [B, H, T, T] alive
         self._put(layer, cls_rows(probs, cache.layout).clone())
 
@@ -104,6 +107,7 @@ class Rollout(Reduction):
     kind = "rollout"
     rows = "all"
     every_layer = True
+    chunked = True
 
     def __init__(self, head: str = "mean", discard_ratio: float = 0.0) -> None:
         if head not in HEAD_FUSIONS:
@@ -119,18 +123,23 @@ class Rollout(Reduction):
 
     def clear(self) -> None:
         self._R: torch.Tensor | None = None
+        self._first: list[torch.Tensor] = []   # layer 0's chunks of R, joined when layer 1 starts
         self._fused: dict[int, torch.Tensor] = {}
         self._maps: list[torch.Tensor] = []
 
     def state(self) -> Iterable[torch.Tensor]:
-        return [*([self._R] if self._R is not None else []), *self._fused.values(), *self._maps]
+        return [*([self._R] if self._R is not None else []), *self._first, *self._fused.values(), *self._maps]
 
-    def update(self, layer: int, probs: torch.Tensor, cache: Any) -> None:
-        if layer == 0:                      # a new forward: drop a product an earlier one left unfinished
-            self._R, self._fused = None, {}
+    def update(self, layer: int, probs: torch.Tensor, cache: Any, images: slice | None = None) -> None:
+        start = 0 if images is None else images.start
+        if layer == 0 and start == 0:       # a new forward: drop a product an earlier one left unfinished
+            self._R, self._first, self._fused = None, [], {}
         last = layer == cache.num_layers - 1
         geometry = cache.layout_of(layer)
         if isinstance(geometry, WindowLayout):
+            if images is not None:
+                raise ValueError("the windowed rollout reduction takes whole layers (capture(chunk=...) computes "
+                                 "token-level layers only)")
             self._fused[layer] = windowed_fused_layer(probs, geometry, self.head, self.discard_ratio)
             if last:
                 windows = [cache.layout_of(i) for i in range(cache.num_layers)]
@@ -138,18 +147,28 @@ class Rollout(Reduction):
                 self._fused = {}
             return
         P, cls = geometry.num_prefix_tokens, geometry.cls_index
-        a = fused_layer(probs, self.head, self.discard_ratio, P, cls)     # [B, T, T]
+        a = fused_layer(probs, self.head, self.discard_ratio, P, cls)     # [b, T, T]
+        if layer > 0 and self._first:        # every chunk of layer 0 is in: one product for the batch
+            self._R, self._first = torch.cat(self._first) if len(self._first) > 1 else self._first[0], []
+        R = None if layer == 0 else self._R[start:start + a.shape[0]]
         if last:
             # only the readout row of the final product is kept: u·Â_L·R (a vector step and one
-            # [B, T] x [B, T, T] product), not the full Â_L·R
+            # [b, T] x [b, T, T] product), not the full Â_L·R
             u = readout_vector(a.shape[0], a.shape[-1], P, cls, a)
             v = residual_step(a, u, left=False)
-            m = (v if self._R is None else (v.unsqueeze(1) @ self._R).squeeze(1))[:, P:]
+            m = (v if R is None else (v.unsqueeze(1) @ R).squeeze(1))[:, P:]
             self._maps.append(finish_map(m, None, geometry.grid_size))
-            self._R = None
+            if self._R is not None and (images is None or images.stop >= self._R.shape[0]):
+                self._R = None               # the batch's last chunk: the product is done
             return
         # the first layer's product with the identity is Â_0 itself (no T x T x T product)
-        self._R = residual_step(a, self._R, left=True)
+        new = residual_step(a, R, left=True)
+        if R is None:
+            self._first.append(new)
+        elif images is None:
+            self._R = new
+        else:
+            R.copy_(new)                     # the chunk's rows of the running product, in place
 
     def ready(self) -> bool:
         """A map exists for every finished forward (at least one)."""
@@ -185,7 +204,7 @@ class HeadStatistic(_PerLayer):
     def params(self) -> dict[str, Any]:
         return {"statistic": self.statistic}
 
-    def update(self, layer: int, probs: torch.Tensor, cache: Any) -> None:
+    def update(self, layer: int, probs: torch.Tensor, cache: Any, images: slice | None = None) -> None:
         self._put(layer, layer_statistic(probs.detach(), cache.layout_of(layer), self.statistic))
 
     def values_of(self, layer: int) -> torch.Tensor:

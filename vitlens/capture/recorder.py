@@ -20,7 +20,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             heads: Sequence[int] | None = None, rows: str = "all",
             dtype: torch.dtype | None = None, to: torch.device | str | None = None,
             grad: bool = False, reduce: Sequence[Reduction | str] | Reduction | str | None = None,
-            keep: bool | Sequence[int] | int | None = None) -> Iterator[AttentionCache]:
+            keep: bool | Sequence[int] | int | None = None,
+            chunk: int | str | None = None) -> Iterator[AttentionCache]:
     """Record per-layer, per-head attention probabilities of a timm ViT (or Swin).
 
     Example::
@@ -53,6 +54,20 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         grad: record the probabilities the model itself multiplies with v, attached
             to the autograd graph (switches the recorded blocks to timm's unfused
             path for the duration of the block), for gradient-based methods.
+        reduce: reductions fed each layer as it is recorded (names or
+            :mod:`vitlens.reductions` objects); the full tensors are then kept only for
+            ``keep``.
+        keep: with ``reduce``, the layers whose full tensors are kept too (True: all;
+            default none).
+        chunk: with ``reduce`` and ``rows="all"``: vitlens computes each recorded layer
+            that calls ``scaled_dot_product_attention`` (timm's ViT family: ViT, DeiT,
+            EVA, BEiT, ...) itself, ``chunk`` images at a time (``"auto"``: about 4 MB
+            of probabilities per chunk on the CPU, 256 MB on an accelerator), and hands
+            each chunk to the reductions while it is in the cache. A layer's whole
+            ``[B, heads, T, T]`` then never exists, and the reductions read it from
+            the cache instead of memory. The outputs are those of timm's unfused
+            attention (equal to the fused kernel's to ~1e-6, not bit-identical).
+            Other layers and families record each layer whole.
 
     Yields:
         The :class:`AttentionCache`, filled by every forward inside the block.
@@ -85,6 +100,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
                          f"keep only recorded layers")
     if kept == () and not reductions:
         raise ValueError("keep=False with no reduce= records nothing; pass reduce=[...] or keep=True")
+    if chunk is not None:
+        _check_chunk(chunk, reductions, grad)
 
     cache = AttentionCache(
         model_name=str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
@@ -97,7 +114,7 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
 
     checked: set[int] = set()
 
-    def record(layer: int, probs: torch.Tensor) -> None:
+    def record(layer: int, probs: torch.Tensor, images: slice | None = None) -> None:
         if layer not in checked:
             _check_first_record(adapter, layer, probs, head_list)
             checked.add(layer)
@@ -108,7 +125,10 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         if kept is None or layer in kept:
             cache._record(layer, probs)
         for r in reductions:  # each consumes the layer now; nothing else holds probs afterwards
-            r.update(layer, probs, cache)
+            if images is None:
+                r.update(layer, probs, cache)
+            else:
+                r.update(layer, probs, cache, images=images)
 
     # Every hook and flag is registered on the stack as it is installed, so an install
     # that fails half-way, a forward that raises and a normal exit all undo everything.
@@ -116,8 +136,23 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         if grad:
             adapter.grad_context(stack)
         adapter.install(stack, layer_list, record, heads=head_list, rows=rows, grad=grad,
-                        set_layout=cache._set_layout)
+                        set_layout=cache._set_layout, **({"chunk": chunk} if adapter.chunks else {}))
         yield cache
+
+
+def _check_chunk(chunk: int | str, reductions: list[Reduction], grad: bool) -> None:
+    if not (chunk == "auto" or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1)):
+        raise ValueError(f"chunk must be a positive number of images or 'auto', got {chunk!r}")
+    if not reductions:
+        raise ValueError("chunk= computes the attention in image chunks for reduce on record; "
+                         "pass reduce=[...] too (a plain capture keeps every layer whole anyway)")
+    if grad:
+        raise ValueError("chunk= computes the attention itself, without a graph; grad=True records the "
+                         "model's own probabilities with their graph. Use one or the other")
+    whole = [r for r in reductions if not r.chunked]
+    if whole:
+        raise ValueError(f"chunk= hands each layer to the reductions a few images at a time, but {whole[0]!r} "
+                         f"takes whole layers only (Reduction.chunked is False); leave chunk=None")
 
 
 def _check_first_record(adapter, layer: int, probs: torch.Tensor, head_list: list[int] | None) -> None:

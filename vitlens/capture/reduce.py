@@ -39,11 +39,14 @@ class Reduction:
         rows: what it needs of each layer: ``"prefix"`` (the prefix-token query rows
             suffice) or ``"all"`` (every query row).
         every_layer: it needs every layer of the model from layer 0 (rollout).
+        chunked: :meth:`update` takes a layer a few images at a time (``images=``), as
+            ``capture(chunk=...)`` hands it over.
     """
 
     kind: str = ""
     rows: str = "all"
     every_layer: bool = False
+    chunked: bool = False
 
     @property
     def params(self) -> dict[str, Any]:
@@ -59,8 +62,14 @@ class Reduction:
             raise ValueError(f"the {self.kind!r} reduction multiplies every layer from layer 0 up; this capture "
                              f"records layers {list(cache.layers)} of {cache.num_layers}. Capture with layers=None")
 
-    def update(self, layer: int, probs: torch.Tensor, cache: Any) -> None:  # pragma: no cover - abstract
-        """Consume one layer's probabilities (as the cache would store them) of the current forward."""
+    def update(self, layer: int, probs: torch.Tensor, cache: Any,
+               images: slice | None = None) -> None:  # pragma: no cover - abstract
+        """Consume one layer's probabilities (as the cache would store them) of the current forward.
+
+        ``images``: with ``capture(chunk=...)``, which images of the forward's batch ``probs``
+        holds (the chunks of a layer arrive in order and cover the batch); None: all of them.
+        Only reductions that declare :attr:`chunked` are given chunks.
+        """
         raise NotImplementedError
 
     def clear(self) -> None:  # pragma: no cover - abstract

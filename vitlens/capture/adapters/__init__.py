@@ -24,8 +24,10 @@ from ..cache import TokenLayout, WindowLayout
 from ..spec import LayerSpec, ModelDescription
 from ...errors import UnsupportedModelError
 
-#: Called by an adapter's hooks with (layer index, probabilities) once per forward.
-RecordFn = Callable[[int, torch.Tensor], None]
+#: Called by an adapter's hooks with (layer index, probabilities) once per forward, or, when
+#: the adapter computes the layer in image chunks (``capture(chunk=...)``), once per chunk with
+#: a third argument, the ``slice`` of the batch's images the probabilities cover.
+RecordFn = Callable[..., None]
 
 
 def class_path(obj: object) -> str:
@@ -70,6 +72,10 @@ class Adapter:
     test_models: tuple[tuple[str, dict], ...] = ()
     #: Lower is tried first.
     order: int = 0
+    #: :meth:`install` takes ``chunk=``: for a reduce-on-record capture it may compute the
+    #: attention of layers that call ``scaled_dot_product_attention`` itself, ``chunk`` images
+    #: at a time (``generic.sdpa_recorder``); other adapters record each layer whole.
+    chunks: bool = False
     #: timm model modules (``timm.list_models(module=...)``) whose models may use this adapter.
     timm_modules: tuple[str, ...] = ()
     #: Exact model classes claimed, ``"module:QualName"``.
@@ -302,6 +308,7 @@ class Adapter:
         ``set_layout`` takes the model-wide :class:`TokenLayout` and, for windowed
         models, one :class:`WindowLayout` per layer (it carries its layer index). An
         install that fails half-way leaks nothing: the stack undoes what was done.
+        Adapters with :attr:`chunks` also take ``chunk`` (None, ``"auto"`` or images).
         """
         raise NotImplementedError  # pragma: no cover
 

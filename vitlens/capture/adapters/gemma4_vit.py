@@ -75,7 +75,8 @@ class Gemma4VitAdapter(VitTowerAdapter):
     default_input_size = Adapter.default_input_size
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
-                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None],
+                chunk: int | str | None = None) -> None:
         current: dict[str, TokenLayout] = {}
         pe = self.tower.patch_embed
 
@@ -99,7 +100,7 @@ class Gemma4VitAdapter(VitTowerAdapter):
         stack.callback(pe.register_forward_pre_hook(on_call).remove)
         stack.callback(pe.register_forward_hook(on_patches).remove)
         if not grad:
-            layers = self._install_sdpa(stack, layers, record, heads, rows, current)
+            layers = self._install_sdpa(stack, layers, record, heads, rows, current, chunk)
         self._install_unfused(stack, layers, record, heads, rows, current)
 
 

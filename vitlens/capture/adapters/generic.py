@@ -23,6 +23,7 @@ itself: every family claims its exact model and attention classes (fail closed).
 """
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack
 from typing import Any, Callable
 
@@ -67,17 +68,34 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
     return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
 
 
-def _sdpa_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, Any, bool, float]:
-    """``(q, k, attn_mask, is_causal, scale)`` of a ``scaled_dot_product_attention`` call."""
+def _sdpa_args(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a ``scaled_dot_product_attention`` call by name (scale filled in)."""
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
     bound = dict(zip(names, args))
     bound.update(kwargs)
     if bound.get("enable_gqa"):
         raise UnsupportedModelError("grouped-query attention (enable_gqa) is not recorded by vitlens")
-    q, k = bound["query"], bound["key"]
     scale = bound.get("scale")
-    return q, k, bound.get("attn_mask"), bool(bound.get("is_causal", False)), \
-        float(scale) if scale is not None else q.shape[-1] ** -0.5
+    bound["scale"] = float(scale) if scale is not None else bound["query"].shape[-1] ** -0.5
+    return bound
+
+
+#: float32 bytes of one chunk's probabilities ``[chunk, H, Tq, Tk]`` when ``chunk="auto"``: on
+#: the CPU about half a last-level cache, so the probabilities are still cached while they are
+#: multiplied with v and reduced (ViT-S: 4 images, ViT-B: 2; 1 or 2 images were no faster); on an
+#: accelerator large enough to keep the batch whole in most models while still bounding a big
+#: model's transient (ViT-L/14@336: 21 MB per image and layer)
+AUTO_CHUNK_BYTES = {"cpu": 4 << 20}
+_AUTO_CHUNK_BYTES_ACCELERATOR = 1 << 28
+
+
+def chunk_images(chunk: int | str, batch: int, per_image: int, device: torch.device) -> int:
+    """Images per chunk for ``capture(chunk=...)``: an int as given, ``"auto"`` from the bytes of one
+    image's float32 probabilities ``per_image`` (:data:`AUTO_CHUNK_BYTES`)."""
+    if chunk == "auto":
+        budget = AUTO_CHUNK_BYTES.get(device.type, _AUTO_CHUNK_BYTES_ACCELERATOR)
+        return max(1, min(batch, budget // max(1, per_image)))
+    return max(1, min(batch, int(chunk)))
 
 
 class ModuleTap(TorchFunctionMode):
@@ -141,12 +159,15 @@ class ModuleTap(TorchFunctionMode):
 class SdpaCall:
     """One ``F.scaled_dot_product_attention`` call as the module made it: q, k after every
     transformation the module applies (q/k norm, RoPE, GQA expansion), the mask with any
-    position bias added, the scale it uses."""
+    position bias added, the scale it uses; v and the dropout probability."""
 
-    __slots__ = ("q", "k", "mask", "causal", "scale")
+    __slots__ = ("q", "k", "v", "mask", "causal", "scale", "dropout")
 
     def __init__(self, args: tuple, kwargs: dict) -> None:
-        self.q, self.k, self.mask, self.causal, self.scale = _sdpa_args(args, kwargs)
+        a = _sdpa_args(args, kwargs)
+        self.q, self.k, self.v, self.mask = a["query"], a["key"], a.get("value"), a.get("attn_mask")
+        self.causal, self.scale = bool(a.get("is_causal", False)), a["scale"]
+        self.dropout = float(a.get("dropout_p", 0.0) or 0.0)
 
     @property
     def num_keys(self) -> int:
@@ -165,11 +186,43 @@ class SdpaCall:
             p = attention_probs(q, k, self.scale, mask, self.causal, rows)
         return p.to(q.dtype) if q.dtype != p.dtype else p
 
+    def computable(self) -> bool:
+        """Whether vitlens may compute this call's output itself (:meth:`attend`): no dropout, no
+        gradient wanted, and the ``[B, H, T, d]`` layout every timm attention passes."""
+        tensors = (self.q, self.k, self.v)
+        return (self.dropout == 0.0 and isinstance(self.v, torch.Tensor)
+                and all(t.dim() == 4 for t in tensors) and self.q.shape[:2] == self.k.shape[:2] == self.v.shape[:2]
+                and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+    def attend(self, chunk: int | str, each: Callable[[slice, torch.Tensor], None]) -> torch.Tensor:
+        """The call's output ``softmax(q·kᵀ·scale + mask)·v`` computed here, ``chunk`` images at a time.
+
+        Each chunk's probabilities (float32 from :func:`attention_probs`, cast to q's dtype as
+        :meth:`probs` gives them) go to ``each(images, probs)`` while they are in the cache, and
+        are multiplied with v in v's dtype: the same operations as timm's unfused path, so the
+        output equals it, and the fused kernel's to float rounding (~1e-6). The layer's whole
+        ``[B, H, Tq, Tk]`` never exists. Only for calls that are :meth:`computable`.
+        """
+        q, k, v, mask = self.q, self.k, self.v, self.mask
+        B = q.shape[0]
+        n = chunk_images(chunk, B, q.shape[1] * q.shape[2] * k.shape[2] * 4, q.device)
+        per_image_mask = isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] == B > 1
+        out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
+        with torch.no_grad():
+            for start in range(0, B, n):
+                images = slice(start, min(B, start + n))
+                p = attention_probs(q[images], k[images], self.scale, mask[images] if per_image_mask else mask,
+                                    self.causal)
+                torch.matmul(p if p.dtype == v.dtype else p.to(v.dtype), v[images], out=out[images])
+                each(images, p.to(q.dtype) if q.dtype != p.dtype else p)
+        return out
+
 
 class SdpaTap(ModuleTap):
     """Sees the ``F.scaled_dot_product_attention`` call a watched module makes and hands it,
-    as an :class:`SdpaCall`, to the module's handler before passing it on unchanged (the
-    model keeps its fused kernel: outputs bit-identical)."""
+    as an :class:`SdpaCall`, to the module's handler. The call then runs unchanged (the model
+    keeps its fused kernel: outputs bit-identical), unless the handler returns the output
+    itself (:meth:`SdpaCall.attend`, ``capture(chunk=...)``)."""
 
     what = "scaled_dot_product_attention"
 
@@ -178,8 +231,29 @@ class SdpaTap(ModuleTap):
         if func is F.scaled_dot_product_attention and self.running is not None:
             self.seen += 1
             if self.seen == 1:
-                self.handlers[self.running](SdpaCall(args, kwargs))
+                out = self.handlers[self.running](SdpaCall(args, kwargs))
+                if out is not None:
+                    return out
         return func(*args, **kwargs)
+
+
+def sdpa_recorder(record: RecordFn, layer: int, expect: Callable[[int], int], heads: torch.Tensor | None,
+                  rows: str, chunk: int | str | None) -> Callable[[SdpaCall], torch.Tensor | None]:
+    """The :class:`SdpaTap` handler that records one layer: ``expect(num_keys)`` checks the keys
+    against the layout and gives the prefix query rows. Computed beside the fused kernel, or, with
+    ``chunk`` (reduce on record, every query row), the output itself in image chunks
+    (:meth:`SdpaCall.attend`), each chunk recorded as ``record(layer, probs, images)``."""
+    def select(p: torch.Tensor) -> torch.Tensor:
+        return p if heads is None else p.index_select(1, heads.to(p.device))
+
+    def on_sdpa(call: SdpaCall) -> torch.Tensor | None:
+        P = expect(call.num_keys)
+        if chunk is not None and rows == "all" and call.computable():
+            return call.attend(chunk, lambda images, p: record(layer, select(p), images))
+        record(layer, call.probs(heads, slice(0, P) if rows == "prefix" else slice(None)))
+        return None
+
+    return on_sdpa
 
 
 def _to_pair(v: Any) -> tuple[int, int]:
@@ -220,6 +294,8 @@ def token_layout(model: nn.Module, image_hw: tuple[int, int]) -> TokenLayout:
 
 class BlocksAdapter(Adapter):
     """Flat timm ViT-like models: ``patch_embed`` + ``blocks[i].attn`` with the unfused path."""
+
+    chunks = True
 
     @classmethod
     def attention_modules_of(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -272,7 +348,8 @@ class BlocksAdapter(Adapter):
             stack.callback(attn.attn_drop.register_forward_hook(on_probs).remove)
 
     def _install_sdpa(self, stack: ExitStack, layers: list[int], record: RecordFn,
-                      heads: list[int] | None, rows: str, current: dict[str, TokenLayout]) -> list[int]:
+                      heads: list[int] | None, rows: str, current: dict[str, TokenLayout],
+                      chunk: int | str | None = None) -> list[int]:
         """Tap the fused layers' SDPA calls; return the layers that run unfused (read at attn_drop)."""
         head_index = None if heads is None else torch.tensor(heads)
         modules = self.attention_modules()
@@ -283,21 +360,18 @@ class BlocksAdapter(Adapter):
             if not getattr(attn, "fused_attn", False):
                 unfused.append(layer)
                 continue
-
-            def on_sdpa(call: SdpaCall, layer: int = layer, path: str = path) -> None:
-                n_prefix = self._n_prefix(current, call.num_keys, path)
-                record(layer, call.probs(head_index, slice(0, n_prefix) if rows == "prefix" else slice(None)))
-
-            tap.watch(stack, layer, path, attn, on_sdpa)
+            expect = functools.partial(self._n_prefix, current, path=path)
+            tap.watch(stack, layer, path, attn, sdpa_recorder(record, layer, expect, head_index, rows, chunk))
         tap.activate(stack)
         return unfused
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
-                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None],
+                chunk: int | str | None = None) -> None:
         current: dict[str, TokenLayout] = {}
         self._install_layout_hook(stack, set_layout, current)
         if not grad:
-            layers = self._install_sdpa(stack, layers, record, heads, rows, current)
+            layers = self._install_sdpa(stack, layers, record, heads, rows, current, chunk)
         self._install_unfused(stack, layers, record, heads, rows, current)
 
 

@@ -30,6 +30,9 @@ Hook points:
   keyword ``attn_mask`` / ``is_causal``), ``...attn.q_norm`` -> q ``[B, H, T, d]`` and
   ``...attn.k_norm`` -> k ``[B, H, T, d]``; ``softmax(q·kᵀ·scale + mask)`` is computed
   beside the module, which keeps its fused kernel (outputs bit-identical).
+- chunked path (``capture(chunk=...)``, reduce on record): every fused layer's own
+  ``F.scaled_dot_product_attention`` call is computed by vitlens in image chunks
+  (``generic.SdpaCall.attend``), each chunk's probabilities reduced while in cache.
 - recompute path for ``ParallelScalingBlock`` and the pool heads: the module's own
   ``F.scaled_dot_product_attention(q, k, v, mask)`` call is seen by a
   ``TorchFunctionMode`` (see ``generic.SdpaTap``) and the probabilities computed beside it.
@@ -45,6 +48,7 @@ Analyses over ``T x T`` token matrices (rollout, CLS maps, distances) refuse the
 """
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack
 from typing import Any, Callable
 
@@ -54,7 +58,7 @@ from torch import nn
 from . import REFUSED_ATTENTION, RecordFn, refuse, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
-from .generic import BlocksAdapter, SdpaCall, SdpaTap, SoftmaxTap, attention_probs, set_unfused
+from .generic import BlocksAdapter, SdpaTap, SoftmaxTap, attention_probs, sdpa_recorder, set_unfused
 
 _VT = "timm.models.vision_transformer"
 _ATTENTION = "timm.layers.attention:Attention"
@@ -220,7 +224,8 @@ class VitAdapter(BlocksAdapter):
         return int(geo.get("query_prefix", 0))
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
-                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None],
+                chunk: int | str | None = None) -> None:
         modules = self.attention_modules()
         if rows == "prefix":
             latent = [modules[i][0] for i in layers if _cls(modules[i][1]) == _LATENT]
@@ -259,15 +264,11 @@ class VitAdapter(BlocksAdapter):
                     softmax.watch(stack, layer, path, attn, on_softmax)
                     set_unfused(stack, attn)
                 continue
-            if kind == _ATTENTION:
+            if kind == _ATTENTION and (chunk is None or rows == "prefix"):
                 self._install_qk(stack, layer, path, attn, record, select, rows, current)
                 continue
-
-            def on_sdpa(call: SdpaCall, layer: int = layer, path: str = path) -> None:
-                P = self._expect(current, layer, call.num_keys, path)
-                record(layer, call.probs(head_index, slice(0, P) if rows == "prefix" else slice(None)))
-
-            sdpa.watch(stack, layer, path, attn, on_sdpa)
+            expect = functools.partial(self._expect, current, layer, path=path)
+            sdpa.watch(stack, layer, path, attn, sdpa_recorder(record, layer, expect, head_index, rows, chunk))
         sdpa.activate(stack)
         softmax.activate(stack)
 

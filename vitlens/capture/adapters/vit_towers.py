@@ -104,7 +104,8 @@ class VitTowerAdapter(BlocksAdapter):
         return [(self.point(f"blocks.{i}"), b) for i, b in enumerate(self.tower.blocks)]
 
     def install(self, stack: ExitStack, layers: list[int], record: RecordFn, *, heads: list[int] | None,
-                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None]) -> None:
+                rows: str, grad: bool, set_layout: Callable[[TokenLayout], None],
+                chunk: int | str | None = None) -> None:
         current: dict[str, TokenLayout] = {}
 
         def on_patches(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -116,7 +117,7 @@ class VitTowerAdapter(BlocksAdapter):
 
         stack.callback(self.tower.patch_embed.register_forward_hook(on_patches).remove)
         if not grad:
-            layers = self._install_sdpa(stack, layers, record, heads, rows, current)
+            layers = self._install_sdpa(stack, layers, record, heads, rows, current, chunk)
         self._install_unfused(stack, layers, record, heads, rows, current)
 
 
