@@ -151,7 +151,10 @@ def _memory(name: str, root: Path, n: int, batch: int, workers: int, tmp: Path) 
 
 
 def _predictions() -> None:
+    import torch
+
     from vitlens.analysis.reductions import held_bytes_estimate
+    from vitlens.capture.adapters.generic import chunk_images
 
     gib = 2 ** 30
     for label, (L, H, T, B) in {"ViT-S/16@224 batch 32": (12, 6, 197, 32),
@@ -159,10 +162,14 @@ def _predictions() -> None:
                                 "ViT-L/16@224 batch 32 (24 layers)": (24, 16, 197, 32),
                                 "ViT-L/14@336 batch 64": (24, 16, 577, 64)}.items():
         e = held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1)
+        chunks = {dev: chunk_images("auto", B, H * T * T * 4, torch.device(dev)) for dev in ("cpu", "cuda")}
+        within = {dev: held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1,
+                                           chunk=n)["layer_transient"] for dev, n in chunks.items()}
         print(f"predicted attention held per batch, {label}: before (full cache, float32) {e['full'] / gib:.2f} GiB; "
               f"after (reduce on record) {e['reduced_peak'] / 2**20:.0f} MiB held across layers "
-              f"+ {e['layer_transient'] / 2**20:.0f} MiB transient within one layer "
-              f"(its own probabilities, which the model's unfused path makes too)", flush=True)
+              f"+ within one layer {e['layer_transient'] / 2**20:.0f} MiB computed whole (timm's unfused path), "
+              f"{within['cuda'] / 2**20:.0f} MiB in chunks of {chunks['cuda']} images (chunk='auto' on a GPU), "
+              f"{within['cpu'] / 2**20:.1f} MiB in chunks of {chunks['cpu']} (CPU)", flush=True)
 
 
 def main() -> None:

@@ -187,7 +187,10 @@ def _held_after_each_layer(model, x, at: set[int] | None = None, **capture_kw) -
     """Bytes of tensor storage alive after each block that were not alive before the forward,
     leaving out the residual stream (the block's input and output, and the first block's input,
     which the caller's frame holds): what the capture holds for attention. ``at``: only after
-    these layers (a scan of every Python object costs ~0.1 s)."""
+    these layers (a scan of every Python object costs ~0.1 s). A first, unmeasured forward makes
+    what vitlens keeps once per process (the patch distance matrix of each geometry)."""
+    with torch.no_grad(), vitlens.capture(model, **capture_kw):
+        model(x)
     gc.collect()
     base = _live_storages()            # held until the forward ends: their addresses cannot be reused
     stream: set[int] = set()

@@ -217,7 +217,8 @@ register_reduction("entropy")(lambda: HeadStatistic("entropy"))
 
 
 def held_bytes_estimate(*, batch: int, layers: int, heads: int, tokens: int, prefix: int = 1,
-                        reduce: tuple[str, ...] = ("cls", "rollout", "distance"), itemsize: int = 4) -> dict[str, Any]:
+                        reduce: tuple[str, ...] = ("cls", "rollout", "distance"), itemsize: int = 4,
+                        chunk: int | None = None) -> dict[str, Any]:
     """Predicted bytes of attention held by one forward of a token-level model (no windows).
 
     What the capture holds between layers (the recorded layer's own ``[B, H, T, T]`` exists
@@ -230,7 +231,8 @@ def held_bytes_estimate(*, batch: int, layers: int, heads: int, tokens: int, pre
       applies to the full cache only, which stores the model's dtype);
     - ``"reduced_peak"``: the largest of those;
     - ``"layer_transient"``: while a layer is reduced: its probabilities plus rollout's
-      fused ``A_l`` and the new product, ``B·H·T²·itemsize + 2·B·T²·4``.
+      fused ``A_l`` and the new product, ``B·H·T²·itemsize + 2·B·T²·4``; with ``chunk``
+      images per chunk (``capture(chunk=...)``) ``b = min(B, chunk)`` replaces ``B``.
 
     ``tests/unit/test_reduce.py`` checks ``full`` and ``reduced_after_layer`` against live
     tensor storage counted after every layer.
@@ -246,4 +248,8 @@ def held_bytes_estimate(*, batch: int, layers: int, heads: int, tokens: int, pre
         n += sum((layer + 1) * B * H * 4 for s in ("distance", "entropy") if s in reduce)
         after.append(n)
     return {"full": L * B * H * T * T * itemsize, "reduced_after_layer": after, "reduced_peak": max(after),
-            "layer_transient": B * H * T * T * itemsize + (2 * B * T * T * 4 if "rollout" in reduce else 0)}
+            "layer_transient": _transient(B if chunk is None else min(B, chunk), H, T, itemsize, "rollout" in reduce)}
+
+
+def _transient(b: int, H: int, T: int, itemsize: int, rollout: bool) -> int:
+    return b * H * T * T * itemsize + (2 * b * T * T * 4 if rollout else 0)
