@@ -242,3 +242,23 @@ def test_a_reduction_that_takes_whole_layers_is_refused_with_chunk():
         pass
     for m in model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_export_chunks_on_an_accelerator_only():
+    """The export's policy (vitlens.batch.export_chunk), and the chunked export values on the CPU
+    when the policy is overridden: the same as the whole-layer export to float32 rounding."""
+    import dataclasses
+
+    from vitlens import batch
+
+    assert batch.export_chunk(True, torch.device("cuda")) == "auto"
+    assert batch.export_chunk(True, torch.device("cpu")) is None
+    assert batch.export_chunk(False, torch.device("cuda")) is None
+    model, x = _model("dinov2_reg4")
+    plan = batch.plan_analyses(model, batch.ExportOptions())
+    assert plan.chunk is None and plan.reductions
+    whole, _ = batch._analyse(model, x, plan, "fp32")
+    chunked, _ = batch._analyse(model, x, dataclasses.replace(plan, chunk=2), "fp32")
+    assert whole.keys() == chunked.keys() == {"logits", "cls_attention", "rollout", "attention_distance"}
+    for key in whole:
+        torch.testing.assert_close(chunked[key], whole[key], atol=1e-6, rtol=1e-6)
