@@ -5,14 +5,16 @@
                                            [--workers 1] [--repeats 3] [--modes export export-full]
                                            [--no-memory] [--no-speed]
 
-Three runs of each model over the *same* images and DataLoader
+Runs of each model over the *same* images and DataLoader
 (``vitlens.data.image_batches``, same batch size and workers):
 
 * ``plain``: ``model(x)`` under ``torch.no_grad`` (timm's fused attention, its default);
 * ``export``: ``vitlens.batch.run_export`` with the default analyses (logits, cls, rollout,
   distance; float16 maps, gzip), which reduces each layer's attention as it is recorded;
 * ``export-full``: the same with ``ExportOptions(reduce=False)``, the older path that keeps
-  every layer's ``[B, H, T, T]`` for the batch before analysing it (the "before").
+  every layer's ``[B, H, T, T]`` for the batch before analysing it (the "before");
+* ``export-chunked``: ``ExportOptions(chunk="auto")``, the layers computed in image chunks
+  (``capture(chunk=...)``), which the export does by default on accelerators only.
 
 Peak memory: each run in a fresh process (``VmHWM``, peak RSS, as ``/usr/bin/time`` reports
 it), printed as a ratio to ``plain`` (target for ``export``: <= 1.1x on ViT-S/ViT-B).
@@ -50,7 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capture_overhead import _interleaved, _ratios  # noqa: E402  (the same paired-round statistics)
 
-MODES = ("plain", "export", "export-full")
+MODES = ("plain", "export", "export-full", "export-chunked")
 
 
 def _images(folder: str | None, need: int, tmp: Path) -> Path:
@@ -114,7 +116,8 @@ def _run(mode: str, model, cfg, root: Path, paths, batch: int, workers: int, out
     else:
         n = run_export(model, cfg, Inputs(root, paths), out,
                        ExportOptions(batch_size=batch, workers=workers, dtype="float16", overwrite=True,
-                                     reduce=mode == "export")).rows
+                                     reduce=mode != "export-full",
+                                     chunk="auto" if mode == "export-chunked" else None)).rows
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 

@@ -76,6 +76,10 @@ class ExportOptions:
             product instead of every layer's ``[B, H, T, T]``; full tensors are kept only
             for ``full``. False keeps every layer for the batch first (the older path,
             for comparison; same values, rollout within 1e-6).
+        chunk: with ``reduce``, compute the layers vitlens can compute itself this many
+            images at a time (``capture(chunk=...)``; ``"auto"``: by a byte budget). None
+            (default): ``"auto"`` on an accelerator, whole layers on the CPU
+            (:func:`export_chunk`).
     """
 
     analyses: Sequence[str] | None = None
@@ -93,6 +97,7 @@ class ExportOptions:
     overwrite: bool = False
     virtual: bool = False
     reduce: bool = True
+    chunk: int | str | None = None
 
     def __post_init__(self) -> None:
         """Check every option that does not depend on the model (ValueError naming the option)."""
@@ -121,6 +126,12 @@ class ExportOptions:
         if self.resume and self.overwrite:
             raise VitlensError("`resume=True` continues the existing output and `overwrite=True` replaces it; "
                                "choose one")
+        if self.chunk is not None and not (self.chunk == "auto" or (
+                isinstance(self.chunk, int) and not isinstance(self.chunk, bool) and self.chunk >= 1)):
+            raise VitlensError(f"`chunk` must be a positive number of images, 'auto' or None, got {self.chunk!r}")
+        if self.chunk is not None and not self.reduce:
+            raise VitlensError("`chunk` computes layers in image chunks for reduce on record; drop it or keep "
+                               "`reduce=True`")
 
 
 @dataclass
@@ -236,7 +247,9 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
         capture_layers = None
     rows = "all" if needs_all or not desc.num_prefix_tokens else "prefix"
     reductions = tuple(_REDUCTIONS[a] for a in attention_analyses) if options.reduce else ()
-    chunk = export_chunk(adapter.chunks and bool(reductions) and rows == "all", model_device(model))
+    can_chunk = adapter.chunks and bool(reductions) and rows == "all"
+    chunk = (options.chunk if can_chunk else None) if options.chunk is not None else \
+        export_chunk(can_chunk, model_device(model))
     return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed,
                  reductions, "" if desc.class_logits else f"the model returns {adapter.returns_instead}", chunk)
 

@@ -246,7 +246,7 @@ def test_a_reduction_that_takes_whole_layers_is_refused_with_chunk():
 
 def test_export_chunks_on_an_accelerator_only():
     """The export's policy (vitlens.batch.export_chunk), and the chunked export values on the CPU
-    when the policy is overridden: the same as the whole-layer export to float32 rounding."""
+    when ExportOptions(chunk=...) asks: the same as the whole-layer export to float32 rounding."""
     import dataclasses
 
     from vitlens import batch
@@ -257,8 +257,20 @@ def test_export_chunks_on_an_accelerator_only():
     model, x = _model("dinov2_reg4")
     plan = batch.plan_analyses(model, batch.ExportOptions())
     assert plan.chunk is None and plan.reductions
+    forced = batch.plan_analyses(model, batch.ExportOptions(chunk=2))
+    assert forced == dataclasses.replace(plan, chunk=2)
     whole, _ = batch._analyse(model, x, plan, "fp32")
-    chunked, _ = batch._analyse(model, x, dataclasses.replace(plan, chunk=2), "fp32")
+    chunked, _ = batch._analyse(model, x, forced, "fp32")
     assert whole.keys() == chunked.keys() == {"logits", "cls_attention", "rollout", "attention_distance"}
     for key in whole:
         torch.testing.assert_close(chunked[key], whole[key], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(chunk=0), "positive number"), (dict(chunk="x"), "positive number"),
+                                      (dict(chunk=2, reduce=False), "keep `reduce=True`")])
+def test_export_chunk_option_errors(kw, match):
+    from vitlens import batch
+    from vitlens.errors import VitlensError
+
+    with pytest.raises(VitlensError, match=match):
+        batch.ExportOptions(**kw)
