@@ -123,7 +123,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         if dtype is not None or target is not None:
             probs = probs.to(device=target, dtype=dtype)
         if kept is None or layer in kept:
-            cache._record(layer, probs)
+            # a chunk is a view of a buffer the next chunk reuses (generic.Workspace): copy it
+            cache._record(layer, probs if images is None else probs.clone())
         for r in reductions:  # each consumes the layer now; nothing else holds probs afterwards
             if images is None:
                 r.update(layer, probs, cache)

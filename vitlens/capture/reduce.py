@@ -40,7 +40,8 @@ class Reduction:
             suffice) or ``"all"`` (every query row).
         every_layer: it needs every layer of the model from layer 0 (rollout).
         chunked: :meth:`update` takes a layer a few images at a time (``images=``), as
-            ``capture(chunk=...)`` hands it over.
+            ``capture(chunk=...)`` hands it over, and keeps no reference to ``probs`` (a
+            view of a buffer the next chunk overwrites): it copies what it keeps.
     """
 
     kind: str = ""

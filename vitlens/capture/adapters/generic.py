@@ -39,7 +39,7 @@ from ...errors import UnsupportedModelError
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
                     attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                    rows: slice = slice(None)) -> torch.Tensor:
+                    rows: slice = slice(None), workspace: "Workspace | None" = None) -> torch.Tensor:
     """``softmax(q[rows]·kᵀ·scale + mask)`` in float32, as timm's unfused path computes it.
 
     Args:
@@ -48,11 +48,20 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
         attn_mask: additive float mask or boolean keep-mask broadcastable to ``[B, H, T, T]``.
         is_causal: apply a causal mask.
         rows: which query rows to compute (``slice(0, P)`` for the prefix rows only).
+        workspace: write the result (and the scaled q) into these reused buffers instead of
+            fresh tensors (the caller must be done with the previous result).
     """
     # q and k are strided views of timm's qkv output; one contiguous copy of each (small:
     # T x d per head) lets the T x T product run ~25% faster than on the views.
-    qf = (q[:, :, rows].float() * scale).contiguous()
-    scores = qf @ k.float().contiguous().transpose(-2, -1)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    q = q[:, :, rows]
+    if workspace is None:
+        qf = (q.float() * scale).contiguous()
+        scores = qf @ k.float().contiguous().transpose(-2, -1)
+    else:
+        qf = torch.mul(q, scale, out=workspace.take("q", q.shape))
+        scores = torch.matmul(qf, k.float().contiguous().transpose(-2, -1),
+                              out=workspace.take("scores", (*q.shape[:-1], n_k)))
     n_q, n_k = q.shape[-2], k.shape[-2]
     if is_causal:
         causal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril()
@@ -66,6 +75,30 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
     # in place: the probabilities are the one B x H x T x T tensor this writes (no second
     # one for the scores), which halves the memory traffic of recording a layer
     return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+
+
+class Workspace:
+    """Float32 buffers reused from one chunk and layer to the next (``capture(chunk=...)``).
+
+    A fresh multi-megabyte tensor per chunk costs its page faults every time (the C library
+    hands large blocks back to the system when they are freed): measured, they were about half
+    the extra CPU time of recording a ViT-S layer. One buffer per name grows to the largest
+    request of the capture and serves every later one as a view.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """A float32 tensor of ``shape`` (contents undefined) backed by the buffer ``name``."""
+        n = 1
+        for s in shape:
+            n *= int(s)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n:
+            self._buffers[name] = buf = torch.empty(n, dtype=torch.float32, device=self.device)
+        return buf[:n].view(shape)
 
 
 def _sdpa_args(args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -194,14 +227,17 @@ class SdpaCall:
                 and all(t.dim() == 4 for t in tensors) and self.q.shape[:2] == self.k.shape[:2] == self.v.shape[:2]
                 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
-    def attend(self, chunk: int | str, each: Callable[[slice, torch.Tensor], None]) -> torch.Tensor:
+    def attend(self, chunk: int | str, each: Callable[[slice, torch.Tensor], None],
+               workspace: Workspace | None = None) -> torch.Tensor:
         """The call's output ``softmax(q·kᵀ·scale + mask)·v`` computed here, ``chunk`` images at a time.
 
         Each chunk's probabilities (float32 from :func:`attention_probs`, cast to q's dtype as
         :meth:`probs` gives them) go to ``each(images, probs)`` while they are in the cache, and
         are multiplied with v in v's dtype: the same operations as timm's unfused path, so the
         output equals it, and the fused kernel's to float rounding (~1e-6). The layer's whole
-        ``[B, H, Tq, Tk]`` never exists. Only for calls that are :meth:`computable`.
+        ``[B, H, Tq, Tk]`` never exists. Only for calls that are :meth:`computable`. With a
+        ``workspace`` (float32 q only) each chunk's probabilities are a view of a buffer the next
+        chunk overwrites: ``each`` must copy what it keeps.
         """
         q, k, v, mask = self.q, self.k, self.v, self.mask
         B = q.shape[0]
@@ -212,7 +248,7 @@ class SdpaCall:
             for start in range(0, B, n):
                 images = slice(start, min(B, start + n))
                 p = attention_probs(q[images], k[images], self.scale, mask[images] if per_image_mask else mask,
-                                    self.causal)
+                                    self.causal, workspace=workspace if q.dtype == torch.float32 else None)
                 torch.matmul(p if p.dtype == v.dtype else p.to(v.dtype), v[images], out=out[images])
                 each(images, p.to(q.dtype) if q.dtype != p.dtype else p)
         return out
@@ -238,18 +274,21 @@ class SdpaTap(ModuleTap):
 
 
 def sdpa_recorder(record: RecordFn, layer: int, expect: Callable[[int], int], heads: torch.Tensor | None,
-                  rows: str, chunk: int | str | None) -> Callable[[SdpaCall], torch.Tensor | None]:
+                  rows: str, chunk: int | str | None,
+                  workspaces: dict[torch.device, Workspace]) -> Callable[[SdpaCall], torch.Tensor | None]:
     """The :class:`SdpaTap` handler that records one layer: ``expect(num_keys)`` checks the keys
     against the layout and gives the prefix query rows. Computed beside the fused kernel, or, with
     ``chunk`` (reduce on record, every query row), the output itself in image chunks
-    (:meth:`SdpaCall.attend`), each chunk recorded as ``record(layer, probs, images)``."""
+    (:meth:`SdpaCall.attend`), each chunk recorded as ``record(layer, probs, images)`` from the
+    capture's reused buffers (``workspaces``, one per device, shared by the capture's layers)."""
     def select(p: torch.Tensor) -> torch.Tensor:
         return p if heads is None else p.index_select(1, heads.to(p.device))
 
     def on_sdpa(call: SdpaCall) -> torch.Tensor | None:
         P = expect(call.num_keys)
         if chunk is not None and rows == "all" and call.computable():
-            return call.attend(chunk, lambda images, p: record(layer, select(p), images))
+            ws = workspaces.setdefault(call.q.device, Workspace(call.q.device))
+            return call.attend(chunk, lambda images, p: record(layer, select(p), images), ws)
         record(layer, call.probs(heads, slice(0, P) if rows == "prefix" else slice(None)))
         return None
 
@@ -354,6 +393,7 @@ class BlocksAdapter(Adapter):
         head_index = None if heads is None else torch.tensor(heads)
         modules = self.attention_modules()
         tap = SdpaTap()
+        workspaces: dict[torch.device, Workspace] = {}
         unfused = []
         for layer in layers:
             path, attn = modules[layer]
@@ -361,7 +401,8 @@ class BlocksAdapter(Adapter):
                 unfused.append(layer)
                 continue
             expect = functools.partial(self._n_prefix, current, path=path)
-            tap.watch(stack, layer, path, attn, sdpa_recorder(record, layer, expect, head_index, rows, chunk))
+            tap.watch(stack, layer, path, attn, sdpa_recorder(record, layer, expect, head_index, rows, chunk,
+                                                              workspaces))
         tap.activate(stack)
         return unfused
 
