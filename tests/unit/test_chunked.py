@@ -274,3 +274,31 @@ def test_export_chunk_option_errors(kw, match):
 
     with pytest.raises(VitlensError, match=match):
         batch.ExportOptions(**kw)
+
+
+@pytest.mark.parametrize("use_workspace", [False, True])
+@pytest.mark.parametrize("rows", [slice(None), slice(0, 2)])
+@pytest.mark.parametrize("mask_kind", ["none", "float", "bool", "causal"])
+def test_attention_probs_against_the_formula(use_workspace, rows, mask_kind):
+    """softmax(q·kᵀ·scale + mask) written out in float64, for prefix rows and every mask kind,
+    into fresh tensors or the reused workspace (twice: a stale buffer must not leak through)."""
+    from vitlens.capture.adapters.generic import Workspace, attention_probs
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 7, 8, generator=g), torch.randn(2, 3, 7, 8, generator=g)
+    mask = {"none": None, "causal": None, "float": torch.randn(1, 3, 7, 7, generator=g),
+            "bool": torch.rand(2, 1, 7, 7, generator=g) > 0.3}[mask_kind]
+    if mask_kind == "bool":
+        mask[..., 0] = True                                   # every row keeps a key
+    scores = (q.double() @ k.double().transpose(-2, -1)) * 0.3
+    if mask_kind == "float":
+        scores = scores + mask.double()
+    elif mask_kind == "bool":
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask_kind == "causal":
+        scores = scores.masked_fill(~torch.ones(7, 7, dtype=torch.bool).tril(), float("-inf"))
+    want = scores.softmax(-1)[:, :, rows].float()
+    ws = Workspace(torch.device("cpu")) if use_workspace else None
+    for _ in range(2):
+        got = attention_probs(q, k, 0.3, mask, mask_kind == "causal", rows, workspace=ws)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
