@@ -38,7 +38,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
     Hooks exist only inside the block and are removed on exit, also when the forward
     raises; every module flag changed for the block is restored. By default the model
     keeps timm's fused attention and its outputs are bit-identical to a run without
-    capture: the probabilities are recomputed from the module's own q and k.
+    capture: the probabilities are recomputed from the module's own q and k (``grad``
+    and ``chunk`` trade that for one computation of each layer; see below).
 
     Args:
         model: a supported timm model (see ``vitlens.supported_families()``).
@@ -63,9 +64,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             that calls ``scaled_dot_product_attention`` (timm's ViT family: ViT, DeiT,
             EVA, BEiT, ...) itself, ``chunk`` images at a time (``"auto"``: about 4 MB
             of probabilities per chunk on the CPU, 256 MB on an accelerator), and hands
-            each chunk to the reductions while it is in the cache. A layer's whole
-            ``[B, heads, T, T]`` then never exists, and the reductions read it from
-            the cache instead of memory. The outputs are those of timm's unfused
+            each chunk to the reductions while it is in the CPU's cache. A layer's
+            whole ``[B, heads, T, T]`` then never exists. The outputs are those of timm's unfused
             attention (equal to the fused kernel's to ~1e-6, not bit-identical).
             Other layers and families record each layer whole.
 
