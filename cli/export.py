@@ -78,6 +78,21 @@ def _check_outputs(output: str, overlays: str | None, resume: bool, overwrite: b
     check_output(overlays, "--overlays", folder=True)
 
 
+def _chunk(value: str | None) -> int | str | None:
+    """--chunk: None, 'auto' or a positive image count."""
+    if value is None or value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        from vitlens.errors import VitlensError
+
+        raise VitlensError(f"--chunk takes a positive number of images or 'auto', got {value!r}")
+    return n
+
+
 @click.command()
 @click.argument("input_spec", metavar="INPUT", type=str)
 @click.argument("output", metavar="OUTPUT.h5", type=click.Path(dir_okay=False))
@@ -105,11 +120,15 @@ def _check_outputs(output: str, overlays: str | None, resume: bool, overwrite: b
 @click.option("--overlays", "overlays", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also write overlay PNGs (rollout, else last-layer CLS) into DIR, mirroring the input tree.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N inputs.")
+@click.option("--chunk", default=None, metavar="N|auto",
+              help="Compute each ViT-family layer N images at a time (auto: by size), so a layer's "
+                   "B x H x T x T attention never exists whole. Default: auto on a GPU, whole layers on the CPU.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary line.")
 @max_pixels_option
 @handle_errors
 def export(input_spec, output, model_name, checkpoint, pretrained, device, debug, analyses, full, layers, heads,
-           dtype, compression, batch_size, workers, precision, resume, overwrite, virtual, overlays, limit, quiet):
+           dtype, compression, batch_size, workers, precision, resume, overwrite, virtual, overlays, limit, chunk,
+           quiet):
     """Export attention analyses of every image in INPUT to OUTPUT.h5.
 
     INPUT is a folder (searched recursively), a text file with one image path per line,
@@ -135,7 +154,8 @@ def export(input_spec, output, model_name, checkpoint, pretrained, device, debug
     options = ExportOptions(analyses=_analyses(analyses), full=full, layers=_int_list(layers, "layer"),
                             heads=_int_list(heads, "head"), dtype=dtype, compression=compression,
                             batch_size=batch_size, workers=workers, precision=precision, limit=limit,
-                            overlays=overlays, resume=resume, overwrite=overwrite, virtual=virtual)
+                            overlays=overlays, resume=resume, overwrite=overwrite, virtual=virtual,
+                            chunk=_chunk(chunk))
     inputs = resolve_inputs(input_spec)
     _check_outputs(output, overlays, resume, overwrite)
     geo = geometry(model_name)

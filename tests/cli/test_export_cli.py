@@ -126,6 +126,8 @@ def test_resume_continues_and_counts_the_whole_file(good, tmp_path):
     (["--layers", "0"], ["--layers and --heads", "add --full"]),
     (["--full", "--layers", "9"], ["layer 9 is out of range", "6-layer model"]),
     (["--precision", "fp16"], ["fp16 autocast needs a GPU", "bf16"]),
+    (["--chunk", "0"], ["--chunk takes a positive number of images or 'auto'"]),
+    (["--chunk", "some"], ["--chunk takes a positive number of images or 'auto'"]),
     (["--model", "resnet18", "--no-pretrained"], ["ResNet"]),
 ])
 def test_user_errors_are_one_line(good, tmp_path, args, reasons):
@@ -168,3 +170,24 @@ def test_decoding_in_worker_processes(mixed, tmp_path):
     with vitlens.export.read(out) as a, vitlens.export.read(ref) as b:
         assert a.paths == b.paths
         np.testing.assert_array_equal(a["logits"][:], b["logits"][:])
+
+
+def test_chunked_export_equals_the_default_one(good, tmp_path):
+    """--chunk 1 (each layer computed one image at a time) writes the values of the default
+    CPU export (whole layers) to float32 rounding, the rest of the file alike."""
+    outs = {}
+    for label, extra in {"whole": [], "chunked": ["--chunk", "1"], "auto": ["--chunk", "auto"]}.items():
+        outs[label] = tmp_path / f"{label}.h5"
+        r = run("export", good, outs[label], "--model", "demo", "--workers", "0", "--batch-size", "2",
+                "--dtype", "float32", *extra)
+        assert r.exit_code == 0, r.stderr
+    with vitlens.export.read(outs["whole"]) as a:
+        want = {k: a[k][:] for k in a.keys()}
+    for label in ("chunked", "auto"):
+        with vitlens.export.read(outs[label]) as b:
+            assert set(b.keys()) == set(want)
+            for k in want:
+                if want[k].dtype.kind == "f":
+                    np.testing.assert_allclose(b[k][:], want[k], atol=1e-6, rtol=1e-5, err_msg=k)
+                else:
+                    np.testing.assert_array_equal(b[k][:], want[k], err_msg=k)
