@@ -167,7 +167,7 @@ class _Plan:
     has_cls: bool
     reductions: tuple[str, ...] = ()         # capture(reduce=...) names; () = keep full tensors
     no_logits: str = ""                      # why the model has no class logits ("" when it has them)
-    chunk: str | None = None                 # capture(chunk=...): vitlens computes the layers in image chunks
+    chunk: int | str | None = None           # capture(chunk=...): vitlens computes the layers in image chunks
 
 
 #: analysis -> the reduce-on-record reduction that computes it (vitlens.reductions).
@@ -247,21 +247,21 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
         capture_layers = None
     rows = "all" if needs_all or not desc.num_prefix_tokens else "prefix"
     reductions = tuple(_REDUCTIONS[a] for a in attention_analyses) if options.reduce else ()
-    can_chunk = adapter.chunks and bool(reductions) and rows == "all"
-    chunk = (options.chunk if can_chunk else None) if options.chunk is not None else \
-        export_chunk(can_chunk, model_device(model))
+    chunk = None
+    if adapter.chunks and reductions and rows == "all":
+        chunk = options.chunk if options.chunk is not None else export_chunk(model_device(model))
     return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed,
                  reductions, "" if desc.class_logits else f"the model returns {adapter.returns_instead}", chunk)
 
 
-def export_chunk(can_chunk: bool, device: torch.device) -> str | None:
+def export_chunk(device: torch.device) -> str | None:
     """``capture(chunk=...)`` for an export's reduce-on-record capture: ``"auto"`` on an accelerator,
     where it bounds the layer's transient (ViT-L/14@336 at batch 64: 1.46 GB computed whole, 274 MB
     in chunks of 12 images); None on the CPU, where timm's unfused path with whole layers measured
     the lower peak RSS (ViT-S, batch 32, fresh processes: 1.035x plain against 1.07x in chunks of 4
     and 1.10x in chunks of 1, glibc keeping the chunks' heap) at the same throughput (0.91x,
     benchmarks/export_throughput.py)."""
-    return "auto" if can_chunk and device.type != "cpu" else None
+    return None if device.type == "cpu" else "auto"
 
 
 # ------------------------------------------------------------------------ compute

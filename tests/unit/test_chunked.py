@@ -251,9 +251,12 @@ def test_export_chunks_on_an_accelerator_only():
 
     from vitlens import batch
 
-    assert batch.export_chunk(True, torch.device("cuda")) == "auto"
-    assert batch.export_chunk(True, torch.device("cpu")) is None
-    assert batch.export_chunk(False, torch.device("cuda")) is None
+    assert batch.export_chunk(torch.device("cuda")) == "auto"
+    assert batch.export_chunk(torch.device("cpu")) is None
+    from ..integration.test_swin import make_swin
+
+    swin, _xs = make_swin("swin_small")                            # an adapter that records whole layers
+    assert batch.plan_analyses(swin, batch.ExportOptions(chunk=2)).chunk is None
     model, x = _model("dinov2_reg4")
     plan = batch.plan_analyses(model, batch.ExportOptions())
     assert plan.chunk is None and plan.reductions

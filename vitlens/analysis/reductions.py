@@ -238,6 +238,7 @@ def held_bytes_estimate(*, batch: int, layers: int, heads: int, tokens: int, pre
     tensor storage counted after every layer.
     """
     B, L, H, T, N = batch, layers, heads, tokens, tokens - prefix
+    b = B if chunk is None else min(B, chunk)                 # images whose probabilities exist at once
     after = []
     for layer in range(L):
         n = 0
@@ -248,8 +249,4 @@ def held_bytes_estimate(*, batch: int, layers: int, heads: int, tokens: int, pre
         n += sum((layer + 1) * B * H * 4 for s in ("distance", "entropy") if s in reduce)
         after.append(n)
     return {"full": L * B * H * T * T * itemsize, "reduced_after_layer": after, "reduced_peak": max(after),
-            "layer_transient": _transient(B if chunk is None else min(B, chunk), H, T, itemsize, "rollout" in reduce)}
-
-
-def _transient(b: int, H: int, T: int, itemsize: int, rollout: bool) -> int:
-    return b * H * T * T * itemsize + (2 * b * T * T * 4 if rollout else 0)
+            "layer_transient": b * H * T * T * itemsize + (2 * b * T * T * 4 if "rollout" in reduce else 0)}
