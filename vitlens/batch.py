@@ -258,8 +258,9 @@ def export_chunk(device: torch.device) -> str | None:
     """``capture(chunk=...)`` for an export's reduce-on-record capture: ``"auto"`` on an accelerator,
     where it bounds the layer's transient (ViT-L/14@336 at batch 64: 1.46 GB computed whole, 274 MB
     in chunks of 12 images); None on the CPU, where timm's unfused path with whole layers measured
-    the lower peak RSS (ViT-S, batch 32, fresh processes: 1.035x plain against 1.07x in chunks of 4
-    and 1.10x in chunks of 1, glibc keeping the chunks' heap) at the same throughput (0.91x,
+    the lower peak RSS (batch 32, fresh processes: ViT-S 1.035x plain against 1.07x in chunks of 4
+    and 1.10x in chunks of 1; ViT-B 1.00x against 1.08x; glibc keeps the chunks' heap) and the
+    higher throughput (ViT-B 0.911x against 0.875x in chunks of 2; ViT-S about equal,
     benchmarks/export_throughput.py)."""
     return None if device.type == "cpu" else "auto"
 
