@@ -34,6 +34,7 @@ from torch import nn
 
 from .analysis import cls_attention, rollout
 from .capture import capture, logits_of
+from .capture.recorder import valid_chunk
 from .data import ImageBatch, Inputs, image_batches, relative_name, resolve_inputs
 from ._util import model_device, resolve_indices
 from .errors import VitlensError
@@ -126,8 +127,7 @@ class ExportOptions:
         if self.resume and self.overwrite:
             raise VitlensError("`resume=True` continues the existing output and `overwrite=True` replaces it; "
                                "choose one")
-        if self.chunk is not None and not (self.chunk == "auto" or (
-                isinstance(self.chunk, int) and not isinstance(self.chunk, bool) and self.chunk >= 1)):
+        if self.chunk is not None and not valid_chunk(self.chunk):
             raise VitlensError(f"`chunk` must be a positive number of images, 'auto' or None, got {self.chunk!r}")
         if self.chunk is not None and not self.reduce:
             raise VitlensError("`chunk` computes layers in image chunks for reduce on record; drop it or keep "

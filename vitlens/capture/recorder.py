@@ -141,8 +141,13 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
         yield cache
 
 
+def valid_chunk(chunk: object) -> bool:
+    """A ``chunk=`` value: ``"auto"`` or a positive number of images (not a bool)."""
+    return chunk == "auto" or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1)
+
+
 def _check_chunk(chunk: int | str, reductions: list[Reduction], grad: bool) -> None:
-    if not (chunk == "auto" or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1)):
+    if not valid_chunk(chunk):
         raise ValueError(f"chunk must be a positive number of images or 'auto', got {chunk!r}")
     if not reductions:
         raise ValueError("chunk= computes the attention in image chunks for reduce on record; "

@@ -249,8 +249,9 @@ class SdpaCall:
                 images = slice(start, min(B, start + n))
                 p = attention_probs(q[images], k[images], self.scale, mask[images] if per_image_mask else mask,
                                     self.causal, workspace=workspace if q.dtype == torch.float32 else None)
-                torch.matmul(p if p.dtype == v.dtype else p.to(v.dtype), v[images], out=out[images])
-                each(images, p.to(q.dtype) if q.dtype != p.dtype else p)
+                p = p.to(q.dtype)           # one cast for both uses: SDPA's q, k and v share a dtype
+                torch.matmul(p, v[images], out=out[images])
+                each(images, p)
         return out
 
 
@@ -261,6 +262,11 @@ class SdpaTap(ModuleTap):
     itself (:meth:`SdpaCall.attend`, ``capture(chunk=...)``)."""
 
     what = "scaled_dot_product_attention"
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: the capture's reused buffers for :meth:`SdpaCall.attend`, one per device
+        self.workspaces: dict[torch.device, Workspace] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -280,7 +286,7 @@ def sdpa_recorder(record: RecordFn, layer: int, expect: Callable[[int], int], he
     against the layout and gives the prefix query rows. Computed beside the fused kernel, or, with
     ``chunk`` (reduce on record, every query row), the output itself in image chunks
     (:meth:`SdpaCall.attend`), each chunk recorded as ``record(layer, probs, images)`` from the
-    capture's reused buffers (``workspaces``, one per device, shared by the capture's layers)."""
+    capture's reused buffers (``workspaces``: the tap's :attr:`SdpaTap.workspaces`)."""
     def select(p: torch.Tensor) -> torch.Tensor:
         return p if heads is None else p.index_select(1, heads.to(p.device))
 
@@ -393,7 +399,6 @@ class BlocksAdapter(Adapter):
         head_index = None if heads is None else torch.tensor(heads)
         modules = self.attention_modules()
         tap = SdpaTap()
-        workspaces: dict[torch.device, Workspace] = {}
         unfused = []
         for layer in layers:
             path, attn = modules[layer]
@@ -402,7 +407,7 @@ class BlocksAdapter(Adapter):
                 continue
             expect = functools.partial(self._n_prefix, current, path=path)
             tap.watch(stack, layer, path, attn, sdpa_recorder(record, layer, expect, head_index, rows, chunk,
-                                                              workspaces))
+                                                              tap.workspaces))
         tap.activate(stack)
         return unfused
 

@@ -58,7 +58,7 @@ from torch import nn
 from . import REFUSED_ATTENTION, RecordFn, refuse, register_adapter
 from ..cache import TokenLayout
 from ...errors import UnsupportedModelError
-from .generic import BlocksAdapter, SdpaTap, SoftmaxTap, Workspace, attention_probs, sdpa_recorder, set_unfused
+from .generic import BlocksAdapter, SdpaTap, SoftmaxTap, attention_probs, sdpa_recorder, set_unfused
 
 _VT = "timm.models.vision_transformer"
 _ATTENTION = "timm.layers.attention:Attention"
@@ -242,7 +242,6 @@ class VitAdapter(BlocksAdapter):
             return p if head_index is None else p.index_select(1, head_index.to(p.device))
 
         sdpa, softmax = SdpaTap(), SoftmaxTap()
-        workspaces: dict[torch.device, Workspace] = {}
         for layer in layers:
             path, attn = modules[layer]
             kind = _cls(attn)
@@ -270,7 +269,7 @@ class VitAdapter(BlocksAdapter):
                 continue
             expect = functools.partial(self._expect, current, layer, path=path)
             sdpa.watch(stack, layer, path, attn, sdpa_recorder(record, layer, expect, head_index, rows, chunk,
-                                                               workspaces))
+                                                               sdpa.workspaces))
         sdpa.activate(stack)
         softmax.activate(stack)
 
