@@ -13,8 +13,10 @@ Runs of each model over the *same* images and DataLoader
   distance; float16 maps, gzip), which reduces each layer's attention as it is recorded;
 * ``export-full``: the same with ``ExportOptions(reduce=False)``, the older path that keeps
   every layer's ``[B, H, T, T]`` for the batch before analysing it (the "before");
-* ``export-chunked``: ``ExportOptions(chunk="auto")``, the layers computed in image chunks
-  (``capture(chunk=...)``), which the export does by default on accelerators only.
+* ``export-timm``: the default export, except that the layers are recorded whole through timm's
+  unfused path (``capture(chunk=None)``, the CPU default before 2026-12-02) instead of computed
+  by vitlens into reused buffers (``batch.EXPORT_CHUNK``);
+* ``export-chunk4``: ``ExportOptions(chunk=4)``, the layers computed four images at a time.
 
 Peak memory: each run in a fresh process (``VmHWM``, peak RSS, as ``/usr/bin/time`` reports
 it), printed as a ratio to ``plain`` (target for ``export``: <= 1.1x on ViT-S/ViT-B).
@@ -39,6 +41,7 @@ A benchmark prints numbers; it never fails.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -52,7 +55,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capture_overhead import _interleaved, _ratios  # noqa: E402  (the same paired-round statistics)
 
-MODES = ("plain", "export", "export-full", "export-chunked")
+MODES = ("plain", "export", "export-full", "export-timm", "export-chunk4")
 
 
 def _images(folder: str | None, need: int, tmp: Path) -> Path:
@@ -114,10 +117,17 @@ def _run(mode: str, model, cfg, root: Path, paths, batch: int, workers: int, out
                 model(b.images)
                 n += len(b.index)
     else:
-        n = run_export(model, cfg, Inputs(root, paths), out,
-                       ExportOptions(batch_size=batch, workers=workers, dtype="float16", overwrite=True,
-                                     reduce=mode != "export-full",
-                                     chunk="auto" if mode == "export-chunked" else None)).rows
+        from vitlens import batch as export
+
+        options = ExportOptions(batch_size=batch, workers=workers, dtype="float16", overwrite=True,
+                                reduce=mode != "export-full", chunk=4 if mode == "export-chunk4" else None)
+        plan = export.plan_analyses
+        if mode == "export-timm":
+            export.plan_analyses = lambda m, o: dataclasses.replace(plan(m, o), chunk=None)
+        try:
+            n = run_export(model, cfg, Inputs(root, paths), out, options).rows
+        finally:
+            export.plan_analyses = plan
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
@@ -154,8 +164,6 @@ def _memory(name: str, root: Path, n: int, batch: int, workers: int, tmp: Path) 
 
 
 def _predictions() -> None:
-    import torch
-
     from vitlens.analysis.reductions import held_bytes_estimate
     from vitlens.capture.adapters.generic import chunk_images
 
@@ -165,14 +173,12 @@ def _predictions() -> None:
                                 "ViT-L/16@224 batch 32 (24 layers)": (24, 16, 197, 32),
                                 "ViT-L/14@336 batch 64": (24, 16, 577, 64)}.items():
         e = held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1)
-        chunks = {dev: chunk_images("auto", B, H * T * T * 4, torch.device(dev)) for dev in ("cpu", "cuda")}
-        within = {dev: held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1,
-                                           chunk=n)["layer_transient"] for dev, n in chunks.items()}
+        n = chunk_images("auto", B, H * T * T * 4)
+        within = held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1, chunk=n)["layer_transient"]
         print(f"predicted attention held per batch, {label}: before (full cache, float32) {e['full'] / gib:.2f} GiB; "
               f"after (reduce on record) {e['reduced_peak'] / 2**20:.0f} MiB held across layers "
-              f"+ within one layer {e['layer_transient'] / 2**20:.0f} MiB computed whole (timm's unfused path), "
-              f"{within['cuda'] / 2**20:.0f} MiB in chunks of {chunks['cuda']} images (chunk='auto' on a GPU), "
-              f"{within['cpu'] / 2**20:.1f} MiB in chunks of {chunks['cpu']} (CPU)", flush=True)
+              f"+ within one layer {e['layer_transient'] / 2**20:.0f} MiB computed whole, "
+              f"{within / 2**20:.0f} MiB in chunks of {n} images (chunk='auto', the export's default)", flush=True)
 
 
 def main() -> None:

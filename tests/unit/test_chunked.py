@@ -125,15 +125,15 @@ def test_auto_chunk_size_follows_the_byte_budget(monkeypatch):
 
     model, x = _model("vit")                                     # 3 heads, 17 tokens: 3468 B per image
     spy = _Spy(batch=5)
-    monkeypatch.setitem(generic.AUTO_CHUNK_BYTES, "cpu", 3 * 17 * 17 * 4 * 2)
+    monkeypatch.setattr(generic, "AUTO_CHUNK_BYTES", 3 * 17 * 17 * 4 * 2)
     with torch.no_grad(), vitlens.capture(model, reduce=[spy], chunk="auto"):
         model(x)
     assert [c[3] for c in spy.calls if c[0] == 0] == [2, 2, 1]
     monkeypatch.undo()
-    assert generic.chunk_images("auto", 32, 6 * 197 * 197 * 4, torch.device("cpu")) == 4      # ViT-S
-    assert generic.chunk_images("auto", 32, 12 * 197 * 197 * 4, torch.device("cpu")) == 2     # ViT-B
-    assert generic.chunk_images("auto", 64, 16 * 577 * 577 * 4, torch.device("cuda")) == 12   # ViT-L/14@336
-    assert generic.chunk_images(100, 8, 1, torch.device("cpu")) == 8
+    assert generic.chunk_images("auto", 32, 6 * 197 * 197 * 4) == 32     # ViT-S: the batch whole
+    assert generic.chunk_images("auto", 32, 12 * 197 * 197 * 4) == 32    # ViT-B
+    assert generic.chunk_images("auto", 64, 16 * 577 * 577 * 4) == 12    # ViT-L/14@336
+    assert generic.chunk_images(100, 8, 1) == 8
 
 
 def test_mixed_whole_and_chunked_layers_and_kept_layers():
@@ -244,29 +244,31 @@ def test_a_reduction_that_takes_whole_layers_is_refused_with_chunk():
         assert not m._forward_hooks and not m._forward_pre_hooks
 
 
-def test_export_chunks_on_an_accelerator_only():
-    """The export's policy (vitlens.batch.export_chunk), and the chunked export values on the CPU
-    when ExportOptions(chunk=...) asks: the same as the whole-layer export to float32 rounding."""
+def test_export_computes_the_layers_itself_on_every_device():
+    """The export's policy (vitlens.batch.EXPORT_CHUNK: "auto", which keeps a small model's batch
+    whole), and its values: those of recording whole layers through timm's unfused path, to
+    float32 rounding."""
     import dataclasses
 
     from vitlens import batch
 
-    assert batch.export_chunk(torch.device("cuda")) == "auto"
-    assert batch.export_chunk(torch.device("cpu")) is None
+    assert batch.EXPORT_CHUNK == "auto"
     from ..integration.test_swin import make_swin
 
     swin, _xs = make_swin("swin_small")                            # an adapter that records whole layers
+    assert batch.plan_analyses(swin, batch.ExportOptions()).chunk is None
     assert batch.plan_analyses(swin, batch.ExportOptions(chunk=2)).chunk is None
     model, x = _model("dinov2_reg4")
     plan = batch.plan_analyses(model, batch.ExportOptions())
-    assert plan.chunk is None and plan.reductions
-    forced = batch.plan_analyses(model, batch.ExportOptions(chunk=2))
-    assert forced == dataclasses.replace(plan, chunk=2)
-    whole, _ = batch._analyse(model, x, plan, "fp32")
-    chunked, _ = batch._analyse(model, x, forced, "fp32")
-    assert whole.keys() == chunked.keys() == {"logits", "cls_attention", "rollout", "attention_distance"}
-    for key in whole:
-        torch.testing.assert_close(chunked[key], whole[key], atol=1e-6, rtol=1e-6)
+    assert plan.chunk == "auto" and plan.reductions
+    assert batch.plan_analyses(model, batch.ExportOptions(chunk=2)) == dataclasses.replace(plan, chunk=2)
+    assert batch.plan_analyses(model, batch.ExportOptions(analyses=["logits", "cls"])).chunk is None  # prefix rows
+    whole, _ = batch._analyse(model, x, dataclasses.replace(plan, chunk=None), "fp32")   # timm's unfused path
+    for p in (plan, dataclasses.replace(plan, chunk=2)):
+        got, _ = batch._analyse(model, x, p, "fp32")
+        assert whole.keys() == got.keys() == {"logits", "cls_attention", "rollout", "attention_distance"}
+        for key in whole:
+            torch.testing.assert_close(got[key], whole[key], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw,match", [(dict(chunk=0), "positive number"), (dict(chunk="x"), "positive number"),
