@@ -16,7 +16,8 @@ Runs of each model over the *same* images and DataLoader
 * ``export-timm``: the default export, except that the layers are recorded whole through timm's
   unfused path (``capture(chunk=None)``, the CPU default before 2026-12-02) instead of computed
   by vitlens into reused buffers (``batch.EXPORT_CHUNK``);
-* ``export-chunk4``: ``ExportOptions(chunk=4)``, the layers computed four images at a time.
+* ``export-whole``: ``ExportOptions(chunk=32)``, the layers computed by vitlens a batch (of up to
+  32) at a time instead of the CPU's ``"auto"`` chunks.
 
 Peak memory: each run in a fresh process (``VmHWM``, peak RSS, as ``/usr/bin/time`` reports
 it), printed as a ratio to ``plain`` (target for ``export``: <= 1.1x on ViT-S/ViT-B).
@@ -55,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capture_overhead import _interleaved, _ratios  # noqa: E402  (the same paired-round statistics)
 
-MODES = ("plain", "export", "export-full", "export-timm", "export-chunk4")
+MODES = ("plain", "export", "export-full", "export-timm", "export-whole")
 
 
 def _images(folder: str | None, need: int, tmp: Path) -> Path:
@@ -120,7 +121,7 @@ def _run(mode: str, model, cfg, root: Path, paths, batch: int, workers: int, out
         from vitlens import batch as export
 
         options = ExportOptions(batch_size=batch, workers=workers, dtype="float16", overwrite=True,
-                                reduce=mode != "export-full", chunk=4 if mode == "export-chunk4" else None)
+                                reduce=mode != "export-full", chunk=32 if mode == "export-whole" else None)
         plan = export.plan_analyses
         if mode == "export-timm":
             export.plan_analyses = lambda m, o: dataclasses.replace(plan(m, o), chunk=None)
@@ -151,9 +152,10 @@ def _memory_child(mode: str, name: str, root: str, n: int, batch: int, workers: 
                       "cpu_rate": cpu_rate}))
 
 
-def _memory(name: str, root: Path, n: int, batch: int, workers: int, tmp: Path) -> dict[str, dict]:
+def _memory(name: str, root: Path, n: int, batch: int, workers: int, tmp: Path,
+            modes: tuple[str, ...] = MODES) -> dict[str, dict]:
     got: dict[str, dict] = {}
-    for mode in MODES:
+    for mode in modes:
         out = subprocess.run([sys.executable, __file__, "--memory-child", mode, name, str(root), str(n), str(batch),
                               str(workers), str(tmp / f"mem-{mode}.h5")], capture_output=True, text=True)
         try:
@@ -164,6 +166,8 @@ def _memory(name: str, root: Path, n: int, batch: int, workers: int, tmp: Path) 
 
 
 def _predictions() -> None:
+    import torch
+
     from vitlens.analysis.reductions import held_bytes_estimate
     from vitlens.capture.adapters.generic import chunk_images
 
@@ -173,12 +177,14 @@ def _predictions() -> None:
                                 "ViT-L/16@224 batch 32 (24 layers)": (24, 16, 197, 32),
                                 "ViT-L/14@336 batch 64": (24, 16, 577, 64)}.items():
         e = held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1)
-        n = chunk_images("auto", B, H * T * T * 4)
-        within = held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1, chunk=n)["layer_transient"]
+        chunks = {dev: chunk_images("auto", B, H * T * T * 4, torch.device(dev)) for dev in ("cpu", "cuda")}
+        within = {dev: held_bytes_estimate(batch=B, layers=L, heads=H, tokens=T, prefix=1,
+                                           chunk=n)["layer_transient"] for dev, n in chunks.items()}
         print(f"predicted attention held per batch, {label}: before (full cache, float32) {e['full'] / gib:.2f} GiB; "
               f"after (reduce on record) {e['reduced_peak'] / 2**20:.0f} MiB held across layers "
               f"+ within one layer {e['layer_transient'] / 2**20:.0f} MiB computed whole, "
-              f"{within / 2**20:.0f} MiB in chunks of {n} images (chunk='auto', the export's default)", flush=True)
+              f"{within['cuda'] / 2**20:.0f} MiB in chunks of {chunks['cuda']} images (chunk='auto' on a GPU), "
+              f"{within['cpu'] / 2**20:.1f} MiB in chunks of {chunks['cpu']} (CPU)", flush=True)
 
 
 def main() -> None:
@@ -191,7 +197,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", nargs="+", choices=MODES[1:], default=list(MODES[1:]),
-                    help="the runs timed against plain in the throughput rounds (fewer: more rounds in the same time)")
+                    help="the runs measured against plain, in fresh processes and in the throughput rounds "
+                         "(fewer: more rounds in the same time)")
     ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
     ap.add_argument("--no-speed", action="store_true", help="skip the in-process throughput rounds")
     ap.add_argument("--streaming", type=int, nargs="*", default=[],
@@ -227,7 +234,8 @@ def main() -> None:
                 print(f"demo: streaming run of {count} images failed: {out.stderr[-500:]}", flush=True)
         for name in args.models:
             if not args.no_memory:
-                mem = _memory(name, Path(inputs.root), args.n, args.batch, args.workers, tmp)
+                mem = _memory(name, Path(inputs.root), args.n, args.batch, args.workers, tmp,
+                              ("plain", *(m for m in MODES[1:] if m in args.modes)))
                 if "plain" in mem:
                     p = mem["plain"]["vmhwm_mib"]
                     parts = [f"{mode} {m['vmhwm_mib']:.0f} MiB = {m['vmhwm_mib'] / p:.2f}x"

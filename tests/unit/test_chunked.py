@@ -125,15 +125,17 @@ def test_auto_chunk_size_follows_the_byte_budget(monkeypatch):
 
     model, x = _model("vit")                                     # 3 heads, 17 tokens: 3468 B per image
     spy = _Spy(batch=5)
-    monkeypatch.setattr(generic, "AUTO_CHUNK_BYTES", 3 * 17 * 17 * 4 * 2)
+    monkeypatch.setitem(generic.AUTO_CHUNK_BYTES, "cpu", 3 * 17 * 17 * 4 * 2)
     with torch.no_grad(), vitlens.capture(model, reduce=[spy], chunk="auto"):
         model(x)
     assert [c[3] for c in spy.calls if c[0] == 0] == [2, 2, 1]
     monkeypatch.undo()
-    assert generic.chunk_images("auto", 32, 6 * 197 * 197 * 4) == 32     # ViT-S: the batch whole
-    assert generic.chunk_images("auto", 32, 12 * 197 * 197 * 4) == 32    # ViT-B
-    assert generic.chunk_images("auto", 64, 16 * 577 * 577 * 4) == 12    # ViT-L/14@336
-    assert generic.chunk_images(100, 8, 1) == 8
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert generic.chunk_images("auto", 32, 6 * 197 * 197 * 4, cpu) == 4        # ViT-S
+    assert generic.chunk_images("auto", 32, 12 * 197 * 197 * 4, cpu) == 2       # ViT-B
+    assert generic.chunk_images("auto", 32, 12 * 197 * 197 * 4, gpu) == 32      # the batch whole
+    assert generic.chunk_images("auto", 64, 16 * 577 * 577 * 4, gpu) == 12      # ViT-L/14@336
+    assert generic.chunk_images(100, 8, 1, cpu) == 8
 
 
 def test_mixed_whole_and_chunked_layers_and_kept_layers():

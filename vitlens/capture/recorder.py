@@ -65,9 +65,11 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             EVA, BEiT, ...) itself, ``chunk`` images at a time (``"auto"``: about 4 MB
             of probabilities per chunk on the CPU, 256 MB on an accelerator), and hands
             each chunk to the reductions while it is in the CPU's cache. A layer's
-            whole ``[B, heads, T, T]`` then never exists. The outputs are those of timm's unfused
-            attention (equal to the fused kernel's to ~1e-6, not bit-identical).
-            Other layers and families record each layer whole.
+            whole ``[B, heads, T, T]`` then never exists, and the buffers are reused from
+            chunk to chunk and layer to layer (no fresh allocation per layer, as timm's
+            unfused path makes). The outputs are those of timm's unfused attention (equal
+            to the fused kernel's to ~1e-6, not bit-identical). Other layers and families
+            record each layer whole. ``vitlens export`` passes ``"auto"``.
 
     Yields:
         The :class:`AttentionCache`, filled by every forward inside the block.

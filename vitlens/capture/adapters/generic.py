@@ -78,7 +78,8 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
 
 
 class Workspace:
-    """Float32 buffers reused from one chunk and layer to the next (``capture(chunk=...)``).
+    """Float32 buffers reused from one chunk and layer to the next (``capture(chunk=...)``): the
+    chunk's scaled q, contiguous copies of k and v, and its probabilities.
 
     A fresh multi-megabyte tensor per chunk costs its page faults every time (the C library
     hands large blocks back to the system when they are freed): recording ViT-S whole through
@@ -114,20 +115,23 @@ def _sdpa_args(args: tuple, kwargs: dict) -> dict[str, Any]:
     return bound
 
 
-#: float32 bytes of one chunk's probabilities ``[chunk, H, Tq, Tk]`` when ``chunk="auto"``, on
-#: every device: large enough to keep the batch whole in most models (ViT-S/ViT-B at batch 32:
-#: 30/60 MB), while still bounding a big model's transient (ViT-L/14@336: 21 MB per image and
-#: layer, chunks of 12). Smaller chunks bought nothing on the CPU: one ViT-S layer at batch 32
-#: (attention, its output and the default reductions, one thread) took 132 ms whole, 138/142/151 ms
-#: in chunks of 8/4/2 images: the products and softmax are bound by arithmetic, not by the cache.
-AUTO_CHUNK_BYTES = 1 << 28
+#: float32 bytes of one chunk's probabilities ``[chunk, H, Tq, Tk]`` when ``chunk="auto"``. On the
+#: CPU about half a last-level cache (ViT-S: 4 images, ViT-B: 2): the arithmetic costs the same as
+#: computing the batch whole (one ViT-S layer at batch 32 with the default reductions, one thread,
+#: profiled: 138 ms in chunks of 4, 137 ms whole), while the reused buffers stay small: peak RSS of
+#: the ViT-S export 1048-1066 MiB in chunks of 4 against 1121-1172 MiB whole (plain inference:
+#: 1034 MiB). On an accelerator large enough to keep the batch whole in most models while still
+#: bounding a big model's transient (ViT-L/14@336: 21 MB per image and layer, chunks of 12).
+AUTO_CHUNK_BYTES = {"cpu": 4 << 20}
+_AUTO_CHUNK_BYTES_ACCELERATOR = 1 << 28
 
 
-def chunk_images(chunk: int | str, batch: int, per_image: int) -> int:
+def chunk_images(chunk: int | str, batch: int, per_image: int, device: torch.device) -> int:
     """Images per chunk for ``capture(chunk=...)``: an int as given, ``"auto"`` from the bytes of one
     image's float32 probabilities ``per_image`` (:data:`AUTO_CHUNK_BYTES`)."""
     if chunk == "auto":
-        return max(1, min(batch, AUTO_CHUNK_BYTES // max(1, per_image)))
+        budget = AUTO_CHUNK_BYTES.get(device.type, _AUTO_CHUNK_BYTES_ACCELERATOR)
+        return max(1, min(batch, budget // max(1, per_image)))
     return max(1, min(batch, int(chunk)))
 
 
@@ -241,16 +245,21 @@ class SdpaCall:
         """
         q, k, v, mask = self.q, self.k, self.v, self.mask
         B = q.shape[0]
-        n = chunk_images(chunk, B, q.shape[1] * q.shape[2] * k.shape[2] * 4)
+        n = chunk_images(chunk, B, q.shape[1] * q.shape[2] * k.shape[2] * 4, q.device)
         per_image_mask = isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] == B > 1
         out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
+        ws = workspace if q.dtype == torch.float32 else None
         with torch.no_grad():
             for start in range(0, B, n):
                 images = slice(start, min(B, start + n))
                 p = attention_probs(q[images], k[images], self.scale, mask[images] if per_image_mask else mask,
-                                    self.causal, workspace=workspace if q.dtype == torch.float32 else None)
+                                    self.causal, workspace=ws)
                 p = p.to(q.dtype)           # one cast for both uses: SDPA's q, k and v share a dtype
-                torch.matmul(p, v[images], out=out[images])
+                # v is a strided view of the module's qkv: matmul would copy it into a fresh tensor
+                # (and on it the product runs slower); a reused contiguous copy costs ~4 ms less
+                # per ViT-S layer at batch 32
+                vi = v[images] if ws is None else ws.take("v", v[images].shape).copy_(v[images])
+                torch.matmul(p, vi, out=out[images])
                 each(images, p)
         return out
 
