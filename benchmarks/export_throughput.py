@@ -13,11 +13,10 @@ Runs of each model over the *same* images and DataLoader
   distance; float16 maps, gzip), which reduces each layer's attention as it is recorded;
 * ``export-full``: the same with ``ExportOptions(reduce=False)``, the older path that keeps
   every layer's ``[B, H, T, T]`` for the batch before analysing it (the "before");
-* ``export-timm``: the default export, except that the layers are recorded whole through timm's
-  unfused path (``capture(chunk=None)``, the CPU default before 2026-12-02) instead of computed
-  by vitlens into reused buffers (``batch.EXPORT_CHUNK``);
-* ``export-whole``: ``ExportOptions(chunk=32)``, the layers computed by vitlens a batch (of up to
-  32) at a time instead of the CPU's ``"auto"`` chunks.
+* ``export-chunked``: ``ExportOptions(chunk="auto")``, the layers computed in image chunks
+  (``capture(chunk=...)``), which the export does by default on accelerators only;
+* ``export-whole``: ``ExportOptions(chunk=32)``, the layers computed by vitlens into its reused
+  buffers a batch (of up to 32) at a time.
 
 Peak memory: each run in a fresh process (``VmHWM``, peak RSS, as ``/usr/bin/time`` reports
 it), printed as a ratio to ``plain`` (target for ``export``: <= 1.1x on ViT-S/ViT-B).
@@ -42,7 +41,6 @@ A benchmark prints numbers; it never fails.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -56,7 +54,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capture_overhead import _interleaved, _ratios  # noqa: E402  (the same paired-round statistics)
 
-MODES = ("plain", "export", "export-full", "export-timm", "export-whole")
+MODES = ("plain", "export", "export-full", "export-chunked", "export-whole")
 
 
 def _images(folder: str | None, need: int, tmp: Path) -> Path:
@@ -118,17 +116,10 @@ def _run(mode: str, model, cfg, root: Path, paths, batch: int, workers: int, out
                 model(b.images)
                 n += len(b.index)
     else:
-        from vitlens import batch as export
-
-        options = ExportOptions(batch_size=batch, workers=workers, dtype="float16", overwrite=True,
-                                reduce=mode != "export-full", chunk=32 if mode == "export-whole" else None)
-        plan = export.plan_analyses
-        if mode == "export-timm":
-            export.plan_analyses = lambda m, o: dataclasses.replace(plan(m, o), chunk=None)
-        try:
-            n = run_export(model, cfg, Inputs(root, paths), out, options).rows
-        finally:
-            export.plan_analyses = plan
+        chunk = {"export-chunked": "auto", "export-whole": 32}.get(mode)
+        n = run_export(model, cfg, Inputs(root, paths), out,
+                       ExportOptions(batch_size=batch, workers=workers, dtype="float16", overwrite=True,
+                                     reduce=mode != "export-full", chunk=chunk)).rows
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 

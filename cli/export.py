@@ -122,7 +122,7 @@ def _chunk(value: str | None) -> int | str | None:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N inputs.")
 @click.option("--chunk", default=None, metavar="N|auto",
               help="Compute each ViT-family layer N images at a time (auto: by size), so a layer's "
-                   "B x H x T x T attention never exists whole (default: auto).")
+                   "B x H x T x T attention never exists whole. Default: auto on a GPU, whole layers on the CPU.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary line.")
 @max_pixels_option
 @handle_errors

@@ -78,8 +78,9 @@ class ExportOptions:
             for ``full``. False keeps every layer for the batch first (the older path,
             for comparison; same values, rollout within 1e-6).
         chunk: with ``reduce``, compute the layers vitlens can compute itself this many
-            images at a time (``capture(chunk=...)``; ``"auto"``: by a byte budget, the
-            whole batch unless it is large). None (default): :data:`EXPORT_CHUNK`.
+            images at a time (``capture(chunk=...)``; ``"auto"``: by a byte budget). None
+            (default): ``"auto"`` on an accelerator, whole layers on the CPU
+            (:func:`export_chunk`).
     """
 
     analyses: Sequence[str] | None = None
@@ -172,18 +173,6 @@ class _Plan:
 #: analysis -> the reduce-on-record reduction that computes it (vitlens.reductions).
 _REDUCTIONS = {"cls": "cls", "rollout": "rollout", "distance": "distance"}
 
-#: ``capture(chunk=...)`` of an export's reduce-on-record capture, on every device: vitlens computes
-#: each ViT-family layer's attention itself, a few images at a time (``"auto"``: 4 MB of
-#: probabilities per chunk on the CPU, 256 MB on an accelerator, where ViT-L/14@336 at batch 64 then
-#: holds 274 MB per layer instead of 1.46 GB), into buffers it reuses from chunk to chunk and layer
-#: to layer. Recording through timm's unfused path instead allocates fresh ``[B, H, T, T]`` tensors
-#: for every layer and pays their page faults each time: ViT-S at batch 32, 96 images, one thread,
-#: 1.05-1.27 M minor faults and 2.1-2.5 s of system time against 0.56-0.67 M and 1.1-1.3 s for plain
-#: inference and 0.61-0.74 M and 1.2-1.4 s in chunks of 4 images. Whole-batch chunks were at most
-#: ~1% faster (within this machine's noise) and raised the peak RSS (ViT-S: 1121-1172 MiB against
-#: 1048-1066 MiB; plain inference 1034 MiB): their reused buffers live through the whole forward.
-EXPORT_CHUNK = "auto"
-
 
 def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     """Check the requested analyses against the model; decide what to capture.
@@ -260,9 +249,23 @@ def plan_analyses(model: nn.Module, options: ExportOptions) -> _Plan:
     reductions = tuple(_REDUCTIONS[a] for a in attention_analyses) if options.reduce else ()
     chunk = None
     if adapter.chunks and reductions and rows == "all":
-        chunk = options.chunk if options.chunk is not None else EXPORT_CHUNK
+        chunk = options.chunk if options.chunk is not None else export_chunk(model_device(model))
     return _Plan(analyses, full_layers, full_heads, capture_layers, rows, n_layers, has_cls and not windowed,
                  reductions, "" if desc.class_logits else f"the model returns {adapter.returns_instead}", chunk)
+
+
+def export_chunk(device: torch.device) -> str | None:
+    """``capture(chunk=...)`` for an export's reduce-on-record capture: ``"auto"`` on an accelerator,
+    where it bounds the layer's transient (ViT-L/14@336 at batch 64: 1.46 GB computed whole, 274 MB
+    in chunks of 12 images); None on the CPU, where timm's unfused path with whole layers keeps the
+    lower peak RSS. Fresh processes, batch 32, 64 images (benchmarks/export_throughput.py,
+    2026-12-02): ViT-S 1.03x plain against 1.10x in chunks, ViT-B 1.05x against 1.15x (the many
+    medium-sized chunk tensors grow glibc's heap). The chunks fault less (ViT-S, 96 images: 0.61-0.74 M
+    minor faults and 1.2-1.4 s system time against 1.05-1.27 M and 2.1-2.5 s; plain inference
+    0.56-0.67 M and 1.1-1.3 s) and ran faster in single passes (ViT-B 0.972x plain against 0.912x),
+    but the paired rounds on this noisy machine did not separate the two (ViT-S 0.927x against 0.950x,
+    rounds spanning 0.72-1.01)."""
+    return None if device.type == "cpu" else "auto"
 
 
 # ------------------------------------------------------------------------ compute

@@ -246,31 +246,29 @@ def test_a_reduction_that_takes_whole_layers_is_refused_with_chunk():
         assert not m._forward_hooks and not m._forward_pre_hooks
 
 
-def test_export_computes_the_layers_itself_on_every_device():
-    """The export's policy (vitlens.batch.EXPORT_CHUNK: "auto", which keeps a small model's batch
-    whole), and its values: those of recording whole layers through timm's unfused path, to
-    float32 rounding."""
+def test_export_chunks_on_an_accelerator_only():
+    """The export's policy (vitlens.batch.export_chunk), and the chunked export values on the CPU
+    when ExportOptions(chunk=...) asks: the same as the whole-layer export to float32 rounding."""
     import dataclasses
 
     from vitlens import batch
 
-    assert batch.EXPORT_CHUNK == "auto"
+    assert batch.export_chunk(torch.device("cuda")) == "auto"
+    assert batch.export_chunk(torch.device("cpu")) is None
     from ..integration.test_swin import make_swin
 
     swin, _xs = make_swin("swin_small")                            # an adapter that records whole layers
-    assert batch.plan_analyses(swin, batch.ExportOptions()).chunk is None
     assert batch.plan_analyses(swin, batch.ExportOptions(chunk=2)).chunk is None
     model, x = _model("dinov2_reg4")
     plan = batch.plan_analyses(model, batch.ExportOptions())
-    assert plan.chunk == "auto" and plan.reductions
-    assert batch.plan_analyses(model, batch.ExportOptions(chunk=2)) == dataclasses.replace(plan, chunk=2)
-    assert batch.plan_analyses(model, batch.ExportOptions(analyses=["logits", "cls"])).chunk is None  # prefix rows
-    whole, _ = batch._analyse(model, x, dataclasses.replace(plan, chunk=None), "fp32")   # timm's unfused path
-    for p in (plan, dataclasses.replace(plan, chunk=2)):
-        got, _ = batch._analyse(model, x, p, "fp32")
-        assert whole.keys() == got.keys() == {"logits", "cls_attention", "rollout", "attention_distance"}
-        for key in whole:
-            torch.testing.assert_close(got[key], whole[key], atol=1e-6, rtol=1e-6)
+    assert plan.chunk is None and plan.reductions
+    forced = batch.plan_analyses(model, batch.ExportOptions(chunk=2))
+    assert forced == dataclasses.replace(plan, chunk=2)
+    whole, _ = batch._analyse(model, x, plan, "fp32")
+    chunked, _ = batch._analyse(model, x, forced, "fp32")
+    assert whole.keys() == chunked.keys() == {"logits", "cls_attention", "rollout", "attention_distance"}
+    for key in whole:
+        torch.testing.assert_close(chunked[key], whole[key], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw,match", [(dict(chunk=0), "positive number"), (dict(chunk="x"), "positive number"),

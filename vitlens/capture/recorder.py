@@ -69,7 +69,7 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, *,
             chunk to chunk and layer to layer (no fresh allocation per layer, as timm's
             unfused path makes). The outputs are those of timm's unfused attention (equal
             to the fused kernel's to ~1e-6, not bit-identical). Other layers and families
-            record each layer whole. ``vitlens export`` passes ``"auto"``.
+            record each layer whole. ``vitlens export`` passes ``"auto"`` on an accelerator.
 
     Yields:
         The :class:`AttentionCache`, filled by every forward inside the block.
