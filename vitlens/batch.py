@@ -259,12 +259,13 @@ def export_chunk(device: torch.device) -> str | None:
     where it bounds the layer's transient (ViT-L/14@336 at batch 64: 1.46 GB computed whole, 274 MB
     in chunks of 12 images); None on the CPU, where timm's unfused path with whole layers keeps the
     lower peak RSS. Fresh processes, batch 32, 64 images (benchmarks/export_throughput.py,
-    2026-12-02): ViT-S 1.03x plain against 1.10x in chunks, ViT-B 1.05x against 1.15x (the many
-    medium-sized chunk tensors grow glibc's heap). The chunks fault less (ViT-S, 96 images: 0.61-0.74 M
-    minor faults and 1.2-1.4 s system time against 1.05-1.27 M and 2.1-2.5 s; plain inference
-    0.56-0.67 M and 1.1-1.3 s) and ran faster in single passes (ViT-B 0.972x plain against 0.912x),
-    but the paired rounds on this noisy machine did not separate the two (ViT-S 0.927x against 0.950x,
-    rounds spanning 0.72-1.01)."""
+    2026-12-02): ViT-S 1.03x plain against 1.10x in chunks, ViT-B 1.05x against 1.15x (glibc's heap
+    fragments: the bytes in use at the peak were no more than on timm's path, README). The chunks
+    fault less (ViT-S, 96 images: 0.61-0.74 M minor faults and 1.2-1.4 s system time against
+    1.05-1.27 M and 2.1-2.5 s; plain inference 0.56-0.67 M and 1.1-1.3 s) and ran faster in single
+    passes (ViT-B 0.972x plain against 0.912x), but the paired rounds on this noisy machine did not
+    separate the two (ViT-S 0.927x against 0.950x, ViT-B 0.997x against 0.938x, rounds spanning
+    0.72-1.02)."""
     return None if device.type == "cpu" else "auto"
 
 
