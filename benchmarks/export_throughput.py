@@ -144,7 +144,7 @@ def _memory_child(mode: str, name: str, root: str, n: int, batch: int, workers: 
 
 
 def _memory(name: str, root: Path, n: int, batch: int, workers: int, tmp: Path,
-            modes: tuple[str, ...] = MODES) -> dict[str, dict]:
+            modes: tuple[str, ...]) -> dict[str, dict]:
     got: dict[str, dict] = {}
     for mode in modes:
         out = subprocess.run([sys.executable, __file__, "--memory-child", mode, name, str(root), str(n), str(batch),
@@ -223,10 +223,10 @@ def main() -> None:
                       f"({info['rate']:.0f} img/s)", flush=True)
             except Exception:  # noqa: BLE001
                 print(f"demo: streaming run of {count} images failed: {out.stderr[-500:]}", flush=True)
+        modes = ("plain", *(m for m in MODES[1:] if m in args.modes))
         for name in args.models:
             if not args.no_memory:
-                mem = _memory(name, Path(inputs.root), args.n, args.batch, args.workers, tmp,
-                              ("plain", *(m for m in MODES[1:] if m in args.modes)))
+                mem = _memory(name, Path(inputs.root), args.n, args.batch, args.workers, tmp, modes)
                 if "plain" in mem:
                     p = mem["plain"]["vmhwm_mib"]
                     parts = [f"{mode} {m['vmhwm_mib']:.0f} MiB = {m['vmhwm_mib'] / p:.2f}x"
@@ -243,7 +243,6 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - a benchmark reports, never fails
                 print(f"{name}: skipped ({type(e).__name__}: {e})")
                 continue
-            modes = ("plain", *(m for m in MODES[1:] if m in args.modes))
             rates: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
 
             def case(mode: str):

@@ -258,7 +258,9 @@ class SdpaCall:
                 # v is a strided view of the module's qkv: matmul would copy it into a fresh tensor
                 # (and on it the product runs slower); a reused contiguous copy costs ~4 ms less
                 # per ViT-S layer at batch 32
-                vi = v[images] if ws is None else ws.take("v", v[images].shape).copy_(v[images])
+                vi = v[images]
+                if ws is not None:
+                    vi = ws.take("v", vi.shape).copy_(vi)
                 torch.matmul(p, vi, out=out[images])
                 each(images, p)
         return out
